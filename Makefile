@@ -1,0 +1,36 @@
+# vgs — the two set-up commands (see README.md):
+#   make demo   install, build the built-in scenes data, train, evaluate, write the report
+#   make test   install and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/demo
+
+.PHONY: install system-deps demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Chromium drives the browser test (Playwright uses it; it never downloads a browser).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(VENV)/bin/vgs demo --out $(OUT)
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs/demo

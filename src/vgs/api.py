@@ -1,0 +1,207 @@
+"""The Python API: load a trained run, encode images and speech, score, evaluate.
+
+>>> import vgs
+>>> model = vgs.load("runs/scenes")                       # a run folder or a checkpoint file
+>>> S = model.similarity(["a.png", "b.png"], ["q1.wav", "q2.wav"])   # 2 x 2 scores
+>>> maps = model.matchmap("a.png", "q1.wav")               # H x W x T' matchmap
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .audio import load_audio
+from .config import Config, from_dict
+from .errors import VGSError
+from .evaluate import encode_split, full_protocol, pairs_protocol
+from .features import compute_features, pad_features
+from .images import load_image, to_tensor
+from .io import load_checkpoint, write_json
+from .models.dual import DualEncoder
+from .similarity import PackedFrames
+
+ImageInput = str | Path | bytes | Image.Image | torch.Tensor
+AudioInput = str | Path | bytes | np.ndarray
+
+
+def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
+    """A checkpoint file from a run folder (``best.pt``, falling back to ``last.pt``) or the file itself."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    folder = run / "checkpoints"
+    for name in ([f"{which}.pt"] + (["last.pt"] if which == "best" else [])):
+        if (folder / name).is_file():
+            return folder / name
+    raise VGSError(f"{run}: no checkpoint found (expected {folder / (which + '.pt')}); is this a run folder?")
+
+
+@dataclass
+class Model:
+    """A trained (or untrained) model with its config, ready for inference."""
+
+    net: DualEncoder
+    config: Config
+    device: torch.device
+    checkpoint: Path | None = None
+
+    # -------------------------------------------------------------- inputs to tensors
+
+    def _pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        tensors = []
+        for image in images:
+            if isinstance(image, torch.Tensor):
+                tensors.append(image)
+            else:
+                pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+                tensors.append(to_tensor(pil, self.config.image))
+        return torch.stack(tensors).to(self.device)
+
+    def audio_features(self, audio: Sequence[AudioInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Files, bytes or 16 kHz float arrays -> (``B x F x T`` features, ``B`` lengths)."""
+        feats = []
+        for item in audio:
+            signal = item if isinstance(item, np.ndarray) else load_audio(item, self.config.features.sample_rate)
+            feats.append(compute_features(signal, self.config.features))
+        batch, lengths = pad_features(feats, multiple=16)
+        return batch.to(self.device), lengths.to(self.device)
+
+    # -------------------------------------------------------------- encoders
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[ImageInput] | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Images (paths, bytes, PIL, or ``B x 3 x S x S`` tensors) -> ``B x D x H x W`` embeddings."""
+        out = []
+        for b0 in range(0, len(images), batch_size):
+            pixels = images[b0: b0 + batch_size]
+            pixels = pixels.to(self.device) if isinstance(pixels, torch.Tensor) else self._pixels(pixels)
+            out.append(self.net.encode_images(pixels).float())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_audio(self, audio: Sequence[AudioInput], batch_size: int = 32) -> PackedFrames:
+        """Spoken captions (paths, bytes or 16 kHz arrays) -> packed ``sum(T') x D`` frame embeddings."""
+        frames, lengths = [], []
+        for b0 in range(0, len(audio), batch_size):
+            feats, feat_lengths = self.audio_features(audio[b0: b0 + batch_size])
+            emb, out_lengths = self.net.encode_audio(feats, feat_lengths)
+            packed = PackedFrames.from_padded(emb.float(), out_lengths)
+            frames.append(packed.frames)
+            lengths.append(packed.lengths)
+        all_lengths = torch.cat(lengths)
+        owner = torch.repeat_interleave(torch.arange(len(all_lengths), device=all_lengths.device), all_lengths)
+        return PackedFrames(torch.cat(frames), owner, all_lengths)
+
+    @torch.no_grad()
+    def similarity(self, images: Sequence[ImageInput] | torch.Tensor, audio: Sequence[AudioInput] | PackedFrames) -> torch.Tensor:
+        """``N`` images x ``M`` captions -> ``N x M`` scores. Accepts raw inputs or embeddings."""
+        image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.net.config.embed_dim \
+            else self.encode_images(images)
+        packed = audio if isinstance(audio, PackedFrames) else self.encode_audio(audio)
+        return self.net.similarity(image_emb, packed).cpu()
+
+    @torch.no_grad()
+    def matchmap(self, image: ImageInput, audio: AudioInput) -> torch.Tensor:
+        """One image and one caption -> ``H x W x T'`` matchmap."""
+        image_emb = self.encode_images([image])[0]
+        packed = self.encode_audio([audio])
+        return self.net.matchmap(image_emb, packed.caption(0)).cpu()
+
+    def frame_seconds(self) -> float:
+        """Seconds of audio per output frame of the audio encoder."""
+        return self.config.features.hop_ms / 1000 * self.net.audio.downsample
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
+    """Load a run folder or checkpoint file for inference (weights only; no code is executed)."""
+    path = resolve_checkpoint(run, checkpoint)
+    payload = load_checkpoint(path)
+    config = from_dict(Config, payload["config"], f"{path}: config").validate()
+    net = _build_for_loading(config)
+    try:
+        net.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise VGSError(f"{path}: weights do not match the saved config ({str(exc).splitlines()[0][:200]})") from exc
+    target = _device(device)
+    return Model(net.to(target).eval(), config, target, path)
+
+
+def _build_for_loading(config: Config) -> DualEncoder:
+    """The architecture without fetching ImageNet weights (the checkpoint holds all weights)."""
+    from .data.pipeline import resolve_image_normalization
+
+    resolve_image_normalization(config)
+    model_config = from_dict(type(config.model), {**_asdict(config.model), "pretrained": False, "image_weights": None})
+    return DualEncoder(model_config, config.features)
+
+
+def _asdict(obj: Any) -> dict:
+    from .config import to_dict
+
+    return to_dict(obj)
+
+
+def build_untrained(config: Config, device: str | None = None) -> Model:
+    """The configured architecture as initialised before training (pretrained trunk, random rest)."""
+    from .train import build_model
+
+    return Model(build_model(config).to(_device(device)).eval(), config, _device(device))
+
+
+def run_config(run: str | Path) -> Config:
+    """The config of a run folder (``config.yaml``) or checkpoint file."""
+    from .config import load_config
+
+    run = Path(run)
+    if run.is_dir() and (run / "config.yaml").is_file():
+        return load_config(run / "config.yaml")
+    payload = load_checkpoint(resolve_checkpoint(run))
+    return from_dict(Config, payload["config"]).validate()
+
+
+def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "test", protocol: str = "pairs100",
+                 draws: int = 10, seed: int = 0, untrained: bool = False, checkpoint: str = "best",
+                 batch_size: int = 64, json_out: str | Path | None = None, device: str | None = None,
+                 progress: bool = True) -> dict:
+    """Evaluate a run on a split with the ``pairs100`` or ``full`` protocol; optionally write JSON."""
+    from .data.pipeline import feature_statistics, open_split
+
+    if untrained:
+        config = run_config(run)
+        model = build_untrained(config, device)
+    else:
+        model = load(run, checkpoint, device)
+        config = model.config
+    if data is not None:
+        config.data = str(data)
+    dataset = open_split(config, split, model.net.image, device=str(model.device), progress=progress)
+    if untrained:
+        mean, std = feature_statistics(dataset, seed=config.train.seed)
+        model.net.audio.input_norm.set_statistics(mean.to(model.device), std.to(model.device))
+    encoded = encode_split(model.net, dataset, batch_size=batch_size, device=str(model.device), progress=progress)
+    if protocol == "pairs100":
+        result = pairs_protocol(encoded, model.net, n_pairs=100, draws=draws, seed=seed)
+    elif protocol == "full":
+        result = full_protocol(encoded, model.net)
+    else:
+        raise VGSError(f"--protocol: expected pairs100 or full, got {protocol!r}")
+    result.update({"split": split, "data": str(config.data), "untrained": untrained,
+                   "checkpoint": None if untrained else str(model.checkpoint)})
+    if json_out:
+        write_json(json_out, result)
+    return result
+
+
+__all__ = ["Model", "load", "build_untrained", "evaluate_run", "run_config", "resolve_checkpoint"]

@@ -1,0 +1,348 @@
+"""The ``vgs`` command line: a thin layer over the Python API.
+
+Errors that users can fix (bad input, missing files, wrong options) print one
+clear line and exit with status 1; ``prepare`` exits with 3 when it finished but
+skipped items (see the data set's ``build_report.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import VGSError
+
+EPILOG = "Docs: README.md. Every subcommand has --help."
+
+
+def _add_voice_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("voices (TTS)")
+    group.add_argument("--engines", default="auto", help="TTS engines for the voice pool, comma separated, or 'auto' "
+                       "for every installed one (espeak is built in; flite, festival, pico, rhvoice, mbrola when installed)")
+    group.add_argument("--voices", default=None, help="espeak-ng voices for the pool, comma separated (default: a built-in "
+                       "English pool; see `vgs voices`)")
+    group.add_argument("--rates", default=None, help="speaking rates in words/minute, comma separated (e.g. 150,170,190)")
+    group.add_argument("--pitches", default=None, help="pitches 0-100, comma separated (e.g. 35,50,65)")
+
+
+def _voice_config(args: argparse.Namespace):  # noqa: ANN202
+    from .tts import VoicePoolConfig
+
+    kwargs = {"engines": args.engines}
+    if args.voices:
+        kwargs["espeak_voices"] = tuple(v.strip() for v in args.voices.split(",") if v.strip())
+    for name in ("rates", "pitches"):
+        value = getattr(args, name)
+        if value:
+            try:
+                kwargs[name] = tuple(int(v) for v in value.split(","))
+            except ValueError as exc:
+                raise VGSError(f"--{name}: expected comma-separated integers, got {value!r}") from exc
+    return VoicePoolConfig(**kwargs)
+
+
+def _add_build_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="data set folder to create (or resume)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for speech synthesis and features (default 2)")
+    parser.add_argument("--copy-images", action="store_true", help="copy images into the data set instead of linking them")
+    parser.add_argument("--audio-format", choices=("wav", "flac"), default="wav", help="audio file format (default wav)")
+    parser.add_argument("--no-features", action="store_true", help="do not precompute the audio feature cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgs", description="Visually grounded speech: learn to match spoken captions "
+                                     "to images from image/speech pairs alone; search photos by voice; localize words.",
+                                     epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"vgs {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _prepare_parser(sub)
+    _voices_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    prepare = sub.add_parser("prepare", help="build a data set folder (manifests, audio, images, feature cache)",
+                             description="Build a data set folder in the vgs format: <split>.jsonl manifests, audio/, "
+                             "images/, and the audio feature cache. Re-running resumes; skipped items are listed in "
+                             "build_report.json and make the exit status 3.")
+    sources = prepare.add_subparsers(dest="source", metavar="SOURCE")
+    sources.required = True
+
+    p = sources.add_parser("scenes", help="the built-in synthetic scenes with spoken captions (no downloads)",
+                           description="Synthetic scenes of 1-4 coloured shapes with 5 spoken captions each, and "
+                           "ground-truth boxes and word times for localization.")
+    p.add_argument("--images", type=int, default=None, help="training images (default: the built-in size)")
+    p.add_argument("--dev-images", type=int, default=None, help="dev images")
+    p.add_argument("--test-images", type=int, default=None, help="test images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    _add_build_options(p)
+    _add_voice_options(p)
+
+    p = sources.add_parser("flickr8k", help="Flickr8k photos with their text captions spoken by the TTS",
+                           description="Speak every Flickr8k caption with the TTS (the paper's `say` step).")
+    p.add_argument("--images", required=True, type=Path, help="folder of Flickr8k JPEGs")
+    p.add_argument("--captions", required=True, type=Path, help="Flickr8k.token.txt or Kaggle captions.txt")
+    p.add_argument("--split-lists", type=Path, default=None, help="folder with Flickr_8k.{train,dev,test}Images.txt "
+                   "(default: beside --captions; without lists a seeded 75/12.5/12.5 split)")
+    p.add_argument("--voices-per-caption", type=int, default=1, help="speak each training caption in this many voices")
+    p.add_argument("--limit-images", type=int, default=None, help="keep only the first N images of each split")
+    p.add_argument("--seed", type=int, default=0, help="seed for the voice choice and the fallback split")
+    _add_build_options(p)
+    _add_voice_options(p)
+
+    p = sources.add_parser("facc", help="the Flickr Audio Caption Corpus (real speech)",
+                           description="Import the Flickr Audio Caption Corpus: wavs/, wav2capt.txt, wav2spk.txt.")
+    p.add_argument("--audio-root", required=True, type=Path, help="the flickr_audio folder (wavs/, wav2capt.txt, wav2spk.txt)")
+    p.add_argument("--images", required=True, type=Path, help="folder of Flickr8k JPEGs")
+    p.add_argument("--split-lists", type=Path, default=None, help="folder with Flickr_8k.{train,dev,test}Images.txt")
+    p.add_argument("--captions", type=Path, default=None, help="Flickr8k.token.txt, to fill in the text field")
+    _add_build_options(p)
+
+    p = sources.add_parser("places", help="DAVEnet/Places audio caption JSON (real speech)",
+                           description="Import Places Audio Captions from DAVEnet-style JSON files.")
+    p.add_argument("--train", type=Path, help="JSON for the train split")
+    p.add_argument("--dev", type=Path, help="JSON for the dev split")
+    p.add_argument("--test", type=Path, help="JSON for the test split")
+    p.add_argument("--images", type=Path, default=None, help="override the JSON's image_base_path")
+    p.add_argument("--audio-root", type=Path, default=None, help="override the JSON's audio_base_path")
+    _add_build_options(p)
+
+    p = sources.add_parser("spokencoco", help="SpokenCOCO JSON (real speech)",
+                           description="Import SpokenCOCO: SpokenCOCO_{train,val}.json, wavs/ and COCO images.")
+    p.add_argument("--train", type=Path, help="SpokenCOCO_train.json")
+    p.add_argument("--dev", type=Path, help="JSON for the dev split (e.g. SpokenCOCO_val.json)")
+    p.add_argument("--test", type=Path, help="JSON for the test split")
+    p.add_argument("--audio-root", required=True, type=Path, help="the SpokenCOCO folder (holding wavs/)")
+    p.add_argument("--images", required=True, type=Path, help="the COCO images folder (holding train2014/, val2014/)")
+    _add_build_options(p)
+    prepare.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.build import exit_status, run_builder
+
+    jobs = _prepare_jobs(args)
+    written, report = run_builder(args.out, jobs, copy_images=args.copy_images, audio_format=args.audio_format,
+                                  workers=args.workers)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} pairs" for split, n in written.items()))
+    if report.skipped:
+        print(report.summary())
+        print(f"details: {args.out / 'build_report.json'}")
+    if not args.no_features:
+        _cache_features(args.out, written, args.workers)
+    return exit_status(report)
+
+
+def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
+    """A callable ``report -> jobs`` for the chosen source."""
+    if args.source == "scenes":
+        from .data.scenes import ScenesConfig, scenes_jobs
+
+        kwargs = {k: v for k, v in (("images", args.images), ("dev_images", args.dev_images),
+                                    ("test_images", args.test_images)) if v is not None}
+        config = ScenesConfig(seed=args.seed, voices=_voice_config(args), **kwargs)
+        return lambda report: scenes_jobs(config, args.out, report)
+    if args.source == "flickr8k":
+        from .data.flickr8k import Flickr8kSource, flickr8k_jobs
+
+        source = Flickr8kSource(images=args.images, captions=args.captions, split_lists=args.split_lists, seed=args.seed,
+                                voices_per_caption=args.voices_per_caption, voices=_voice_config(args),
+                                limit_images=args.limit_images)
+        return lambda report: flickr8k_jobs(source, report)
+    from .data import importers
+
+    if args.source == "facc":
+        source = importers.FaccSource(audio_root=args.audio_root, images=args.images, split_lists=args.split_lists,
+                                      captions=args.captions)
+        return lambda report: importers.facc_jobs(source, report)
+    files = {split: getattr(args, split) for split in ("train", "dev", "test") if getattr(args, split)}
+    if not files:
+        raise VGSError(f"prepare {args.source}: give at least one of --train/--dev/--test")
+    if args.source == "places":
+        source = importers.PlacesSource(json_files=files, images=args.images, audio_root=args.audio_root)
+        return lambda report: importers.places_jobs(source, report)
+    source = importers.SpokenCocoSource(json_files=files, audio_root=args.audio_root, images=args.images)
+    return lambda report: importers.spokencoco_jobs(source, report)
+
+
+def _cache_features(out: Path, written: dict[str, int], workers: int) -> None:
+    from .data.manifest import load_split
+    from .features import AudioFeatureConfig, build_feature_cache
+
+    for split in written:
+        store = build_feature_cache(load_split(out, split, strict=False), split, AudioFeatureConfig(), workers=workers)
+        print(f"features {split}: {len(store)} utterances cached")
+
+
+# ----------------------------------------------------------------------------- voices
+
+
+def _voices_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("voices", help="list the TTS engines and voices available here",
+                       description="List TTS engines and voices, and the voice pool that `prepare` would use.")
+    _add_voice_options(p)
+    p.add_argument("--all", action="store_true", help="list every voice, not only English ones")
+    p.set_defaults(func=cmd_voices)
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    from .tts import available_engines, list_voices, voice_pool
+
+    config = _voice_config(args)
+    print("engines: " + ", ".join(available_engines()))
+    rows = list_voices(config)
+    if not args.all:
+        rows = [r for r in rows if r.get("kind") == "variant" or str(r.get("language") or "en").startswith("en")]
+    width = max((len(str(r.get("name", ""))) for r in rows), default=10)
+    for row in rows:
+        extra = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("engine", "name"))
+        print(f"{row.get('engine', ''):9s} {str(row.get('name', '')):{width}s}  {extra}")
+    pool = voice_pool(config)
+    print(f"voice pool: {len(pool)} voices, e.g. " + ", ".join(v.id for v in pool[:4]))
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a data set folder",
+                       description="Train the two-branch model. Settings come from the defaults, then --preset, then "
+                       "--config FILE, then the flags, then --set key=value (later wins). The run folder gets "
+                       "config.yaml, metrics.csv, tb/ (TensorBoard), checkpoints/{last,best}.pt and plots.")
+    p.add_argument("--data", type=Path, help="data set folder (with train.jsonl and dev.jsonl)")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--config", type=Path, help="a config.yaml to start from (e.g. another run's)")
+    p.add_argument("--preset", help="named settings: 'paper' (VGG16 + conv5, Adam 1e-4, batch 4, sampled hinge) "
+                   "or 'scenes' (small models for the scenes data)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    _add_training_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common settings (each is also a config field)")
+    g.add_argument("--epochs", type=int, help="train.epochs")
+    g.add_argument("--batch-size", type=int, help="train.batch_size")
+    g.add_argument("--lr", type=float, help="train.lr: peak learning rate")
+    g.add_argument("--seed", type=int, help="train.seed: same seed, same run")
+    g.add_argument("--image-encoder", help="model.image_encoder: vgg16, vgg19, resnet50, efficientnet-lite0, small-cnn")
+    g.add_argument("--audio-encoder", help="model.audio_encoder: conv5, conv6, resdavenet, lstm, gru")
+    g.add_argument("--loss", help="train.loss: hinge_sampled (paper Eq. 2), hinge_all, infonce")
+    g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
+    g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
+    g.add_argument("--max-minutes", type=float, help="train.max_minutes: stop after this much training time")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set train.warmup_steps=200 --set model.embed_dim=512")
+
+
+FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+               "image_encoder": "model.image_encoder", "audio_encoder": "model.audio_encoder", "loss": "train.loss",
+               "similarity": "model.similarity", "image_weights": "model.image_weights", "max_minutes": "train.max_minutes"}
+
+
+def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    """Defaults < preset < --config < flags < --set."""
+    from .config import Config, apply_preset, load_config, parse_overrides, set_value
+
+    config = Config()
+    if getattr(args, "preset", None):
+        apply_preset(config, args.preset)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+    for attr, key in FLAG_FIELDS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            set_value(config, key, value)
+    for key, value in parse_overrides(getattr(args, "overrides", []) or []):
+        set_value(config, key, value)
+    if getattr(args, "data", None) is not None:
+        config.data = str(args.data)
+    return config.validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume and (args.out / "config.yaml").exists() and not args.config:
+        config = load_config(args.out / "config.yaml")
+    else:
+        config = config_from_args(args)
+    if not config.data:
+        raise VGSError("--data: which data set folder to train on (or --config with a data field)")
+    train(config, args.out, resume=args.resume)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="retrieval recall (the paper's P@k) of a run or checkpoint",
+                       description="Recall@1/5/10 speech->image and image->speech. 'pairs100' is the paper's protocol "
+                       "(100 pairs, repeated over --draws draws, mean and std); 'full' ranks every image against every "
+                       "caption of the split (the Flickr8k standard), with median ranks.")
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("--data", type=Path, help="data set folder (default: the run's)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--protocol", choices=("pairs100", "full"), default="pairs100", help="evaluation protocol")
+    p.add_argument("--draws", type=int, default=10, help="pairs100: number of random draws (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="pairs100: seed of the draws")
+    p.add_argument("--untrained", action="store_true", help="score the same architecture without training (the paper's (R) rows)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--json", type=Path, help="write the result as JSON here")
+    p.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, split=args.split, protocol=args.protocol, draws=args.draws,
+                          seed=args.seed, untrained=args.untrained, checkpoint=args.checkpoint,
+                          batch_size=args.batch_size, json_out=args.json)
+    from .evaluate import format_table
+
+    print(format_table({("untrained" if args.untrained else "trained"): result}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = os.environ.get("VGS_DEBUG")
+    try:
+        return int(args.func(args) or 0)
+    except VGSError as exc:
+        if debug:
+            raise
+        print(f"vgs {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"vgs {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Run configuration: nested dataclasses, saved as YAML and reloaded strictly.
+
+``Config`` holds everything that defines a run.  It round-trips through
+``RUN/config.yaml``; unknown keys and wrong types are errors that name the key.
+Any field can be overridden with ``--set section.field=value`` (values are parsed
+as YAML, so ``--set train.lr=3e-4`` and ``--set model.bidirectional=false`` work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import VGSError
+from .features import AudioFeatureConfig
+from .images import ImageConfig
+from .io import write_text
+
+IMAGE_ENCODERS = ("vgg16", "vgg19", "resnet50", "efficientnet-lite0", "small-cnn")
+AUDIO_ENCODERS = ("conv5", "conv6", "resdavenet", "lstm", "gru")
+LOSSES = ("hinge_sampled", "hinge_all", "infonce")
+SIMILARITIES = ("misa", "sisa", "sima")
+
+
+@dataclass
+class ModelConfig:
+    """The two branches. Shapes: images ``B x embed_dim x H x W``, audio ``B x embed_dim x T'``."""
+
+    image_encoder: str = "efficientnet-lite0"
+    audio_encoder: str = "resdavenet"
+    embed_dim: int = 1024
+    pretrained: bool = True  # ImageNet weights for the image trunk
+    image_weights: str | None = None  # a local state_dict file instead of downloading
+    freeze_trunk: bool = True  # keep the image trunk fixed (its outputs can then be cached)
+    image_head_kernel: int = 0  # 0 = the encoder's default (1 for vgg16/resnet50, 3 for vgg19)
+    audio_channels: int = 512  # width of the conv audio nets' middle layers (DAVEnet: 512)
+    rnn_hidden: int = 512
+    rnn_layers: int = 2
+    bidirectional: bool = True
+    rnn_subsample: int = 4  # frames stacked before the recurrent layers
+    dropout: float = 0.1
+    normalize: bool = True  # L2-normalize region and frame embeddings before the matchmap
+    similarity: str = "misa"
+
+    def validate(self) -> None:
+        _choice("model.image_encoder", self.image_encoder, IMAGE_ENCODERS)
+        _choice("model.audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
+        _choice("model.similarity", self.similarity, SIMILARITIES)
+        _positive("model.embed_dim", self.embed_dim)
+        if self.image_head_kernel not in (0, 1, 3):
+            raise VGSError(f"model.image_head_kernel: expected 0, 1 or 3, got {self.image_head_kernel}")
+        if not 0 <= self.dropout < 1:
+            raise VGSError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, batching, logging and checkpointing."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 100
+    loss: str = "infonce"
+    margin: float = 1.0
+    init_temperature: float = 0.07  # InfoNCE: logits = MISA / temperature, learnable
+    grad_clip: float = 5.0
+    seed: int = 0
+    workers: int = 2
+    cache_image_features: bool = True  # with a frozen trunk, encode each image once
+    augment_images: bool = True  # horizontal flips (cached as a second copy when caching)
+    spec_augment: bool = True  # time and frequency masking on the audio features
+    eval_split: str = "dev"
+    eval_every: int = 1  # epochs
+    eval_max_items: int = 1000  # dev recall on at most this many images per evaluation
+    checkpoint_every_minutes: float = 5.0  # mid-epoch checkpoints, so a kill loses little
+    max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
+    amp: bool = True  # bf16 autocast on GPU
+    max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    threads: int = 0  # torch intra-op threads (0 = all cores)
+
+    def validate(self) -> None:
+        _choice("train.loss", self.loss, LOSSES)
+        _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        _choice("train.schedule", self.schedule, ("cosine", "constant"))
+        _positive("train.epochs", self.epochs)
+        _positive("train.lr", self.lr)
+        if self.batch_size < 2:
+            raise VGSError(f"train.batch_size: expected at least 2 (impostors come from the batch), got {self.batch_size}")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run; saved as ``RUN/config.yaml``."""
+
+    data: str = ""
+    features: AudioFeatureConfig = field(default_factory=AudioFeatureConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        self.features.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Zhang / Harwath et al.: VGG16 + 5-layer conv audio net, Adam 1e-4, batch 4, margin-1 hinge with sampled impostors.
+    "paper": {
+        "model.image_encoder": "vgg16", "model.audio_encoder": "conv5", "model.embed_dim": 1024,
+        "model.freeze_trunk": False, "model.normalize": False, "model.dropout": 0.0, "model.similarity": "misa",
+        "model.audio_channels": 512,
+        "train.optimizer": "adam", "train.lr": 1e-4, "train.batch_size": 4, "train.loss": "hinge_sampled",
+        "train.margin": 1.0, "train.weight_decay": 0.0, "train.schedule": "constant", "train.warmup_steps": 0,
+        "train.augment_images": False, "train.spec_augment": False,
+    },
+    # Quick CPU runs on the built-in scenes data.
+    "scenes": {
+        "image.size": 128, "model.image_encoder": "small-cnn", "model.pretrained": False, "model.freeze_trunk": False,
+        "model.audio_encoder": "resdavenet", "model.embed_dim": 256, "model.audio_channels": 128,
+        "train.batch_size": 64, "train.lr": 2e-3, "train.epochs": 12, "train.augment_images": False,
+        "train.cache_image_features": False,
+    },
+}
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise VGSError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise VGSError(f"{name}: expected a positive number, got {value!r}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree to plain dicts/lists (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except VGSError as exc:
+                errors.append(str(exc))
+        raise VGSError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise VGSError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(kind)
+        item_kind = args[0] if args else Any
+        return tuple(_coerce(v, item_kind, f"{where}[{i}]") for i, v in enumerate(value))
+    if kind is Any:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise VGSError(f"{where}: expected true or false, got {value!r}")
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            pass
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise VGSError(f"{where}: expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise VGSError(f"{where}: expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise VGSError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise VGSError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise VGSError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected some of {', '.join(sorted(names))}")
+    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}" if where != "config" else key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def set_value(config: Config, dotted: str, raw: Any) -> None:
+    """Set ``section.field`` on ``config``, type-checked. ``raw`` strings are parsed as YAML."""
+    if isinstance(raw, str):
+        try:
+            raw = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            pass
+    parts = dotted.split(".")
+    target: Any = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            raise VGSError(f"--set {dotted}: no config section {part!r}")
+        target = getattr(target, part)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
+        fields = sorted(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else []
+        raise VGSError(f"--set {dotted}: unknown field {name!r}" + (f"; expected one of {', '.join(fields)}" if fields else ""))
+    kind = typing.get_type_hints(type(target))[name]
+    setattr(target, name, _coerce(raw, kind, dotted))
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise VGSError(f"--set {pair!r}: expected key=value, e.g. train.lr=3e-4")
+        out.append((key.strip(), value))
+    return out
+
+
+def apply_preset(config: Config, name: str) -> None:
+    if name not in PRESETS:
+        raise VGSError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    for key, value in PRESETS[name].items():
+        set_value(config, key, value)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise VGSError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise VGSError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    try:
+        return from_dict(Config, data or {}).validate()
+    except VGSError as exc:
+        raise VGSError(f"{path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Data sets: the manifest format, builders (flickr8k, facc, places, spokencoco, scenes) and loaders."""

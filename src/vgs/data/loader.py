@@ -1,0 +1,170 @@
+"""PyTorch datasets and batching for image/caption pairs.
+
+Audio comes from the feature cache (:class:`~vgs.features.AudioFeatureStore`); images
+either from the trunk-feature cache (:class:`CachedImages`, a frozen trunk) or from
+files (:class:`ImageFiles`).  :class:`BucketBatchSampler` groups captions of similar
+length, so a 3-second caption does not pay for 1024 frames, and is deterministic
+per ``(seed, epoch)`` so an interrupted run resumes on the very same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..features import AudioFeatureStore, pad_features
+from ..images import ImageConfig, load_image_tensor
+from .manifest import Manifest
+
+
+class CachedImages:
+    """Trunk outputs of a frozen image encoder: ``features[k]`` is ``C x H x W`` (float16)."""
+
+    is_features = True
+
+    def __init__(self, features: np.ndarray, ids: Sequence[str]):
+        self.features = features
+        self.index = {image_id: k for k, image_id in enumerate(ids)}
+
+    def get(self, image_id: str, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.features[self.index[image_id]]))
+
+
+class ImageFiles:
+    """Images loaded from disk and normalized; horizontal flips when ``augment``."""
+
+    is_features = False
+
+    def __init__(self, paths: dict[str, str], config: ImageConfig, augment: bool = False):
+        self.paths = paths
+        self.config = config
+        self.augment = augment
+
+    def get(self, image_id: str, rng: np.random.Generator | None = None) -> torch.Tensor:
+        flip = bool(self.augment and rng is not None and rng.random() < 0.5)
+        return load_image_tensor(self.paths[image_id], self.config, flip=flip)
+
+
+def spec_augment(features: np.ndarray, rng: np.random.Generator, time_masks: int = 2, freq_masks: int = 2,
+                 max_time: float = 0.1, max_freq: int = 6) -> np.ndarray:
+    """SpecAugment-style masking of a ``T x F`` array (masked cells set to the array's mean)."""
+    out = features.astype(np.float32, copy=True)
+    t, f = out.shape
+    fill = float(out.mean())
+    for _ in range(freq_masks):
+        width = int(rng.integers(0, max_freq + 1))
+        start = int(rng.integers(0, max(1, f - width)))
+        out[:, start: start + width] = fill
+    for _ in range(time_masks):
+        width = int(rng.integers(0, max(1, int(t * max_time)) + 1))
+        start = int(rng.integers(0, max(1, t - width)))
+        out[start: start + width, :] = fill
+    return out
+
+
+class PairDataset(Dataset):
+    """Image/caption pairs of one split. Items: ``{"audio": T x F, "image": ..., "image_index": int, "index": int}``."""
+
+    def __init__(self, manifest: Manifest, audio: AudioFeatureStore, images: CachedImages | ImageFiles,
+                 seed: int = 0, spec_augment: bool = False):
+        self.rows = [row for row in manifest.rows if row["id"] in audio.index]
+        self.audio = audio
+        self.audio_rows = np.array([audio.index[row["id"]] for row in self.rows], dtype=np.int64)
+        self.images = images
+        self.image_ids = list(dict.fromkeys(row["image_id"] for row in self.rows))
+        image_number = {image_id: k for k, image_id in enumerate(self.image_ids)}
+        self.image_index = np.array([image_number[row["image_id"]] for row in self.rows], dtype=np.int64)
+        self.seed = seed
+        self.epoch = 0
+        self.spec_augment = spec_augment
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def lengths(self) -> np.ndarray:
+        return self.audio.lengths()[self.audio_rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        feats = self.audio[int(self.audio_rows[i])]
+        if self.spec_augment:
+            feats = spec_augment(feats, rng)
+        image = self.images.get(self.rows[i]["image_id"], rng)
+        return {"audio": feats, "image": image, "image_index": int(self.image_index[i]), "index": i}
+
+
+@dataclass
+class Batch:
+    """A padded batch: ``audio`` ``B x F x T``, ``lengths`` ``B``, ``images`` ``B x 3 x S x S`` or ``B x C x H x W``."""
+
+    audio: torch.Tensor
+    lengths: torch.Tensor
+    images: torch.Tensor
+    image_index: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.lengths, self.images, self.image_index, self.index)))
+
+
+def collate(items: list[dict], multiple: int = 16) -> Batch:
+    audio, lengths = pad_features([item["audio"] for item in items], multiple)
+    images = torch.stack([item["image"] for item in items]).float()
+    return Batch(audio, lengths, images, torch.tensor([item["image_index"] for item in items]),
+                 torch.tensor([item["index"] for item in items]))
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Length-bucketed, shuffled batches, deterministic per ``(seed, epoch)``; shards across DDP ranks.
+
+    Each epoch: shuffle, cut into pools of ``batch_size * pool_batches`` items, sort
+    each pool by length, cut into batches, shuffle the batches.  ``start_batch``
+    skips the first batches (resuming mid-epoch).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 32,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = batch_size * pool_batches
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def all_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7919])
+        order = rng.permutation(len(self.lengths))
+        batches: list[list[int]] = []
+        for p0 in range(0, len(order), self.pool):
+            pool = order[p0: p0 + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            for b0 in range(0, len(pool), self.batch_size):
+                batch = pool[b0: b0 + self.batch_size].tolist()
+                if len(batch) == self.batch_size or (not self.drop_last and batch):
+                    batches.append(batch)
+        rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank: usable: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.all_batches()[self.start_batch:]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        full = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return max(0, full // self.world_size - self.start_batch)

@@ -1,0 +1,148 @@
+"""The on-disk data set format: one JSON Lines manifest per split.
+
+A data set is a folder holding ``train.jsonl``, ``dev.jsonl`` and/or ``test.jsonl``,
+its audio files and its images (copied or linked).  Each manifest line is one
+image/caption pair::
+
+    {"id": "1000268201_693b08cb0e#0",          # unique within the data set
+     "image": "images/1000268201_693b08cb0e.jpg",  # relative to the manifest
+     "image_id": "1000268201_693b08cb0e",     # shared by the captions of one image
+     "audio": "audio/1000268201_693b08cb0e_0.wav", # relative to the manifest
+     "speaker": "espeak:en-us+f2:r175:p55",   # voice or speaker
+     "text": "A child in a pink dress ...",    # optional
+     "words": [{"word": "A", "start": 0.05, "end": 0.12}, ...],  # optional, seconds
+     "objects": [{"name": "red circle", "box": [x0, y0, x1, y1]}, ...]}  # optional
+
+Boxes are in pixels of the stored image, ``x1``/``y1`` exclusive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import InputError, VGSError
+from ..io import write_jsonl
+
+SPLITS = ("train", "dev", "test")
+REQUIRED = {"id": str, "image": str, "image_id": str, "audio": str, "speaker": str}
+OPTIONAL = {"text": (str, type(None)), "words": (list, type(None)), "objects": (list, type(None))}
+KNOWN_FIELDS = set(REQUIRED) | set(OPTIONAL) | {"duration", "caption_id", "source"}
+
+
+@dataclass
+class Manifest:
+    """One split's rows, with paths resolved against the manifest's folder."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def audio_path(self, row: dict) -> Path:
+        return self.root / row["audio"]
+
+    def image_path(self, row: dict) -> Path:
+        return self.root / row["image"]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_ids(self) -> list[str]:
+        """Distinct image ids in first-seen order."""
+        return list(dict.fromkeys(row["image_id"] for row in self.rows))
+
+
+def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
+    """Check one manifest row; raise :class:`InputError` naming file, line and field."""
+    if not isinstance(row, dict):
+        raise InputError(source, f"expected a JSON object, got {type(row).__name__}", line=line)
+    for key, kind in REQUIRED.items():
+        if key not in row:
+            raise InputError(source, "missing required field", line=line, field=key)
+        if not isinstance(row[key], kind) or not row[key]:
+            raise InputError(source, f"expected a non-empty string, got {row[key]!r:.60}", line=line, field=key)
+    for key, kinds in OPTIONAL.items():
+        if key in row and not isinstance(row[key], kinds):
+            raise InputError(source, f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(row[key]).__name__}", line=line, field=key)
+    unknown = set(row) - KNOWN_FIELDS
+    if unknown:
+        raise InputError(source, f"unknown field(s) {sorted(unknown)}; expected {sorted(KNOWN_FIELDS)}", line=line)
+    for index, word in enumerate(row.get("words") or []):
+        if not (isinstance(word, dict) and isinstance(word.get("word"), str)
+                and all(isinstance(word.get(k), (int, float)) and not isinstance(word.get(k), bool) for k in ("start", "end"))
+                and 0 <= word["start"] <= word["end"]):
+            raise InputError(source, f"words[{index}]: expected {{'word': str, 'start': s, 'end': e}} with 0 <= start <= end", line=line, field="words")
+    for index, obj in enumerate(row.get("objects") or []):
+        box = obj.get("box") if isinstance(obj, dict) else None
+        if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
+                and isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise InputError(source, f"objects[{index}]: expected {{'name': str, 'box': [x0, y0, x1, y1]}}", line=line, field="objects")
+    for key in ("image", "audio"):
+        if Path(row[key]).is_absolute() or ".." in Path(row[key]).parts:
+            raise InputError(source, "must be a path relative to the manifest, inside the data set", line=line, field=key)
+    return row
+
+
+def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
+    """Read and validate a manifest.
+
+    With ``strict`` a bad line raises :class:`InputError`; otherwise bad lines and
+    duplicate ids are skipped and described in ``Manifest.problems``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VGSError(f"{path}: manifest not found")
+    rows: list[dict] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=number) from exc
+            validate_row(row, path, number)
+            if row["id"] in seen:
+                raise InputError(path, f"duplicate id {row['id']!r}", line=number, field="id")
+        except InputError as exc:
+            if strict:
+                raise
+            problems.append(str(exc))
+            continue
+        seen.add(row["id"])
+        rows.append(row)
+    return Manifest(path=path, rows=rows, problems=problems)
+
+
+def write_manifest(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write rows atomically (temporary file, then rename)."""
+    write_jsonl(path, rows)
+
+
+def find_manifest(data_dir: str | Path, split: str) -> Path:
+    """``DIR/<split>.jsonl``, with a clear error listing the splits that exist."""
+    data_dir = Path(data_dir)
+    if data_dir.suffix == ".jsonl":
+        return data_dir
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        have = sorted(p.stem for p in data_dir.glob("*.jsonl")) if data_dir.is_dir() else []
+        raise VGSError(f"{path}: no {split!r} manifest; {'found ' + ', '.join(have) if have else 'no manifests in ' + str(data_dir)}"
+                       + ("" if data_dir.is_dir() else " (folder does not exist)"))
+    return path
+
+
+def load_split(data_dir: str | Path, split: str, strict: bool = True) -> Manifest:
+    return read_manifest(find_manifest(data_dir, split), strict=strict)

@@ -1,0 +1,76 @@
+"""From a data set folder and a config to a ready :class:`PairDataset` (caches built once)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import VGSError
+from ..features import build_feature_cache, build_image_cache
+from ..models.image import ImageEncoder
+from .loader import CachedImages, ImageFiles, PairDataset
+from .manifest import load_split
+
+
+def trunk_identity(config: Config, trunk: torch.nn.Module) -> dict:
+    """What determines a frozen trunk's outputs: its name and a hash of its exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trunk.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return {"encoder": config.model.image_encoder, "weights_sha256": digest.hexdigest()[:20]}
+
+
+def uses_image_cache(config: Config) -> bool:
+    return config.model.freeze_trunk and config.train.cache_image_features
+
+
+def open_split(config: Config, split: str, image_encoder: ImageEncoder | None = None, train: bool = False,
+               device: str = "cpu", progress: bool = True, workers: int = 2) -> PairDataset:
+    """Load a split's manifest, its cached audio features and its images (cached trunk outputs or files)."""
+    manifest = load_split(config.data, split, strict=False)
+    if manifest.problems:
+        print(f"warning: {manifest.path}: skipped {len(manifest.problems)} bad line(s); first: {manifest.problems[0]}")
+    if not manifest.rows:
+        raise VGSError(f"{manifest.path}: no usable rows")
+    audio = build_feature_cache(manifest, split, config.features, workers=workers, progress=progress)
+    if len(audio) == 0:
+        raise VGSError(f"{manifest.path}: none of the audio files could be featurized")
+    if uses_image_cache(config):
+        if image_encoder is None:
+            raise VGSError("an image encoder is needed to build the trunk-feature cache")
+        features, ids = build_image_cache(manifest, split, image_encoder.trunk, trunk_identity(config, image_encoder.trunk), config.image,
+                                          device=device, progress=progress)
+        images: CachedImages | ImageFiles = CachedImages(features, ids)
+    else:
+        paths = {row["image_id"]: str(manifest.image_path(row)) for row in manifest.rows}
+        images = ImageFiles(paths, config.image, augment=train and config.train.augment_images)
+    return PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment)
+
+
+def feature_statistics(dataset: PairDataset, max_items: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std of the audio features over (a sample of) a split. Returns two ``F`` tensors."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(dataset.audio_rows), size=min(max_items, len(dataset.audio_rows)), replace=False)
+    frames = np.concatenate([dataset.audio[int(dataset.audio_rows[i])].astype(np.float32) for i in picks])
+    return torch.from_numpy(frames.mean(0)), torch.from_numpy(frames.std(0))
+
+
+def resolve_image_normalization(config: Config) -> None:
+    """Use the trunk's own input normalization (EfficientNet-Lite differs from ImageNet's default)."""
+    from ..images import IMAGENET_MEAN, IMAGENET_STD
+    from ..models.image import NORMALIZATION
+
+    image = config.image
+    if tuple(image.mean) == IMAGENET_MEAN and tuple(image.std) == IMAGENET_STD and config.model.image_encoder in NORMALIZATION:
+        image.mean, image.std = NORMALIZATION[config.model.image_encoder]
+
+
+def describe(config: Config) -> str:
+    m = config.model
+    return (f"{m.image_encoder}{' (frozen)' if m.freeze_trunk else ''} + {m.audio_encoder}, D={m.embed_dim}, "
+            f"{m.similarity}, {config.train.loss}, batch {config.train.batch_size}, lr {config.train.lr:g}")
+

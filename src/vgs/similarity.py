@@ -1,0 +1,133 @@
+"""Matchmaps and the image/caption similarity scores built on them (paper Eq. 1).
+
+For an image ``I`` (``D x H x W``, regions ``r = (i, j)``) and a caption ``A``
+(``D x T``, of which ``L`` frames are real), the matchmap is
+``M[r, t] = <I[:, r], A[:, t]>`` and
+
+* ``misa``: ``mean_{t<L} max_r M[r, t]``  (max over image, sum/mean over audio)
+* ``sima``: ``mean_r max_{t<L} M[r, t]``
+* ``sisa``: ``mean_r mean_{t<L} M[r, t]``
+
+:func:`similarity_matrix` scores ``N`` images against ``M`` captions, for both the
+``B x B`` training matrix and ``N x M`` evaluation.  It never computes on padding:
+the real frames of all captions are packed into one ``sum(L) x D`` matrix
+(:class:`PackedFrames`) and each chunk of images is one dense matmul against a
+chunk of it, followed by a max over regions and a segment mean over each
+caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_BYTES = 128 * 2**20
+
+
+@dataclass
+class PackedFrames:
+    """Real frames of ``M`` captions: ``frames`` is ``F x D``, ``owner`` ``F`` (caption index), ``lengths`` ``M``."""
+
+    frames: torch.Tensor
+    owner: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def from_padded(cls, audio: torch.Tensor, lengths: torch.Tensor) -> "PackedFrames":
+        """``M x D x T`` padded frames with ``M`` lengths."""
+        m, _, t = audio.shape
+        lengths = lengths.to(audio.device).clamp(1, t)
+        mask = torch.arange(t, device=audio.device)[None, :] < lengths[:, None]
+        frames = audio.transpose(1, 2)[mask]
+        owner = torch.repeat_interleave(torch.arange(m, device=audio.device), lengths)
+        return cls(frames, owner, lengths)
+
+    @property
+    def count(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def caption(self, index: int) -> torch.Tensor:
+        """Caption ``index``'s frames, ``D x L``."""
+        start = int(self.lengths[:index].sum())
+        return self.frames[start: start + int(self.lengths[index])].T
+
+    def select(self, indices: torch.Tensor) -> "PackedFrames":
+        """A subset of captions, in the given order."""
+        starts = torch.cumsum(self.lengths, 0) - self.lengths
+        pieces = [self.frames[int(starts[i]): int(starts[i] + self.lengths[i])] for i in indices.tolist()]
+        lengths = self.lengths[indices]
+        owner = torch.repeat_interleave(torch.arange(len(indices), device=self.frames.device), lengths)
+        return PackedFrames(torch.cat(pieces), owner, lengths)
+
+
+def matchmap(image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """``D x H x W`` image and ``D x T`` audio -> ``H x W x T`` matchmap."""
+    return torch.einsum("dhw,dt->hwt", image, audio)
+
+
+def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, lengths: torch.Tensor | None = None,
+                      kind: str = "misa", chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Score every image against every caption.
+
+    Args:
+        images: ``N x D x H x W`` (or ``N x D x R``) region embeddings.
+        audio: ``M x D x T`` padded frame embeddings (with ``lengths``), or :class:`PackedFrames`.
+        lengths: ``M`` real frame counts; frames at ``t >= L`` never count.
+        kind: ``misa``, ``sima`` or ``sisa``.
+        chunk_bytes: bound on the temporary ``n x R x f`` score block.
+    Returns:
+        ``N x M`` float32 similarities (differentiable).
+    """
+    packed = audio if isinstance(audio, PackedFrames) else PackedFrames.from_padded(audio, lengths)
+    regions = images.flatten(2).transpose(1, 2)  # N x R x D
+    if kind == "sisa":
+        sums = torch.zeros(packed.count, packed.frames.shape[1], device=packed.frames.device, dtype=packed.frames.dtype)
+        audio_mean = sums.index_add(0, packed.owner, packed.frames) / packed.lengths[:, None].to(packed.frames.dtype)
+        return (regions.mean(1) @ audio_mean.T).float()
+    if kind not in ("misa", "sima"):
+        raise ValueError(f"unknown similarity {kind!r}; expected misa, sima or sisa")
+    n, r, d = regions.shape
+    total = packed.frames.shape[0]
+    element = 4  # scores are reduced in float32
+    frames_per_chunk = max(1, min(total, chunk_bytes // (element * r * max(1, min(n, 32)))))
+    images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk)))
+    rows = []
+    for i0 in range(0, n, images_per_chunk):
+        block = regions[i0: i0 + images_per_chunk].reshape(-1, d)  # (n_c * R) x D
+        reducer = _misa_rows if kind == "misa" else _sima_rows
+        rows.append(reducer(block, r, packed, frames_per_chunk))
+    return torch.cat(rows)
+
+
+def _misa_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int) -> torch.Tensor:
+    n_c = block.shape[0] // r
+    sums = torch.zeros(n_c, packed.count, device=block.device, dtype=torch.float32)
+    for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
+        scores = block @ packed.frames[f0: f0 + frames_per_chunk].T  # (n_c * R) x f_c: one dense matmul
+        best = scores.view(n_c, r, -1).amax(dim=1).float()  # n_c x f_c: max over regions
+        sums = sums.index_add(1, packed.owner[f0: f0 + frames_per_chunk], best)  # sum over each caption's frames
+    return sums / packed.lengths[None, :].float()
+
+
+def _sima_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int) -> torch.Tensor:
+    best = torch.full((block.shape[0], packed.count), float("-inf"), device=block.device, dtype=torch.float32)
+    for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
+        scores = (block @ packed.frames[f0: f0 + frames_per_chunk].T).float()  # (n_c * R) x f_c
+        owner = packed.owner[f0: f0 + frames_per_chunk].expand(scores.shape[0], -1)
+        best = best.scatter_reduce(1, owner, scores, reduce="amax", include_self=True)  # max over each caption's frames
+    return best.view(-1, r, packed.count).mean(dim=1)  # mean over regions
+
+
+def pairwise_similarity(images: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor, kind: str = "misa") -> torch.Tensor:
+    """Similarity of matched pairs only, image ``i`` with caption ``i``: ``B x D x H x W``, ``B x D x T`` -> ``B``."""
+    maps = torch.einsum("bdr,bdt->brt", images.flatten(2), audio)
+    valid = torch.arange(audio.shape[-1], device=audio.device)[None, :] < lengths.to(audio.device)[:, None]
+    count = valid.sum(-1).clamp_min(1).to(maps.dtype)
+    if kind == "misa":
+        return (maps.amax(dim=1) * valid).sum(-1) / count
+    if kind == "sima":
+        return maps.masked_fill(~valid[:, None, :], float("-inf")).amax(-1).mean(-1)
+    if kind == "sisa":
+        return (maps.mean(dim=1) * valid).sum(-1) / count
+    raise ValueError(f"unknown similarity {kind!r}")

@@ -1,0 +1,64 @@
+"""Config round trips, overrides and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from vgs.config import Config, apply_preset, load_config, parse_overrides, save_config, set_value, to_dict
+from vgs.errors import VGSError
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    config = Config(data="x")
+    set_value(config, "train.lr", "3e-4")
+    set_value(config, "model.bidirectional", "false")
+    save_config(config, tmp_path / "c.yaml")
+    loaded = load_config(tmp_path / "c.yaml")
+    assert to_dict(loaded) == to_dict(config)
+    assert loaded.train.lr == pytest.approx(3e-4) and loaded.model.bidirectional is False
+
+
+def test_paper_preset() -> None:
+    config = Config()
+    apply_preset(config, "paper")
+    assert (config.model.image_encoder, config.model.audio_encoder) == ("vgg16", "conv5")
+    assert (config.train.batch_size, config.train.lr, config.train.margin, config.train.loss) == (4, 1e-4, 1.0, "hinge_sampled")
+    assert config.train.optimizer == "adam" and config.model.similarity == "misa"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.lr", "fast", "expected a number"),
+    ("train.epochs", "1.5", "expected an integer"),
+    ("model.freeze_trunk", "maybe", "expected true or false"),
+    ("model.nope", "1", "unknown field 'nope'"),
+    ("nope.lr", "1", "no config section 'nope'"),
+])
+def test_bad_overrides_name_the_key(key: str, value: str, message: str) -> None:
+    with pytest.raises(VGSError, match=message):
+        set_value(Config(), key, value)
+
+
+def test_validation_rejects_unknown_choices() -> None:
+    config = Config()
+    config.model.audio_encoder = "transformer"
+    with pytest.raises(VGSError, match="model.audio_encoder"):
+        config.validate()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("train: {lr: abc}", "train.lr: expected a number"),
+    ("model: {colour: red}", "unknown field"),
+    ("train: [1, 2]", "expected a mapping"),
+    ("{{{", "not valid YAML"),
+])
+def test_bad_config_files(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(VGSError, match=message):
+        load_config(path)
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["a.b=1", "c.d= x"]) == [("a.b", "1"), ("c.d", " x")]
+    with pytest.raises(VGSError, match="key=value"):
+        parse_overrides(["novalue"])

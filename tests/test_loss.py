@@ -1,0 +1,64 @@
+"""Loss properties: zero when positives win by the margin, masking of same-image pairs, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vgs.loss import ContrastiveLoss, hinge_all, hinge_sampled, info_nce, same_image_mask
+
+
+def separated(b: int = 6, gap: float = 1.5) -> torch.Tensor:
+    sim = torch.rand(b, b) * 0.1
+    sim.diagonal().add_(gap)
+    return sim
+
+
+def test_hinges_are_zero_when_every_positive_wins_by_the_margin() -> None:
+    sim = separated()
+    same = same_image_mask(torch.arange(6))
+    assert hinge_all(sim, same, margin=1.0) == 0
+    assert hinge_sampled(sim, same, margin=1.0) == 0
+
+
+def test_hinges_are_positive_otherwise() -> None:
+    sim = separated(gap=0.5)
+    same = same_image_mask(torch.arange(6))
+    assert hinge_all(sim, same, 1.0) > 0
+    assert hinge_sampled(sim, same, 1.0) > 0
+
+
+def test_captions_of_the_same_image_are_never_impostors() -> None:
+    # Pairs 0 and 1 share an image; their cross scores are huge but must not count.
+    ids = torch.tensor([0, 0, 1, 2])
+    sim = separated(4)
+    sim[0, 1] = sim[1, 0] = 50.0
+    same = same_image_mask(ids)
+    assert hinge_all(sim, same) == 0
+    for seed in range(20):
+        assert hinge_sampled(sim, same, generator=torch.Generator().manual_seed(seed)) == 0
+    other = sim.clone()
+    other[0, 1] = other[1, 0] = -50.0
+    torch.testing.assert_close(info_nce(sim, same, torch.tensor(2.0)), info_nce(other, same, torch.tensor(2.0)))
+
+
+def test_infonce_decreases_with_separation() -> None:
+    same = same_image_mask(torch.arange(6))
+    scale = torch.tensor(2.0)
+    assert info_nce(separated(gap=3.0), same, scale) < info_nce(separated(gap=0.1), same, scale)
+
+
+@pytest.mark.parametrize("kind", ["hinge_sampled", "hinge_all", "infonce"])
+def test_gradients_reach_both_branches(kind: str) -> None:
+    from vgs.similarity import similarity_matrix
+
+    images = torch.randn(4, 8, 3, 3, requires_grad=True)
+    audio = torch.randn(4, 8, 6, requires_grad=True)
+    loss = ContrastiveLoss(kind)(similarity_matrix(images, audio, torch.tensor([6, 5, 4, 3])), torch.arange(4))
+    loss.backward()
+    assert images.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
+
+
+def test_temperature_is_learnable_only_for_infonce() -> None:
+    assert ContrastiveLoss("infonce").logit_scale.requires_grad
+    assert not ContrastiveLoss("hinge_all").logit_scale.requires_grad

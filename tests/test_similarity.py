@@ -1,0 +1,90 @@
+"""MISA / SIMA / SISA against a naive per-pair reference (the paper's Eq. 1, one pair at a time)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vgs.similarity import PackedFrames, matchmap, pairwise_similarity, similarity_matrix
+
+
+def naive_similarity(images: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor, kind: str) -> torch.Tensor:
+    """One image/caption pair at a time, straight from the definition."""
+    n, m = images.shape[0], audio.shape[0]
+    out = torch.zeros(n, m)
+    for i in range(n):
+        for j in range(m):
+            mm = matchmap(images[i], audio[j, :, : lengths[j]])  # H x W x L
+            flat = mm.reshape(-1, mm.shape[-1])  # R x L
+            if kind == "misa":
+                out[i, j] = flat.max(0).values.mean()
+            elif kind == "sima":
+                out[i, j] = flat.max(1).values.mean()
+            else:
+                out[i, j] = flat.mean()
+    return out
+
+
+def ragged_inputs(n: int = 5, m: int = 7, d: int = 16, h: int = 3, w: int = 4, t: int = 11):
+    images = torch.randn(n, d, h, w)
+    audio = torch.randn(m, d, t)
+    lengths = torch.randint(1, t + 1, (m,))
+    lengths[0] = t
+    return images, audio, lengths
+
+
+@pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])
+@pytest.mark.parametrize("chunk_bytes", [2**30, 700])  # one block, and many tiny chunks
+def test_matches_naive_reference(kind: str, chunk_bytes: int) -> None:
+    images, audio, lengths = ragged_inputs()
+    expected = naive_similarity(images, audio, lengths, kind)
+    got = similarity_matrix(images, audio, lengths, kind, chunk_bytes=chunk_bytes)
+    assert got.shape == (5, 7)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])
+def test_padding_never_changes_a_score(kind: str) -> None:
+    images, audio, lengths = ragged_inputs()
+    base = similarity_matrix(images, audio, lengths, kind)
+    padded = torch.cat([audio, 1e3 * torch.randn(audio.shape[0], audio.shape[1], 9)], dim=2)
+    for t in range(audio.shape[2]):  # garbage in every padded position too
+        padded[:, :, t] = torch.where(t < lengths[:, None], audio[:, :, t], torch.full_like(audio[:, :, t], 77.0))
+    torch.testing.assert_close(similarity_matrix(images, padded, lengths, kind), base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])
+def test_pairwise_equals_diagonal(kind: str) -> None:
+    images, audio, lengths = ragged_inputs(n=6, m=6)
+    full = similarity_matrix(images, audio, lengths, kind)
+    torch.testing.assert_close(pairwise_similarity(images, audio, lengths, kind), full.diagonal(), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_select_and_caption() -> None:
+    images, audio, lengths = ragged_inputs()
+    packed = PackedFrames.from_padded(audio, lengths)
+    assert packed.frames.shape == (int(lengths.sum()), audio.shape[1])
+    torch.testing.assert_close(packed.caption(3), audio[3, :, : lengths[3]])
+    subset = packed.select(torch.tensor([4, 1]))
+    torch.testing.assert_close(similarity_matrix(images, subset), similarity_matrix(images, audio, lengths)[:, [4, 1]])
+
+
+def test_gradients_flow_through_misa() -> None:
+    images, audio, lengths = ragged_inputs()
+    images.requires_grad_(True)
+    audio.requires_grad_(True)
+    similarity_matrix(images, audio, lengths, "misa", chunk_bytes=900).sum().backward()
+    assert images.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
+    assert audio.grad[:, :, lengths.min():].abs().sum() >= 0  # defined everywhere
+    for j, length in enumerate(lengths.tolist()):
+        assert audio.grad[j, :, length:].abs().sum() == 0  # padding gets no gradient
+
+
+def test_memory_is_bounded_by_chunk() -> None:
+    """The largest temporary is the chunk, not N x R x total frames."""
+    images = torch.randn(40, 8, 7, 7)
+    audio = torch.randn(60, 8, 30)
+    lengths = torch.full((60,), 30)
+    chunk = 49 * 4 * 200  # room for ~200 frames of one image
+    torch.testing.assert_close(similarity_matrix(images, audio, lengths, chunk_bytes=chunk),
+                               similarity_matrix(images, audio, lengths), atol=1e-5, rtol=1e-5)
