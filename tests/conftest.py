@@ -14,3 +14,32 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+TINY_VOICES = dict(engines="espeak", espeak_voices=("en-us+m1", "en+f3", "en-gb-x-rp+m5"), rates=(160, 185), pitches=(45, 60))
+
+
+@pytest.fixture(scope="session")
+def tiny_scenes(tmp_path_factory):
+    """A small built scenes data set (120 train / 20 dev / 12 test images, 5 spoken captions each)."""
+    from vgs.data.scenes import ScenesConfig, build_scenes
+    from vgs.tts import VoicePoolConfig
+
+    out = tmp_path_factory.mktemp("scenes")
+    config = ScenesConfig(images=120, dev_images=20, test_images=12, size=64, voices=VoicePoolConfig(**TINY_VOICES))
+    written, report = build_scenes(config, out, workers=1, progress=False)
+    assert not report.skipped, report.skipped[:3]
+    return out
+
+
+def tiny_config(data, **overrides):
+    """A fast config for the tiny scenes data: frozen, cached EfficientNet-Lite0 at 128 px, a slim audio net."""
+    from vgs.config import Config, apply_preset, set_value
+
+    config = Config(data=str(data))
+    apply_preset(config, "scenes")
+    for key, value in {"image.size": 128, "model.embed_dim": 64, "model.audio_channels": 64, "train.batch_size": 16,
+                       "train.epochs": 3, "train.warmup_steps": 5, "train.workers": 1, "train.eval_max_items": 20,
+                       "train.checkpoint_every_minutes": 0.0, **overrides}.items():
+        set_value(config, key, value)
+    return config.validate()

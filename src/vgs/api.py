@@ -18,7 +18,7 @@ from PIL import Image
 
 from .audio import load_audio
 from .config import Config, from_dict
-from .errors import VGSError
+from .errors import VGSError, first_line
 from .evaluate import encode_split, full_protocol, pairs_protocol
 from .features import compute_features, pad_features
 from .images import load_image, to_tensor
@@ -128,12 +128,14 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     """Load a run folder or checkpoint file for inference (weights only; no code is executed)."""
     path = resolve_checkpoint(run, checkpoint)
     payload = load_checkpoint(path)
+    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
+        raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
     config = from_dict(Config, payload["config"], f"{path}: config").validate()
     net = _build_for_loading(config)
     try:
         net.load_state_dict(payload["model"])
     except RuntimeError as exc:
-        raise VGSError(f"{path}: weights do not match the saved config ({str(exc).splitlines()[0][:200]})") from exc
+        raise VGSError(f"{path}: weights do not match the saved config ({first_line(exc, 200)})") from exc
     target = _device(device)
     return Model(net.to(target).eval(), config, target, path)
 

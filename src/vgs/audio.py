@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .io import atomic_write
 
 SAMPLE_RATE = 16000
@@ -41,31 +42,36 @@ def audio_problem(path: Path) -> str | None:
         size = path.stat().st_size
         if not path.is_file():
             return "audio file not found"
-        if size == 0:
-            return "audio file is empty (0 bytes)"
         with open(path, "rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return None
-            order = "<" if head[:4] == b"RIFF" else ">"
-            pos = 12
-            for _ in range(64):
-                chunk = handle.read(8)
-                if len(chunk) < 8:
-                    return "truncated WAV: no audio data chunk"
-                declared = struct.unpack(order + "I", chunk[4:])[0]
-                pos += 8
-                if chunk[:4] == b"data":
-                    have = size - pos
-                    if declared not in (0, 0xFFFFFFFF) and have < declared:
-                        return f"truncated WAV: header declares {declared} bytes of audio, file holds {have}"
-                    return None
-                pos += declared + (declared & 1)
-                handle.seek(pos)
+            return _wav_problem(handle, size)
     except FileNotFoundError:
         return "audio file not found"
     except OSError as exc:
         return f"audio file unreadable ({exc.strerror or exc})"
+
+
+def _wav_problem(handle: BinaryIO, size: int) -> str | None:
+    """:func:`audio_problem` for an open binary file (or uploaded bytes) of ``size`` bytes."""
+    if size == 0:
+        return "audio file is empty (0 bytes)"
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    pos = 12
+    for _ in range(64):
+        chunk = handle.read(8)
+        if len(chunk) < 8:
+            return "truncated WAV: no audio data chunk"
+        declared = struct.unpack(order + "I", chunk[4:])[0]
+        pos += 8
+        if chunk[:4] == b"data":
+            have = size - pos
+            if declared not in (0, 0xFFFFFFFF) and have < declared:
+                return f"truncated WAV: header declares {declared} bytes of audio, file holds {have}"
+            return None
+        pos += declared + (declared & 1)
+        handle.seek(pos)
     return None
 
 
@@ -81,8 +87,10 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
         if not path.is_file():
             raise InputError(label, "audio file not found")
         problem = audio_problem(path)
-        if problem is not None:
-            raise InputError(label, problem)
+    else:  # uploaded bytes get the same truncation check as files
+        problem = _wav_problem(io.BytesIO(source), len(source))
+    if problem is not None:
+        raise InputError(label, problem)
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with sf.SoundFile(handle) as f:
@@ -94,7 +102,7 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
     except InputError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
-        raise InputError(label, f"unreadable audio ({str(exc).splitlines()[0][:160]}); expected WAV/FLAC/OGG") from exc
+        raise InputError(label, f"unreadable audio ({first_line(exc, 160)}); expected WAV/FLAC/OGG") from exc
     if data.shape[0] == 0:
         raise InputError(label, "audio holds no samples (empty or truncated file)")
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _voices_parser(sub)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _index_parser(sub)
+    _search_parser(sub)
+    _localize_parser(sub)
     return parser
 
 
@@ -307,18 +310,168 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    p.add_argument("--localization", action="store_true", help="also score the pointing game on data with ground truth "
+                   "(the scenes): the share of object words whose heatmap peak falls inside the named object")
+    p.add_argument("--max-captions", type=int, default=None, help="localization: score at most this many captions")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import evaluate_run
+    from .evaluate import format_table
+    from .io import write_json
 
     result = evaluate_run(args.run, data=args.data, split=args.split, protocol=args.protocol, draws=args.draws,
                           seed=args.seed, untrained=args.untrained, checkpoint=args.checkpoint,
-                          batch_size=args.batch_size, json_out=args.json)
-    from .evaluate import format_table
-
+                          batch_size=args.batch_size)
     print(format_table({("untrained" if args.untrained else "trained"): result}))
+    if args.localization:
+        result["localization"] = _pointing(args)
+        loc = result["localization"]
+        print(f"pointing game: {loc['pointing_game']:.3f} over {loc['object_words']} object words "
+              f"(random map: {loc['random_baseline']:.3f})")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _pointing(args: argparse.Namespace) -> dict:
+    from .api import build_untrained, load, run_config
+    from .data.manifest import load_split
+    from .localize import pointing_game
+
+    model = build_untrained(run_config(args.run)) if args.untrained else load(args.run, args.checkpoint)
+    data = args.data or model.config.data
+    return pointing_game(model, load_split(data, args.split, strict=False), max_captions=args.max_captions).to_dict()
+
+
+# ----------------------------------------------------------------------------- index / search / localize
+
+
+def _index_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="encode a photo collection (and optionally spoken captions) for search",
+                       description="Encode images into a search index folder. Resumable; re-running with another "
+                       "--images folder adds its images. --captions adds a manifest's spoken captions, for "
+                       "image->speech search.")
+    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("--images", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--captions", type=Path, help="a manifest (.jsonl) whose spoken captions to index")
+    p.add_argument("--out", required=True, type=Path, help="index folder")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .api import load
+    from .search import build_index
+
+    if args.images is None and args.captions is None:
+        raise VGSError("index: give --images DIR and/or --captions MANIFEST")
+    summary = build_index(load(args.run, args.checkpoint), args.out, args.images, args.captions)
+    print(f"{args.out}: {summary['images']} images ({summary['images_added']} added), "
+          f"{summary['captions']} captions ({summary['captions_added']} added)")
+    for problem in summary["problems"][:20]:
+        print(f"skipped: {problem}")
+    return 3 if summary["problems"] else 0
+
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search an index by voice, by text (spoken by the TTS), or by image",
+                       description="Two-stage search: FAISS proposes candidates by pooled embedding, the model's "
+                       "matchmap similarity re-ranks them.")
+    p.add_argument("index", type=Path, help="index folder (from `vgs index`)")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--audio", type=Path, help="a spoken query (wav/flac/ogg) -> images")
+    query.add_argument("--text", help="text to speak with the TTS, then search -> images")
+    query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions")
+    p.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    p.add_argument("--run", type=Path, help="run folder or checkpoint (default: the one the index was built with)")
+    p.add_argument("--candidates", type=int, default=500, help="first-stage candidates re-ranked by matchmap (default 500)")
+    p.add_argument("--exhaustive", action="store_true", help="score every indexed item with the matchmap (no first stage)")
+    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice id (see `vgs voices`)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import load
+    from .search import SearchIndex, read_meta
+
+    meta = read_meta(args.index)
+    model = load(args.run or meta["checkpoint"])
+    index = SearchIndex(args.index)
+    if args.image is not None:
+        hits = index.search_image(model, model.encode_images([args.image]), args.k, args.candidates, args.exhaustive)
+    else:
+        audio = args.audio
+        if args.text is not None:
+            from .tts import Voice, synthesize
+
+            audio = synthesize(args.text, Voice.from_id(args.voice)).audio
+        hits = index.search_audio(model, model.encode_audio([audio]), args.k, args.candidates, args.exhaustive)
+    if args.json:
+        print(json.dumps([hit.to_dict() for hit in hits], indent=2))
+    else:
+        for rank, hit in enumerate(hits, start=1):
+            what = hit.text or hit.id if args.image is not None else hit.path
+            print(f"{rank:3d}. {hit.score:7.4f}  {what}")
+    return 0
+
+
+def _localize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="draw where each spoken word lands in an image (matchmap overlays)",
+                       description="Write PNG overlays of the matchmap on the image: one per spoken word when word "
+                       "times are known (--words, --manifest/--id, or --text spoken by the TTS), otherwise one per "
+                       "--window seconds of audio; plus one for the whole caption.")
+    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("--image", type=Path, help="the image")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--audio", type=Path, help="the spoken caption")
+    source.add_argument("--text", help="text to speak with the TTS (word times come with it)")
+    p.add_argument("--words", type=Path, help="JSON file of word times: [{\"word\", \"start\", \"end\"}] in seconds")
+    p.add_argument("--manifest", type=Path, help="take image, audio and word times from this manifest...")
+    p.add_argument("--id", help="...for the row with this id")
+    p.add_argument("--window", type=float, default=0.5, help="segment length in seconds when word times are unknown")
+    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice id")
+    p.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    p.set_defaults(func=cmd_localize)
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import load
+    from .localize import localize
+
+    image, audio, words = args.image, args.audio, None
+    if args.manifest is not None:
+        from .data.manifest import read_manifest
+
+        manifest = read_manifest(args.manifest, strict=False)
+        row = next((r for r in manifest.rows if r["id"] == args.id), None)
+        if row is None:
+            raise VGSError(f"{args.manifest}: no row with id {args.id!r}")
+        image, audio, words = manifest.image_path(row), manifest.audio_path(row), row.get("words")
+    if args.text is not None:
+        from .tts import Voice, synthesize
+
+        speech = synthesize(args.text, Voice.from_id(args.voice))
+        audio, words = speech.audio, [w.to_dict() for w in speech.words or []] or None
+    if args.words is not None:
+        try:
+            words = json.loads(args.words.read_text())
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, 5000-digit numbers
+            raise VGSError(f"{args.words}: expected a JSON list of {{word, start, end}} ({exc})") from exc
+        from .data.manifest import validate_row
+
+        validate_row({"id": "q", "image": "i", "image_id": "i", "audio": "a", "speaker": "s", "words": words}, args.words, 1)
+    if image is None or audio is None:
+        raise VGSError("localize: give --image and --audio (or --text), or --manifest with --id")
+    records = localize(load(args.run), image, audio, args.out, words=words, window=args.window)
+    for record in records:
+        print(f"{record['label']:>16s}  {record['start']:5.2f}-{record['end']:5.2f}s  peak {record['peak']}  {record['png']}")
     return 0
 
 
@@ -342,6 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vgs {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line (VGS_DEBUG=1 shows the traceback)
+        if debug:
+            raise
+        from .errors import first_line
+
+        print(f"vgs {args.command}: error: unexpected {type(exc).__name__}: {first_line(exc)} "
+              "(set VGS_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

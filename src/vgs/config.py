@@ -9,6 +9,7 @@ as YAML, so ``--set train.lr=3e-4`` and ``--set model.bidirectional=false`` work
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import VGSError
+from .errors import VGSError, first_line
 from .features import AudioFeatureConfig
 from .images import ImageConfig
 from .io import write_text
@@ -39,6 +40,7 @@ class ModelConfig:
     image_weights: str | None = None  # a local state_dict file instead of downloading
     freeze_trunk: bool = True  # keep the image trunk fixed (its outputs can then be cached)
     image_head_kernel: int = 0  # 0 = the encoder's default (1 for vgg16/resnet50, 3 for vgg19)
+    image_stride: int = 32  # efficientnet-lite0 only: 16 adds a finer (S/16) map for localization
     audio_channels: int = 512  # width of the conv audio nets' middle layers (DAVEnet: 512)
     rnn_hidden: int = 512
     rnn_layers: int = 2
@@ -53,6 +55,8 @@ class ModelConfig:
         _choice("model.audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
         _choice("model.similarity", self.similarity, SIMILARITIES)
         _positive("model.embed_dim", self.embed_dim)
+        if self.image_stride not in (16, 32):
+            raise VGSError(f"model.image_stride: expected 16 or 32, got {self.image_stride}")
         if self.image_head_kernel not in (0, 1, 3):
             raise VGSError(f"model.image_head_kernel: expected 0, 1 or 3, got {self.image_head_kernel}")
         if not 0 <= self.dropout < 1:
@@ -110,6 +114,7 @@ class Config:
 
     def validate(self) -> "Config":
         self.features.validate()
+        self.image.validate()
         self.model.validate()
         self.train.validate()
         return self
@@ -125,17 +130,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.margin": 1.0, "train.weight_decay": 0.0, "train.schedule": "constant", "train.warmup_steps": 0,
         "train.augment_images": False, "train.spec_augment": False,
     },
-    # Quick CPU runs on the built-in scenes data.
+    # The built-in scenes data on 2 CPU cores: frozen, cached EfficientNet-Lite0 and a slim residual audio net.
     "scenes": {
-        "image.size": 128, "model.image_encoder": "small-cnn", "model.pretrained": False, "model.freeze_trunk": False,
-        "model.audio_encoder": "resdavenet", "model.embed_dim": 256, "model.audio_channels": 128,
-        "train.batch_size": 64, "train.lr": 2e-3, "train.epochs": 12, "train.augment_images": False,
-        "train.cache_image_features": False,
+        "model.image_encoder": "efficientnet-lite0", "model.image_stride": 16, "model.freeze_trunk": True,
+        "train.cache_image_features": True, "model.audio_encoder": "resdavenet", "model.embed_dim": 256,
+        "model.audio_channels": 128, "train.batch_size": 64, "train.lr": 2e-3, "train.epochs": 6, "train.warmup_steps": 50,
     },
 }
 
 
 # ----------------------------------------------------------------------------- conversion
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A short repr for error messages: a YAML alias bomb must not be expanded into the message."""
+    return _REPR.repr(value)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -171,13 +184,15 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except VGSError as exc:
                 errors.append(str(exc))
-        raise VGSError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+        raise VGSError(errors[0] if errors else f"{where}: unexpected value {_show(value)}")
     if dataclasses.is_dataclass(kind):
         return from_dict(kind, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise VGSError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise VGSError(f"{where}: expected a list, got {type(value).__name__} {_show(value)}")
         args = typing.get_args(kind)
+        if args and Ellipsis not in args and len(value) != len(args):  # tuple[float, float, float]: exactly 3
+            raise VGSError(f"{where}: expected a list of {len(args)} values, got {len(value)}")
         item_kind = args[0] if args else Any
         return tuple(_coerce(v, item_kind, f"{where}[{i}]") for i, v in enumerate(value))
     if kind is Any:
@@ -185,7 +200,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise VGSError(f"{where}: expected true or false, got {value!r}")
+        raise VGSError(f"{where}: expected true or false, got {_show(value)}")
     if kind in (int, float) and isinstance(value, str):
         try:
             value = float(value) if kind is float else int(value)
@@ -196,17 +211,17 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise VGSError(f"{where}: expected an integer, got {value!r}")
+        raise VGSError(f"{where}: expected an integer, got {_show(value)}")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise VGSError(f"{where}: expected a number, got {value!r}")
+        raise VGSError(f"{where}: expected a number, got {_show(value)}")
     if kind is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise VGSError(f"{where}: expected a string, got {value!r}")
+        raise VGSError(f"{where}: expected a string, got {_show(value)}")
     return value
 
 
@@ -218,7 +233,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise VGSError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected some of {', '.join(sorted(names))}")
+        shown = sorted(k if isinstance(k, str) and k.isidentifier() else _show(k) for k in unknown)  # '\r' stays on one line
+        raise VGSError(f"{where}: unknown field(s) {', '.join(shown)}; expected some of {', '.join(sorted(names))}")
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}" if where != "config" else key) for key, value in data.items()}
     return cls(**kwargs)
 
@@ -228,7 +244,7 @@ def set_value(config: Config, dotted: str, raw: Any) -> None:
     if isinstance(raw, str):
         try:
             raw = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             pass
     parts = dotted.split(".")
     target: Any = config
@@ -271,8 +287,8 @@ def load_config(path: str | Path) -> Config:
         raise VGSError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise VGSError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested 1000s deep
+        raise VGSError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     try:
         return from_dict(Config, data or {}).validate()
     except VGSError as exc:

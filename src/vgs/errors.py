@@ -18,3 +18,12 @@ class InputError(VGSError):
         where = self.source + (f":{line}" if line is not None else "")
         what = f" field {field!r}:" if field else ""
         super().__init__(f"{where}:{what} {message}")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A short one-line description of an exception (never empty, never torch's unsafe-loading advice)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "it holds pickled objects other than plain tensors, which are refused for safety"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

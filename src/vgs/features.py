@@ -60,6 +60,14 @@ class AudioFeatureConfig:
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
 
     def validate(self) -> None:
+        for name in ("sample_rate", "n_mels", "window_ms", "hop_ms"):
+            if not getattr(self, name) > 0:
+                raise VGSError(f"features.{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.n_fft < 16 or self.hop < 1:
+            raise VGSError(f"features: window {self.window_ms} ms / hop {self.hop_ms} ms at {self.sample_rate} Hz "
+                           "are too short (expected at least 16 samples per window)")
+        if not 0 <= self.preemphasis < 1:
+            raise VGSError(f"features.preemphasis: expected 0 <= value < 1, got {self.preemphasis}")
         if self.kind not in ("logmel", "mfcc"):
             raise VGSError(f"features.kind: expected 'logmel' or 'mfcc', got {self.kind!r}")
         if self.kind == "mfcc" and not 1 <= self.n_mfcc <= self.n_mels:

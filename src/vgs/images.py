@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, VGSError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +34,16 @@ class ImageConfig:
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        if self.size < 32:  # the image trunks downsample by 32
+            raise VGSError(f"image.size: expected at least 32 pixels, got {self.size}")
+        with np.errstate(all="ignore"):  # float32, as to_tensor computes: pixels 0 and 1 must normalize to finite values
+            mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+            ends = (np.array([[0.0], [1.0]], np.float32) - mean) / std
+        if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0) or not np.all(np.isfinite(ends)):
+            raise VGSError(f"image.mean/std: expected 3 numbers each, std > 0, giving finite normalized pixels; "
+                           f"got {self.mean} / {self.std}")
 
 
 def _open(source: str | Path | bytes, label: str) -> Image.Image:
@@ -61,6 +71,11 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     """Open any common image as RGB (CMYK, palette, RGBA, grayscale all converted)."""
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
     image = _open(source, label)
+    if image.mode.startswith("I"):  # 16-bit grayscale PNG/TIFF ("I;16", or "I"): scale to 8 bits, Pillow would clip
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode != "I" or array.max(initial=0) > 255:
+            array = array / 257.0
+        image = Image.fromarray(np.clip(array.round(), 0, 255).astype(np.uint8), "L")
     if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info) or image.mode == "LA":
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import VGSError
+from .errors import VGSError, first_line
 
 CHECKPOINT_FORMAT = "vgs-checkpoint/1"
 
@@ -130,16 +130,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with disallowed globals, ...
-        raise VGSError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise VGSError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first_line(exc, 200)})") from exc
     if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
         raise VGSError(f"{path}: not a vgs checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    inner = outer["payload"].numpy().tobytes()
+    payload, checksum = outer.get("payload"), outer.get("sha256")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(checksum, str):
+        raise VGSError(f"{path}: malformed vgs checkpoint (expected a byte payload and its sha256)")
+    inner = payload.numpy().tobytes()
     if sha256_bytes(inner) != outer.get("sha256"):
         raise VGSError(f"{path}: checksum mismatch; the checkpoint is corrupt")
     try:
-        return torch.load(io.BytesIO(inner), map_location=map_location, weights_only=True)
+        content = torch.load(io.BytesIO(inner), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise VGSError(f"{path}: checkpoint payload does not load safely ({type(exc).__name__})") from exc
+    if not isinstance(content, dict):
+        raise VGSError(f"{path}: checkpoint payload is not a dict")
+    return content
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -152,7 +158,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise VGSError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise VGSError(f"{path}: not a loadable weights file ({type(exc).__name__}: {first_line(exc, 200)})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

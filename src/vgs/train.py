@@ -124,9 +124,13 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.model = build_model(config).to(self.device)
         self.loss_fn = ContrastiveLoss(config.train.loss, config.train.margin, config.train.init_temperature).to(self.device)
+        if self.world > 1 and self.rank != 0:
+            dist.barrier()  # rank 0 builds the caches first; the others then read them
         self.train_set = open_split(config, "train", self.model.image, train=True, device=str(self.device),
                                     progress=self.progress, workers=config.train.workers)
         self.dev_set = self._open_dev()
+        if self.world > 1 and self.rank == 0:
+            dist.barrier()
         mean, std = feature_statistics(self.train_set, seed=config.train.seed)
         self.model.audio.input_norm.set_statistics(mean.to(self.device), std.to(self.device))
         self.sampler = BucketBatchSampler(self.train_set.lengths(), config.train.batch_size, seed=config.train.seed,
@@ -219,9 +223,11 @@ class Trainer:
     def train_step(self, batch: Batch) -> float | None:
         """One optimisation step; returns the loss, or None when it was non-finite and skipped."""
         self.optimizer.zero_grad(set_to_none=True)
+        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers() if b.is_floating_point()}
         loss = self._forward_loss(batch.to(self.device))
         if not torch.isfinite(loss):
-            return self._skip("loss", float(loss))
+            self._restore_buffers(buffers)  # batch-norm statistics of a bad batch are discarded too
+            return self._skip("loss", loss.item())
         loss.backward()
         if self.world > 1:
             for p in self.loss_fn.parameters():
@@ -231,12 +237,19 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.train.grad_clip or float("inf"))
         if not torch.isfinite(norm):
-            return self._skip("gradient norm", float(norm))
+            self._restore_buffers(buffers)
+            return self._skip("gradient norm", norm.item())
         self.optimizer.step()
         self.scheduler.step()
         self.state.global_step += 1
         self._bad_in_a_row = 0
         return loss.item()
+
+    def _restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
 
     def _skip(self, what: str, value: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)

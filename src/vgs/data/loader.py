@@ -72,6 +72,7 @@ class PairDataset(Dataset):
 
     def __init__(self, manifest: Manifest, audio: AudioFeatureStore, images: CachedImages | ImageFiles,
                  seed: int = 0, spec_augment: bool = False):
+        self.root = manifest.root  # image and audio paths in rows are relative to this folder
         self.rows = [row for row in manifest.rows if row["id"] in audio.index]
         self.audio = audio
         self.audio_rows = np.array([audio.index[row["id"]] for row in self.rows], dtype=np.int64)

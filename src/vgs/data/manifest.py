@@ -19,6 +19,7 @@ Boxes are in pixels of the stored image, ``x1``/``y1`` exclusive.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -58,6 +59,11 @@ class Manifest:
         return list(dict.fromkeys(row["image_id"] for row in self.rows))
 
 
+def _number(value: Any) -> bool:
+    """A finite JSON number: not a bool, NaN or Infinity (Python's json reads those)."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+
+
 def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
     """Check one manifest row; raise :class:`InputError` naming file, line and field."""
     if not isinstance(row, dict):
@@ -75,13 +81,13 @@ def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
         raise InputError(source, f"unknown field(s) {sorted(unknown)}; expected {sorted(KNOWN_FIELDS)}", line=line)
     for index, word in enumerate(row.get("words") or []):
         if not (isinstance(word, dict) and isinstance(word.get("word"), str)
-                and all(isinstance(word.get(k), (int, float)) and not isinstance(word.get(k), bool) for k in ("start", "end"))
+                and all(_number(word.get(k)) for k in ("start", "end"))
                 and 0 <= word["start"] <= word["end"]):
             raise InputError(source, f"words[{index}]: expected {{'word': str, 'start': s, 'end': e}} with 0 <= start <= end", line=line, field="words")
     for index, obj in enumerate(row.get("objects") or []):
         box = obj.get("box") if isinstance(obj, dict) else None
         if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
-                and isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                and isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
             raise InputError(source, f"objects[{index}]: expected {{'name': str, 'box': [x0, y0, x1, y1]}}", line=line, field="objects")
     for key in ("image", "audio"):
         if Path(row[key]).is_absolute() or ".." in Path(row[key]).parts:
@@ -101,18 +107,24 @@ def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
     rows: list[dict] = []
     problems: list[str] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
+    # Split the bytes on \n / \r only: str.splitlines() would also split on U+2028, U+0085, ... which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings.  Decoding per line names the bad line.
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", line=number) from exc
+            if not text.strip():
+                continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise InputError(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=number) from exc
+            except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, nesting 1000s deep
+                raise InputError(path, f"not usable JSON ({str(exc)[:80]})", line=number) from exc
             validate_row(row, path, number)
             if row["id"] in seen:
                 raise InputError(path, f"duplicate id {row['id']!r}", line=number, field="id")

@@ -20,8 +20,8 @@ def trunk_identity(config: Config, trunk: torch.nn.Module) -> dict:
     digest = hashlib.sha256()
     for name, tensor in sorted(trunk.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return {"encoder": config.model.image_encoder, "weights_sha256": digest.hexdigest()[:20]}
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return {"encoder": config.model.image_encoder, "stride": config.model.image_stride, "weights_sha256": digest.hexdigest()[:20]}
 
 
 def uses_image_cache(config: Config) -> bool:

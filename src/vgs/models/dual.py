@@ -21,7 +21,7 @@ class DualEncoder(nn.Module):
         config.validate()
         self.config = config
         self.image = ImageEncoder(config.image_encoder, config.embed_dim, config.pretrained, config.image_weights,
-                                  config.freeze_trunk, config.image_head_kernel)
+                                  config.freeze_trunk, config.image_head_kernel, config.image_stride)
         self.audio: AudioEncoder = build_audio_encoder(
             config.audio_encoder, features.dim, config.embed_dim, channels=config.audio_channels, hidden=config.rnn_hidden,
             layers=config.rnn_layers, bidirectional=config.bidirectional, subsample=config.rnn_subsample, dropout=config.dropout)

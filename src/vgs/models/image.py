@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import VGSError
+from ..errors import VGSError, first_line
 from ..io import load_state_dict_file
 
+STRIDE16_BLOCK = 10  # last EfficientNet-Lite0 block at stride 16
+STRIDE16_CHANNELS = 112
 TRUNK_CHANNELS = {"vgg16": 512, "vgg19": 512, "resnet50": 2048, "efficientnet-lite0": 1280, "small-cnn": 128}
 DEFAULT_HEAD_KERNEL = {"vgg16": 1, "vgg19": 3, "resnet50": 1, "efficientnet-lite0": 1, "small-cnn": 1}
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
@@ -68,14 +70,16 @@ def resolve_weights_file(name: str, weights_file: str | None) -> Path:
     return cache
 
 
-def build_trunk(name: str, pretrained: bool, weights_file: str | None = None) -> nn.Module:
+def build_trunk(name: str, pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
     """The convolutional trunk: ``B x 3 x S x S`` -> ``B x C x H x W``."""
+    if stride != 32 and name != "efficientnet-lite0":
+        raise VGSError(f"model.image_stride: only efficientnet-lite0 offers stride 16; {name} has its own fixed map")
     if name == "small-cnn":
         if weights_file:
             raise VGSError("model.image_weights: small-cnn has no pretrained weights")
         return SmallCNN()
     if name == "efficientnet-lite0":
-        return EfficientNetLiteTrunk(resolve_weights_file(name, weights_file) if pretrained else None)
+        return EfficientNetLiteTrunk(resolve_weights_file(name, weights_file) if pretrained else None, stride)
     from torchvision import models
 
     net = getattr(models, name)(weights=None)
@@ -85,17 +89,24 @@ def build_trunk(name: str, pretrained: bool, weights_file: str | None = None) ->
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise VGSError(f"{path}: not a {name} state_dict ({str(exc).splitlines()[0][:200]})") from exc
+            raise VGSError(f"{path}: not a {name} state_dict ({first_line(exc, 200)})") from exc
     if name.startswith("vgg"):
         return nn.Sequential(*list(net.features.children())[:-1])  # drop pool5: 14 x 14 at 224 px
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
 class EfficientNetLiteTrunk(nn.Module):
-    """EfficientNet-Lite0 features (``B x 1280 x S/32 x S/32``)."""
+    """EfficientNet-Lite0 features: ``B x 1280 x S/32 x S/32``.
 
-    def __init__(self, weights: Path | None):
+    At ``stride`` 16 it also keeps block 10's ``112 x S/16 x S/16`` map, space-to-depth
+    packed beside the final one: ``B x (448 + 1280) x S/32 x S/32``.  :class:`MultiScaleHead`
+    unpacks it into a ``S/16`` embedding map (finer maps localize better); packing keeps the
+    cached trunk outputs small.
+    """
+
+    def __init__(self, weights: Path | None, stride: int = 32):
         super().__init__()
+        self.stride = stride
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name("efficientnet-lite0")
@@ -107,7 +118,36 @@ class EfficientNetLiteTrunk(nn.Module):
         del self.net._fc
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(images)
+        if self.stride == 32:
+            return self.net.extract_features(images)
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(images)))
+        middle = x
+        for index, block in enumerate(net._blocks):
+            x = block(x)
+            if index == STRIDE16_BLOCK:
+                middle = x
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return torch.cat([nn.functional.pixel_unshuffle(middle, 2), x], dim=1)
+
+
+class MultiScaleHead(nn.Module):
+    """Head for the packed stride-16 trunk: ``B x (4c + C) x h x w`` -> ``B x D x 2h x 2w``.
+
+    Equal to a 1x1 conv over [fine map, nearest-upsampled coarse map], computed cheaply:
+    the coarse part is projected at ``h x w`` and upsampled afterwards.
+    """
+
+    def __init__(self, fine_channels: int, coarse_channels: int, embed_dim: int):
+        super().__init__()
+        self.fine_channels = fine_channels
+        self.fine = nn.Conv2d(fine_channels, embed_dim, 1)
+        self.coarse = nn.Conv2d(coarse_channels, embed_dim, 1, bias=False)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        fine = nn.functional.pixel_shuffle(packed[:, : 4 * self.fine_channels], 2)
+        coarse = self.coarse(packed[:, 4 * self.fine_channels:])
+        return self.fine(fine) + nn.functional.interpolate(coarse, scale_factor=2, mode="nearest")
 
 
 class SmallCNN(nn.Module):
@@ -135,15 +175,18 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(self, name: str, embed_dim: int, pretrained: bool = True, weights_file: str | None = None,
-                 freeze_trunk: bool = True, head_kernel: int = 0):
+                 freeze_trunk: bool = True, head_kernel: int = 0, stride: int = 32):
         super().__init__()
         if name not in TRUNK_CHANNELS:
             raise VGSError(f"model.image_encoder: expected one of {', '.join(TRUNK_CHANNELS)}, got {name!r}")
         self.name = name
         self.freeze_trunk = freeze_trunk
-        self.trunk = build_trunk(name, pretrained, weights_file)
+        self.trunk = build_trunk(name, pretrained, weights_file, stride)
         kernel = head_kernel or DEFAULT_HEAD_KERNEL[name]
-        self.head = nn.Conv2d(TRUNK_CHANNELS[name], embed_dim, kernel, padding=kernel // 2)
+        if stride == 16:
+            self.head: nn.Module = MultiScaleHead(STRIDE16_CHANNELS, TRUNK_CHANNELS[name], embed_dim)
+        else:
+            self.head = nn.Conv2d(TRUNK_CHANNELS[name], embed_dim, kernel, padding=kernel // 2)
         if freeze_trunk:
             self.trunk.requires_grad_(False)
 
@@ -162,7 +205,7 @@ class ImageEncoder(nn.Module):
 
     def head_forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
         """``B x C x H x W`` trunk features -> ``B x D x H x W`` embeddings."""
-        return self.head(trunk_features.to(self.head.weight.dtype))
+        return self.head(trunk_features.to(next(self.head.parameters()).dtype))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head_forward(self.trunk_forward(images))

@@ -1,0 +1,388 @@
+"""Search a photo collection by voice (and spoken captions by image): ``vgs index`` / ``vgs search``.
+
+An index is a folder of plain files (no pickle anywhere):
+
+* ``index.json``: the run it was built with (checkpoint checksum), shapes, and the chunk list;
+* ``images/chunk-NNNNN.{regions,pooled}.npy`` + ``.json``: per chunk of images, the region
+  embeddings (``n x R x D`` float16, for matchmap re-ranking), the pooled, L2-normalized
+  embeddings (``n x D`` float32, for the first stage) and the image paths;
+* ``captions/...``: the same for spoken captions (packed frames, lengths, ids, texts);
+* ``faiss-images.index`` / ``faiss-captions.index``: FAISS indexes over the pooled vectors
+  (exact inner product for small collections, IVF for large ones), rebuilt when chunks change.
+
+Search is two-stage: FAISS proposes candidates by pooled embedding, then the candidates
+are re-ranked with the model's matchmap similarity (MISA).  Chunks are written
+atomically, so an interrupted ``vgs index`` resumes where it stopped, and re-running it on
+another folder adds images to the existing index.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .api import Model
+from .audio import load_audio
+from .errors import InputError, VGSError
+from .io import load_npy, save_npy, sha256_file, write_json
+from .similarity import PackedFrames, similarity_matrix
+
+INDEX_FORMAT = "vgs-index/1"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IVF_THRESHOLD = 20_000  # collections at least this large get an IVF index
+
+
+@dataclass
+class Hit:
+    """One search result: its position in the index, score, and what it is."""
+
+    index: int
+    score: float
+    path: str | None = None  # images
+    id: str | None = None  # captions
+    text: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VGSError(f"{folder}: image folder not found")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def pooled(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean over ``dim`` then L2-normalize: the first-stage vector."""
+    return F.normalize(embeddings.float().mean(dim=dim), dim=-1)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class IndexWriter:
+    """Adds images and captions to an index folder, chunk by chunk (resumable)."""
+
+    def __init__(self, folder: str | Path, model: Model, chunk: int = 256):
+        self.folder = Path(folder)
+        self.model = model
+        self.chunk = chunk
+        self.meta = self._open()
+
+    def _open(self) -> dict:
+        checkpoint_sha = sha256_file(self.model.checkpoint) if self.model.checkpoint else "untrained"
+        meta_path = self.folder / "index.json"
+        if meta_path.exists():
+            meta = read_meta(self.folder)
+            if meta["checkpoint_sha256"] != checkpoint_sha:
+                raise VGSError(f"{self.folder}: this index was built with another model ({meta['checkpoint']}); "
+                               "use a new --out, or the same run")
+            return meta
+        return {"format": INDEX_FORMAT, "checkpoint": str(self.model.checkpoint), "checkpoint_sha256": checkpoint_sha,
+                "embed_dim": self.model.net.config.embed_dim, "similarity": self.model.net.config.similarity,
+                "image_chunks": [], "caption_chunks": [], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _save_meta(self) -> None:
+        write_json(self.folder / "index.json", self.meta)
+
+    def indexed_paths(self) -> set[str]:
+        paths: set[str] = set()
+        for name in self.meta["image_chunks"]:
+            paths.update(json.loads((self.folder / "images" / f"{name}.json").read_text())["paths"])
+        return paths
+
+    def add_images(self, paths: Sequence[Path], progress: bool = True) -> tuple[int, list[str]]:
+        """Encode and add images not yet in the index. Returns (added, problems)."""
+        done = self.indexed_paths()
+        todo = [str(p.resolve()) for p in paths if str(p.resolve()) not in done]
+        problems: list[str] = []
+        added = 0
+        bar = tqdm(total=len(todo), desc="index images", unit="img", disable=not progress)
+        for c0 in range(0, len(todo), self.chunk):
+            batch_paths, tensors = [], []
+            for path in todo[c0: c0 + self.chunk]:
+                try:
+                    tensors.append(self.model._pixels([path])[0])
+                    batch_paths.append(path)
+                except InputError as exc:
+                    problems.append(str(exc))
+            bar.update(len(todo[c0: c0 + self.chunk]))
+            if not tensors:
+                continue
+            regions = self.model.encode_images(torch.stack(tensors)).flatten(2).transpose(1, 2)  # n x R x D
+            name = f"chunk-{len(self.meta['image_chunks']):05d}"
+            save_npy(self.folder / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
+            save_npy(self.folder / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
+            write_json(self.folder / "images" / f"{name}.json", {"paths": batch_paths, "grid": list(self._grid())})
+            self.meta["image_chunks"].append(name)
+            self._save_meta()  # the chunk is durable before it is listed
+            added += len(batch_paths)
+        bar.close()
+        return added, problems
+
+    def _grid(self) -> tuple[int, int]:
+        size = self.model.config.image.size
+        with torch.no_grad():
+            out = self.model.net.encode_images(torch.zeros(1, 3, size, size, device=self.model.device))
+        return int(out.shape[2]), int(out.shape[3])
+
+    def add_captions(self, manifest_path: str | Path, progress: bool = True) -> tuple[int, list[str]]:
+        """Encode the spoken captions of a manifest (for image->speech search)."""
+        from .data.manifest import read_manifest
+
+        manifest = read_manifest(manifest_path, strict=False)
+        problems = list(manifest.problems)
+        done: set[str] = set()
+        for name in self.meta["caption_chunks"]:
+            done.update(json.loads((self.folder / "captions" / f"{name}.json").read_text())["ids"])
+        rows = [row for row in manifest.rows if row["id"] not in done]
+        added = 0
+        bar = tqdm(total=len(rows), desc="index captions", unit="cap", disable=not progress)
+        for c0 in range(0, len(rows), self.chunk):
+            kept, signals = [], []
+            for row in rows[c0: c0 + self.chunk]:
+                try:
+                    signals.append(load_audio(manifest.audio_path(row)))
+                    kept.append(row)
+                except InputError as exc:
+                    problems.append(str(exc))
+            bar.update(len(rows[c0: c0 + self.chunk]))
+            if not kept:
+                continue
+            packed = self.model.encode_audio(signals)
+            name = f"chunk-{len(self.meta['caption_chunks']):05d}"
+            folder = self.folder / "captions"
+            save_npy(folder / f"{name}.frames.npy", packed.frames.cpu().numpy().astype(np.float16))
+            save_npy(folder / f"{name}.lengths.npy", packed.lengths.cpu().numpy().astype(np.int64))
+            means = torch.zeros(packed.count, packed.frames.shape[1]).index_add(0, packed.owner.cpu(), packed.frames.cpu())
+            save_npy(folder / f"{name}.pooled.npy", F.normalize(means, dim=-1).numpy())
+            write_json(folder / f"{name}.json", {
+                "ids": [r["id"] for r in kept], "texts": [r.get("text") for r in kept],
+                "audio": [str(manifest.audio_path(r).resolve()) for r in kept],
+                "images": [str(manifest.image_path(r).resolve()) for r in kept]})
+            self.meta["caption_chunks"].append(name)
+            self._save_meta()
+            added += len(kept)
+        bar.close()
+        return added, problems
+
+
+def build_index(model: Model, out: str | Path, images: str | Path | None = None, captions: str | Path | None = None,
+                progress: bool = True) -> dict:
+    """``vgs index``: add a folder of images and/or a caption manifest to the index at ``out``."""
+    writer = IndexWriter(out, model)
+    summary: dict = {"images_added": 0, "captions_added": 0, "problems": []}
+    if images is not None:
+        summary["images_added"], problems = writer.add_images(list_images(images), progress)
+        summary["problems"] += problems
+    if captions is not None:
+        summary["captions_added"], problems = writer.add_captions(captions, progress)
+        summary["problems"] += problems
+    index = SearchIndex(out)
+    index.faiss_images()  # build and save the first-stage indexes now, not at the first query
+    if index.caption_count:
+        index.faiss_captions()
+    summary["images"] = index.image_count
+    summary["captions"] = index.caption_count
+    return summary
+
+
+def read_meta(folder: Path) -> dict:
+    path = Path(folder) / "index.json"
+    if not path.is_file():
+        raise VGSError(f"{folder}: not an index (no index.json); build one with `vgs index`")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VGSError(f"{path}: corrupt index metadata ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise VGSError(f"{path}: not a vgs index (expected format {INDEX_FORMAT!r})")
+    return meta
+
+
+# ----------------------------------------------------------------------------- searching
+
+
+@dataclass
+class SearchIndex:
+    """A loaded index. Region embeddings stay memory-mapped; pooled vectors are in memory."""
+
+    folder: Path
+    meta: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.meta = read_meta(self.folder)
+        self._load_images()
+        self._load_captions()
+        self._faiss: dict[str, object] = {}
+
+    def _load_images(self) -> None:
+        folder = self.folder / "images"
+        self.image_paths: list[str] = []
+        regions, pooled_parts = [], []
+        for name in self.meta["image_chunks"]:
+            info = json.loads((folder / f"{name}.json").read_text())
+            self.image_paths += info["paths"]
+            self.grid = tuple(info["grid"])
+            regions.append(load_npy(folder / f"{name}.regions.npy", mmap=True))
+            pooled_parts.append(load_npy(folder / f"{name}.pooled.npy"))
+        self.image_regions = regions
+        self.image_offsets = np.cumsum([0] + [len(r) for r in regions])
+        dim = self.meta["embed_dim"]
+        self.image_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
+
+    def _load_captions(self) -> None:
+        folder = self.folder / "captions"
+        self.caption_ids: list[str] = []
+        self.caption_texts: list[str | None] = []
+        self.caption_audio: list[str] = []
+        self.caption_images: list[str] = []
+        frames, lengths, pooled_parts = [], [], []
+        for name in self.meta["caption_chunks"]:
+            info = json.loads((folder / f"{name}.json").read_text())
+            self.caption_ids += info["ids"]
+            self.caption_texts += info["texts"]
+            self.caption_audio += info["audio"]
+            self.caption_images += info["images"]
+            frames.append(load_npy(folder / f"{name}.frames.npy"))
+            lengths.append(load_npy(folder / f"{name}.lengths.npy"))
+            pooled_parts.append(load_npy(folder / f"{name}.pooled.npy"))
+        dim = self.meta["embed_dim"]
+        self.caption_frames = torch.from_numpy(np.concatenate(frames)).float() if frames else torch.zeros(0, dim)
+        self.caption_lengths = torch.from_numpy(np.concatenate(lengths)) if lengths else torch.zeros(0, dtype=torch.long)
+        self.caption_starts = torch.cumsum(self.caption_lengths, 0) - self.caption_lengths
+        self.caption_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
+
+    @property
+    def image_count(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def caption_count(self) -> int:
+        return len(self.caption_ids)
+
+    def regions_of(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Region embeddings of the given images: ``n x D x H x W`` float32 (one gather per chunk file)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        dim = self.meta["embed_dim"]
+        out = np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=np.float32)
+        chunks = np.searchsorted(self.image_offsets, indices, side="right") - 1
+        for chunk in np.unique(chunks):
+            where = np.nonzero(chunks == chunk)[0]
+            local = indices[where] - self.image_offsets[chunk]
+            order = np.argsort(local)  # memory-mapped reads in file order
+            out[where[order]] = self.image_regions[chunk][local[order]]
+        return torch.from_numpy(out).transpose(1, 2).reshape(len(indices), dim, *self.grid)
+
+    def captions_of(self, indices: Sequence[int]) -> PackedFrames:
+        pieces = [self.caption_frames[int(self.caption_starts[i]): int(self.caption_starts[i] + self.caption_lengths[i])]
+                  for i in indices]
+        lengths = self.caption_lengths[list(indices)]
+        owner = torch.repeat_interleave(torch.arange(len(indices)), lengths)
+        return PackedFrames(torch.cat(pieces), owner, lengths)
+
+    # -------------------------------------------------------------- FAISS first stage
+
+    def _faiss_index(self, kind: str, vectors: np.ndarray):  # noqa: ANN202
+        import faiss
+
+        if kind in self._faiss:
+            return self._faiss[kind]
+        path = self.folder / f"faiss-{kind}.index"
+        signature = f"{len(vectors)}:{self.meta[('image' if kind == 'images' else 'caption') + '_chunks'][-1:]}"
+        sig_path = self.folder / f"faiss-{kind}.signature"
+        if path.exists() and sig_path.exists() and sig_path.read_text() == signature:
+            index = faiss.read_index(str(path))  # FAISS's own binary format: no pickle
+            if hasattr(index, "nprobe"):
+                index.nprobe = max(8, index.nlist // 16)
+        else:
+            index = make_faiss_index(vectors)
+            faiss.write_index(index, str(path) + ".tmp")
+            Path(str(path) + ".tmp").replace(path)
+            sig_path.write_text(signature)
+        self._faiss[kind] = index
+        return index
+
+    def faiss_images(self):  # noqa: ANN201
+        return self._faiss_index("images", self.image_pooled)
+
+    def faiss_captions(self):  # noqa: ANN201
+        return self._faiss_index("captions", self.caption_pooled)
+
+    # -------------------------------------------------------------- queries
+
+    def search_audio(self, model: Model, frames: PackedFrames, k: int = 10, candidates: int = 500,
+                     exhaustive: bool = False) -> list[Hit]:
+        """Speech -> images. ``frames``: one encoded caption. Two-stage unless ``exhaustive``."""
+        if self.image_count == 0:
+            raise VGSError(f"{self.folder}: the index holds no images")
+        if exhaustive:
+            ids = np.arange(self.image_count)
+        else:
+            query = pooled(frames.frames, 0).numpy()[None, :]
+            _, found = self.faiss_images().search(query, min(candidates, self.image_count))
+            ids = found[0][found[0] >= 0]
+        scores = _chunked_scores(model, self, ids, frames)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(int(ids[o]), float(scores[o]), path=self.image_paths[int(ids[o])]) for o in order]
+
+    def search_image(self, model: Model, regions: torch.Tensor, k: int = 10, candidates: int = 500,
+                     exhaustive: bool = False) -> list[Hit]:
+        """Image -> spoken captions. ``regions``: ``1 x D x H x W``."""
+        if self.caption_count == 0:
+            raise VGSError(f"{self.folder}: the index holds no spoken captions; add some with `vgs index ... --captions MANIFEST`")
+        if exhaustive:
+            ids = np.arange(self.caption_count)
+        else:
+            query = pooled(regions.flatten(2)[0], 1).numpy()[None, :]
+            _, found = self.faiss_captions().search(query, min(candidates, self.caption_count))
+            ids = found[0][found[0] >= 0]
+        scores = model.net.similarity(regions.to(model.device), _to(self.captions_of(ids.tolist()), model.device))[0].cpu().numpy()
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(int(ids[o]), float(scores[o]), id=self.caption_ids[int(ids[o])], text=self.caption_texts[int(ids[o])],
+                    path=self.caption_images[int(ids[o])]) for o in order]
+
+
+def _to(packed: PackedFrames, device: torch.device) -> PackedFrames:
+    return PackedFrames(packed.frames.to(device), packed.owner.to(device), packed.lengths.to(device))
+
+
+def _chunked_scores(model: Model, index: SearchIndex, ids: np.ndarray, frames: PackedFrames, chunk: int = 2048) -> np.ndarray:
+    """Matchmap scores of one caption against the images ``ids`` (bounded memory)."""
+    frames = _to(frames, model.device)
+    out = []
+    for c0 in range(0, len(ids), chunk):
+        regions = index.regions_of(ids[c0: c0 + chunk].tolist()).to(model.device)
+        out.append(similarity_matrix(regions, frames, kind=model.net.config.similarity)[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def make_faiss_index(vectors: np.ndarray):  # noqa: ANN201
+    """Exact inner product below :data:`IVF_THRESHOLD` vectors, IVF-Flat (inner product) above."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1] if vectors.ndim == 2 else 1
+    if len(vectors) < IVF_THRESHOLD:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(4 * np.sqrt(len(vectors)))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 50 * nlist), replace=False)]
+        index.train(sample)
+        index.nprobe = max(8, nlist // 16)
+    if len(vectors):
+        index.add(vectors)
+    return index

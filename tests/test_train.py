@@ -1,0 +1,110 @@
+"""Training end to end on the tiny scenes data: it learns, resumes exactly, and survives bad steps."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from vgs.api import evaluate_run, load
+from vgs.errors import VGSError
+from vgs.io import load_checkpoint
+from vgs.train import Trainer, train
+
+
+def read_metrics(run) -> list[dict]:
+    with open(run / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tiny_run_learns(tiny_scenes, tmp_path) -> None:
+    config = tiny_config(tiny_scenes, **{"train.epochs": 8, "train.lr": 3e-3, "train.eval_every": 4})
+    train(config, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 8
+    assert float(rows[-1]["train_loss"]) < 0.7 * float(rows[0]["train_loss"])  # the loss falls
+    trained = evaluate_run(tmp_path / "run", split="dev", draws=5, progress=False)
+    baseline = evaluate_run(tmp_path / "run", split="dev", draws=5, untrained=True, progress=False)
+    # 20 dev images: chance R@5 is 0.25 and R@10 is 0.5
+    for direction in ("speech_to_image", "image_to_speech"):
+        assert baseline[direction]["r10"]["mean"] < 0.65
+        assert trained[direction]["r5"]["mean"] > baseline[direction]["r5"]["mean"] + 0.15
+        assert trained[direction]["r10"]["mean"] > baseline[direction]["r10"]["mean"] + 0.2
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
+
+
+def test_resume_mid_epoch_gives_the_same_run(tiny_scenes, tmp_path) -> None:
+    config = tiny_config(tiny_scenes, **{"train.epochs": 2})
+    train(config, tmp_path / "straight", progress=False)
+
+    stopped = tiny_config(tiny_scenes, **{"train.epochs": 2, "train.max_minutes": 1e-9})  # stops after one batch
+    train(stopped, tmp_path / "resumed", progress=False)
+    state = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]
+    assert state["epoch"] == 0 and state["batch_in_epoch"] == 1
+    trainer = Trainer(config, tmp_path / "resumed", resume=True, progress=False)
+    trainer.fit()
+
+    a = load(tmp_path / "straight", "last").net.state_dict()
+    b = load(tmp_path / "resumed", "last").net.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert read_metrics(tmp_path / "straight")[-1]["train_loss"] == read_metrics(tmp_path / "resumed")[-1]["train_loss"]
+
+
+def test_existing_run_needs_resume(tiny_scenes, tmp_path) -> None:
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1})
+    train(config, tmp_path / "run", progress=False)
+    with pytest.raises(VGSError, match="--resume"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_non_finite_losses_are_skipped_then_stop(tiny_scenes, tmp_path, monkeypatch) -> None:
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1, "train.max_bad_steps": 3})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    calls = {"n": 0}
+    original = trainer.loss_fn.forward
+
+    def flaky(sim, ids, generator=None):
+        calls["n"] += 1
+        loss = original(sim, ids)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer.loss_fn, "forward", flaky)
+    state = trainer.fit()
+    assert state.skipped_steps == 1
+    assert read_metrics(tmp_path / "run")[-1]["skipped_steps"] == "1"
+
+    broken = Trainer(config, tmp_path / "run2", progress=False)
+    monkeypatch.setattr(broken.loss_fn, "forward", lambda sim, ids, generator=None: sim.sum() * float("inf"))
+    before = {k: v.clone() for k, v in broken.model.state_dict().items()}
+    with pytest.raises(VGSError, match="3 consecutive steps"):
+        broken.fit()
+    for key, value in broken.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, before[key], msg=key)  # never trained on garbage
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_scenes, tmp_path) -> None:
+    config = tiny_config(tiny_scenes, **{"train.epochs": 2})
+    from vgs.config import save_config
+
+    save_config(config, tmp_path / "config.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                             "-m", "vgs.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    rows = read_metrics(tmp_path / "ddp")
+    assert len(rows) == 2 and float(rows[-1]["train_loss"]) > 0
+    # each process saw half the batches: 600 pairs / 16 = 37 batches -> 18 steps per epoch per process
+    assert int(rows[0]["step"]) == 18
+    model = load(tmp_path / "ddp", "last")
+    assert all(torch.isfinite(p).all() for p in model.net.parameters())
