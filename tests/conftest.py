@@ -43,3 +43,13 @@ def tiny_config(data, **overrides):
                        "train.checkpoint_every_minutes": 0.0, **overrides}.items():
         set_value(config, key, value)
     return config.validate()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scenes, tmp_path_factory):
+    """A model trained for a few epochs on the tiny scenes (shared by search/localize/report tests)."""
+    from vgs.train import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(tiny_config(tiny_scenes, **{"train.epochs": 4, "train.lr": 3e-3, "model.image_stride": 16}), out, progress=False)
+    return out

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     _index_parser(sub)
     _search_parser(sub)
     _localize_parser(sub)
+    _demo_parser(sub)
+    _reproduce_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -472,6 +475,97 @@ def cmd_localize(args: argparse.Namespace) -> int:
     records = localize(load(args.run), image, audio, args.out, words=words, window=args.window)
     for record in records:
         print(f"{record['label']:>16s}  {record['start']:5.2f}-{record['end']:5.2f}s  peak {record['peak']}  {record['png']}")
+    return 0
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web page and JSON API: search the index by voice or text, see heatmaps",
+                       description="Serve a page where you record from the microphone, upload audio or type text, "
+                       "see the top images with heatmap overlays, and click one for word-by-word localization; "
+                       "plus a JSON API described at /openapi.json. Only images in the index are ever served.")
+    p.add_argument("run", type=Path, nargs="?", help="run folder or checkpoint (default: the one the index was built with)")
+    p.add_argument("--index", required=True, type=Path, help="index folder (from `vgs index`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; browsers allow the "
+                   "microphone only on localhost or HTTPS)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted upload in MiB (default 5)")
+    p.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest accepted query in seconds (default 20)")
+    p.add_argument("--threads", type=int, help="torch threads for inference")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import AppLimits, serve
+
+    limits = AppLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds)
+    serve(args.run, args.index, host=args.host, port=args.port, limits=limits, threads=args.threads)
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: build the scenes data, train, evaluate, write report.html",
+                       description="prepare -> train -> evaluate on the built-in scenes data (no downloads), then "
+                       "write OUT/report.html with the recall table against the untrained baseline, training curves, "
+                       "retrievals, localization maps and the pointing-game score. Re-running resumes.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--data", type=Path, help="scenes data folder (default OUT/data)")
+    p.add_argument("--images", type=int, help="scenes training images (default: the built-in size)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the scenes preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
+    p.add_argument("--workers", type=int, default=2, help="processes for speech synthesis and features")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .report import DemoOptions, run_demo
+
+    run_demo(DemoOptions(out=args.out, data=args.data, images=args.images, epochs=args.epochs, seed=args.seed,
+                         workers=args.workers))
+    return 0
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="train and evaluate the paper's Table 1 grid under one time budget",
+                       description="{vgg16, vgg19, resnet50, efficientnet-lite0} x {conv5, conv6, lstm, gru}, each "
+                       "trained for an equal share of --budget minutes and scored with pairs100 beside its untrained "
+                       "baseline and the paper's numbers. Writes OUT/table.md and OUT/table.csv. Re-running skips "
+                       "finished cells.")
+    p.add_argument("--data", required=True, type=Path, help="data set folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one run folder per cell)")
+    p.add_argument("--budget", type=float, default=60.0, help="total training minutes for the grid (default 60)")
+    p.add_argument("--recipe", choices=("paper", "ours"), default="paper",
+                   help="paper: Adam 1e-4, batch 4, sampled hinge; ours: the library defaults")
+    p.add_argument("--split", default="dev", help="evaluation split (default dev)")
+    p.add_argument("--draws", type=int, default=10, help="pairs100 draws (default 10)")
+    p.add_argument("--image-encoders", default=",".join(("vgg16", "vgg19", "resnet50", "efficientnet-lite0")),
+                   help="comma-separated subset of the image encoders")
+    p.add_argument("--audio-encoders", default="conv5,conv6,lstm,gru", help="comma-separated subset of the audio encoders")
+    p.add_argument("--image-weights", action="append", default=[], metavar="ENCODER=FILE",
+                   help="local ImageNet state_dict for a trunk, e.g. vgg16=vgg16-397923af.pth (repeatable)")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import GridOptions, run_grid
+
+    weights = {}
+    for item in args.image_weights:
+        name, eq, path = item.partition("=")
+        if not eq:
+            raise VGSError(f"--image-weights {item!r}: expected ENCODER=FILE")
+        weights[name] = path
+    options = GridOptions(data=args.data, out=args.out, budget_minutes=args.budget, recipe=args.recipe, split=args.split,
+                          image_weights=weights, draws=args.draws,
+                          image_encoders=tuple(x for x in args.image_encoders.split(",") if x),
+                          audio_encoders=tuple(x for x in args.audio_encoders.split(",") if x))
+    run_grid(options)
+    print((args.out / "table.md").read_text())
     return 0
 
 

@@ -132,7 +132,10 @@ def run_demo(options: DemoOptions) -> Path:
     out = options.out
     data = options.data or out / "data"
     print(f"[1/4] data: built-in scenes -> {data}")
-    scenes = ScenesConfig(seed=options.seed, **({"images": options.images} if options.images else {}))
+    sizes = {}
+    if options.images:  # a smaller demo: dev and test shrink with it
+        sizes = {"images": options.images, "dev_images": max(20, options.images // 10), "test_images": max(20, options.images // 10)}
+    scenes = ScenesConfig(seed=options.seed, **sizes)
     _, report = build_scenes(scenes, data, workers=options.workers)
     if exit_status(report):
         print(report.summary())

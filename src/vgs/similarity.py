@@ -13,7 +13,8 @@ For an image ``I`` (``D x H x W``, regions ``r = (i, j)``) and a caption ``A``
 the real frames of all captions are packed into one ``sum(L) x D`` matrix
 (:class:`PackedFrames`) and each chunk of images is one dense matmul against a
 chunk of it, followed by a max over regions and a segment mean over each
-caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.
+caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.  Without
+autograd (evaluation, search) the score block is one buffer reused by every chunk.
 """
 
 from __future__ import annotations
@@ -91,29 +92,58 @@ def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, 
     total = packed.frames.shape[0]
     element = 4  # scores are reduced in float32
     frames_per_chunk = max(1, min(total, chunk_bytes // (element * r * max(1, min(n, 32)))))
-    images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk)))
+    # The score block and the copied (n_c * R) x D block of regions both stay within chunk_bytes.
+    images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk), chunk_bytes // (element * r * d)))
+    # Without autograd, every chunk's matmul writes into one buffer: no fresh pages per chunk.
+    reuse = regions.dtype == packed.frames.dtype and not (
+        torch.is_grad_enabled() and (regions.requires_grad or packed.frames.requires_grad))
+    buffer = torch.empty(min(n, images_per_chunk) * r * frames_per_chunk, device=regions.device,
+                         dtype=regions.dtype) if reuse else None
+    in_order = total < 2 or bool((packed.owner[1:] >= packed.owner[:-1]).all())  # frames grouped by caption
     rows = []
     for i0 in range(0, n, images_per_chunk):
         block = regions[i0: i0 + images_per_chunk].reshape(-1, d)  # (n_c * R) x D
-        reducer = _misa_rows if kind == "misa" else _sima_rows
-        rows.append(reducer(block, r, packed, frames_per_chunk))
+        if kind == "misa":
+            rows.append(_misa_rows(block, r, packed, frames_per_chunk, buffer, in_order))
+        else:
+            rows.append(_sima_rows(block, r, packed, frames_per_chunk, buffer))
     return torch.cat(rows)
 
 
-def _misa_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int) -> torch.Tensor:
+def _scores(block: torch.Tensor, frames: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
+    """``block @ frames.T``: one dense matmul, into ``buffer`` when given."""
+    if buffer is None:
+        return block @ frames.T
+    out = buffer[: block.shape[0] * frames.shape[0]].view(block.shape[0], frames.shape[0])
+    return torch.mm(block, frames.T, out=out)
+
+
+def _add_segments(sums: torch.Tensor, values: torch.Tensor, owner: torch.Tensor, in_order: bool) -> torch.Tensor:
+    """``sums[:, c] += sum of values[:, f] over frames f with owner[f] == c`` (out of place)."""
+    if not in_order:
+        return sums.index_add(1, owner, values)
+    first, last = int(owner[0]), int(owner[-1])
+    counts = torch.bincount(owner - first, minlength=last - first + 1)
+    part = torch.segment_reduce(values, "sum", lengths=counts.expand(values.shape[0], -1).contiguous(), axis=1)
+    return sums.index_add(1, torch.arange(first, last + 1, device=sums.device), part)
+
+
+def _misa_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int,
+               buffer: torch.Tensor | None = None, in_order: bool = False) -> torch.Tensor:
     n_c = block.shape[0] // r
     sums = torch.zeros(n_c, packed.count, device=block.device, dtype=torch.float32)
     for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
-        scores = block @ packed.frames[f0: f0 + frames_per_chunk].T  # (n_c * R) x f_c: one dense matmul
+        scores = _scores(block, packed.frames[f0: f0 + frames_per_chunk], buffer)  # (n_c * R) x f_c
         best = scores.view(n_c, r, -1).amax(dim=1).float()  # n_c x f_c: max over regions
-        sums = sums.index_add(1, packed.owner[f0: f0 + frames_per_chunk], best)  # sum over each caption's frames
+        sums = _add_segments(sums, best, packed.owner[f0: f0 + frames_per_chunk], in_order)  # sum over each caption's frames
     return sums / packed.lengths[None, :].float()
 
 
-def _sima_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int) -> torch.Tensor:
+def _sima_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int,
+               buffer: torch.Tensor | None = None) -> torch.Tensor:
     best = torch.full((block.shape[0], packed.count), float("-inf"), device=block.device, dtype=torch.float32)
     for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
-        scores = (block @ packed.frames[f0: f0 + frames_per_chunk].T).float()  # (n_c * R) x f_c
+        scores = _scores(block, packed.frames[f0: f0 + frames_per_chunk], buffer).float()  # (n_c * R) x f_c
         owner = packed.owner[f0: f0 + frames_per_chunk].expand(scores.shape[0], -1)
         best = best.scatter_reduce(1, owner, scores, reduce="amax", include_self=True)  # max over each caption's frames
     return best.view(-1, r, packed.count).mean(dim=1)  # mean over regions

@@ -320,6 +320,10 @@ class Trainer:
             last_checkpoint = time.perf_counter()
         if self.writer is not None:
             self.writer.close()
+        if self.rank == 0 and self.state.history:
+            from .plots import training_curves
+
+            training_curves(self.out / "metrics.csv", self.out / "curves.png")
         if self.world > 1:
             dist.barrier()
         return self.state

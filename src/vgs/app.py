@@ -1,0 +1,637 @@
+"""``vgs serve``: search an indexed photo collection by voice, from a web page or a JSON API.
+
+The page (``app_static/``: plain HTML/JS/CSS, no build step, nothing fetched from elsewhere)
+records from the microphone, takes an audio file, or speaks typed text with the TTS; shows
+the top-k images, each with the heatmap of the whole query over it; and, for a clicked
+image, the heatmap of every word (text queries: word times come from the TTS) or of every
+fixed window of audio (recordings and files: no word times are known).
+
+Browsers record webm/opus, which libsndfile cannot read, so the page decodes every
+recording and file itself (Web Audio ``decodeAudioData``), downmixes and resamples it to
+16 kHz mono and uploads a WAV.  The server reads WAV/FLAC/OGG.
+
+JSON API (described at ``/openapi.json``, browsable at ``/docs``)::
+
+    GET  /api/health                      collection size, model, limits
+    POST /api/search/audio                multipart: file (audio), k            -> SearchResult
+    POST /api/search/text                 JSON: {text, k, voice}                -> SearchResult
+    POST /api/localize/audio              multipart: image, file, window        -> Localization
+    POST /api/localize/text               JSON: {image, text, voice}            -> Localization
+    GET  /api/images/{i}?size=            image i of the index (PNG or JPEG, at most size px)
+
+Images are named by their integer position in the index only: no path from a request
+ever reaches the filesystem.  Heatmaps come as small grids (the image encoder's ``H x W``
+regions, normalized to [0, 1]) that the page colours and upsamples itself.
+
+Safety: request bodies are capped while they are read (not trusting Content-Length), audio
+duration, text length and k are capped, bad input gets a 4xx JSON ``{"detail": ...}``, and
+model inference runs in worker threads, one query at a time (a lock), so concurrent clients
+are safe.
+
+Not using ``from __future__ import annotations``: FastAPI must resolve the request models
+defined inside :func:`create_app` (their limits come from :class:`AppLimits`).
+"""
+
+import io
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .api import Model
+from .errors import VGSError
+from .search import SearchIndex
+
+log = logging.getLogger("vgs.app")
+
+DEFAULT_VOICE = "espeak:en-us:r170:p50"
+# engine:name[:rRATE][:pPITCH] with a plain voice name: no dots or slashes, so no voice id names a file
+VOICE_PATTERN = r"^[a-z]+:[A-Za-z0-9][A-Za-z0-9_+\-]{0,47}(:r[0-9]{2,3})?(:p[0-9]{1,2})?$"
+JSON_BODY_LIMIT = 64 * 1024  # JSON requests are small: text is capped at a few hundred characters
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload
+READ_CHUNK = 64 * 1024
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """What one request may ask for. Larger requests get 413, out-of-range values 422."""
+
+    max_upload_bytes: int = 5 * 1024 * 1024  # an uploaded audio file
+    max_audio_seconds: float = 20.0  # duration of uploaded audio
+    max_text_chars: int = 300  # text to be spoken
+    max_k: int = 50  # results per search
+
+    def validate(self) -> "AppLimits":
+        if self.max_upload_bytes < 1024 or self.max_audio_seconds <= 0 or self.max_text_chars < 1 or self.max_k < 1:
+            raise VGSError(f"bad server limits {self}: expected max_upload_bytes >= 1024, max_audio_seconds > 0, "
+                           "max_text_chars >= 1, max_k >= 1")
+        return self
+
+
+# ----------------------------------------------------------------------------- response models
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where the problem is, e.g. `k` or `file`")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx answer: one clear line, plus the fields at fault for validation errors."""
+
+    detail: str
+    errors: Optional[list[FieldProblem]] = None
+
+
+class HeatmapOut(BaseModel):
+    """A matchmap averaged over some audio frames, on the image encoder's grid of regions.
+
+    The grid covers the whole image (the encoder squashes images to a square), row 0 at the top.
+    """
+
+    rows: int
+    cols: int
+    values: list[list[float]] = Field(description="rows x cols, min-max normalized to [0, 1]")
+    low: float = Field(description="raw matchmap value mapped to 0")
+    high: float = Field(description="raw matchmap value mapped to 1")
+    peak: list[float] = Field(min_length=2, max_length=2,
+                              description="[x, y] of the hottest region's centre, as fractions of width and height")
+
+
+class WordOut(BaseModel):
+    word: str
+    start: float = Field(description="seconds from the start of the query audio")
+    end: float
+
+
+class QueryOut(BaseModel):
+    kind: Literal["audio", "text"]
+    duration: float = Field(description="seconds of audio searched with")
+    text: Optional[str] = None
+    voice: Optional[str] = None
+    words: Optional[list[WordOut]] = Field(None, description="word times, when known (text queries)")
+
+
+class HitOut(BaseModel):
+    rank: int = Field(description="1 = best")
+    image: int = Field(description="position of the image in the index; use with /api/images/{image}")
+    score: float = Field(description="the model's matchmap similarity")
+    name: str = Field(description="the image's file name (no folders)")
+    image_url: str
+    heatmap: HeatmapOut = Field(description="the whole query's matchmap over this image")
+
+
+class SearchOut(BaseModel):
+    query: QueryOut
+    hits: list[HitOut]
+    elapsed_ms: float
+
+
+class SegmentOut(BaseModel):
+    label: str = Field(description="the word, or the window as e.g. `0.5-1.0s`")
+    start: float
+    end: float
+    heatmap: HeatmapOut
+
+
+class LocalizeOut(BaseModel):
+    image: int
+    name: str
+    image_url: str
+    score: float
+    query: QueryOut
+    segment_kind: Literal["word", "window"]
+    segments: list[SegmentOut]
+    whole: HeatmapOut = Field(description="the whole query's heatmap")
+    elapsed_ms: float
+
+
+class LimitsOut(BaseModel):
+    max_upload_bytes: int
+    max_audio_seconds: float
+    max_text_chars: int
+    max_k: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+    images: int
+    captions: int
+    checkpoint: Optional[str] = Field(None, description="checkpoint file name, or null for an untrained model")
+    embed_dim: int
+    similarity: str
+    grid: list[int] = Field(description="[rows, cols] of the heatmaps")
+    frame_seconds: float
+    sample_rate: int
+    default_voice: str
+    limits: LimitsOut
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+# ----------------------------------------------------------------------------- the body guard
+
+
+class _BodyGuard:
+    """ASGI middleware: checks the content type of POSTs and reads bodies in chunks up to a cap.
+
+    A body over the cap (whatever Content-Length says) gets 413 as soon as the cap is passed,
+    without reading the rest; a body within it is handed on to the app.  Every response
+    gets ``X-Content-Type-Options: nosniff``.
+    """
+
+    def __init__(self, app, routes: dict[str, str], max_upload: int):  # noqa: ANN001 - an ASGI app
+        self.app = app
+        self.routes = routes  # path -> "json" | "multipart"
+        self.limits = {"json": JSON_BODY_LIMIT, "multipart": max_upload + MULTIPART_OVERHEAD}
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        kind = self.routes.get(scope["path"])
+        if kind is None or scope["method"] != "POST":
+            await self.app(scope, receive, send_nosniff)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        ok = (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))) \
+            if kind == "json" else media == "multipart/form-data"
+        if not ok:
+            wanted = "application/json" if kind == "json" else "multipart/form-data"
+            await _reply(scope, receive, send_nosniff, 415,
+                         f"unsupported content type {media or '(none)'!r}; this endpoint takes {wanted}")
+            return
+        limit = self.limits[kind]
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                declared_size = int(declared)
+            except ValueError:
+                await _reply(scope, receive, send_nosniff, 400, "malformed Content-Length header")
+                return
+            if declared_size > limit:
+                await _reply(scope, receive, send_nosniff, 413, _too_large(kind, limit))
+                return
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > limit:
+                await _reply(scope, receive, send_nosniff, 413, _too_large(kind, limit))
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
+        if kind == "json":
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                await _reply(scope, receive, send_nosniff, 400, "malformed JSON body: not UTF-8 text")
+                return
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send_nosniff)
+
+
+def _too_large(kind: str, limit: int) -> str:
+    if kind == "json":
+        return f"request body too large (at most {limit // 1024} KiB of JSON)"
+    return f"upload too large (at most {(limit - MULTIPART_OVERHEAD) / 2**20:g} MiB)"
+
+
+async def _reply(scope, receive, send, status: int, detail: str) -> None:  # noqa: ANN001
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+def heatmap_out(grid: torch.Tensor) -> HeatmapOut:
+    """An ``H x W`` map -> min-max normalized values (3 decimals), its range and its peak."""
+    values = grid.detach().double().cpu().numpy()
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    span = high - low
+    norm = (values - low) / span if span > 0 else np.zeros_like(values)
+    rows, cols = values.shape
+    y, x = np.unravel_index(int(np.argmax(values)), values.shape)
+    return HeatmapOut(rows=rows, cols=cols, values=np.round(norm, 3).tolist(), low=round(low, 5), high=round(high, 5),
+                      peak=[round((x + 0.5) / cols, 4), round((y + 0.5) / rows, 4)])
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()) -> FastAPI:
+    """The web page and JSON API over ``index`` (built with ``model``)."""
+    from .audio import load_audio
+    from .images import load_image
+    from .localize import Segment, fixed_segments, segment_heatmaps
+    from .similarity import PackedFrames, similarity_matrix
+    from .tts import Voice, available_engines, synthesize
+
+    limits = limits.validate()
+    rate = model.config.features.sample_rate
+    model_lock = threading.Lock()  # one inference at a time; torch uses its intra-op threads within it
+    tts_lock = threading.Lock()
+    cache_lock = threading.Lock()
+    image_cache: "OrderedDict[tuple[int, int], tuple[bytes, str]]" = OrderedDict()
+    static = _static_files()
+    with model_lock:
+        index.faiss_images()  # load (or build) the first-stage index now, not in a request
+    grid = list(index.grid) if index.image_count else [0, 0]
+
+    class TextSearchIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: str = Field(min_length=1, max_length=limits.max_text_chars, description="spoken by the TTS, then searched")
+        k: int = Field(10, ge=1, le=limits.max_k, description="number of results")
+        voice: str = Field(DEFAULT_VOICE, max_length=64, pattern=VOICE_PATTERN,
+                           description="TTS voice id ENGINE:NAME[:rRATE][:pPITCH]")
+
+    class TextLocalizeIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        image: int = Field(description="position of the image in the index")
+        text: str = Field(min_length=1, max_length=limits.max_text_chars)
+        voice: str = Field(DEFAULT_VOICE, max_length=64, pattern=VOICE_PATTERN)
+
+    app = FastAPI(title="vgs", version=__version__,
+                  description="Search a photo collection by voice: spoken (or typed, then spoken) queries are matched "
+                              "to images by a visually grounded speech model, which also shows where each word lands "
+                              "in an image (matchmap heatmaps).")
+    app.add_middleware(_BodyGuard, routes={"/api/search/audio": "multipart", "/api/localize/audio": "multipart",
+                                           "/api/search/text": "json", "/api/localize/text": "json"},
+                       max_upload=limits.max_upload_bytes)
+    app.state.model, app.state.index, app.state.limits = model, index, limits
+
+    # ------------------------------------------------------------------ errors
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form"))
+            if error.get("type") == "json_invalid":
+                reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+                return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+            problems.append(FieldProblem(field=where or "body", message=str(error.get("msg", "invalid"))))
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems) or "invalid request"
+        return JSONResponse(ErrorOut(detail=detail, errors=problems).model_dump(), status_code=422)
+
+    @app.exception_handler(VGSError)
+    async def on_vgs_error(request: Request, exc: VGSError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error; see the server log"}, status_code=500)
+
+    # ------------------------------------------------------------------ helpers (run in worker threads)
+
+    def check_image(i: int) -> None:
+        if not 0 <= i < index.image_count:
+            raise HTTPException(404, f"no image {i} in the index (it holds images 0-{index.image_count - 1})"
+                                if index.image_count else "the index holds no images")
+
+    async def read_upload(file: UploadFile) -> bytes:
+        chunks, total = [], 0
+        while True:
+            chunk = await file.read(READ_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limits.max_upload_bytes:
+                raise HTTPException(413, f"upload too large (at most {limits.max_upload_bytes / 2**20:g} MiB)")
+            chunks.append(chunk)
+        if not total:
+            raise HTTPException(422, "file: the uploaded audio is empty (0 bytes)")
+        return b"".join(chunks)
+
+    def decode(data: bytes) -> np.ndarray:
+        cap = limits.max_audio_seconds
+        try:
+            signal = load_audio(data, rate, max_seconds=cap + 0.25, name="uploaded audio")
+        except VGSError as exc:
+            raise HTTPException(422, f"{exc}. The page converts recordings to WAV; the API reads WAV, FLAC or OGG") \
+                from exc
+        except Exception as exc:  # noqa: BLE001 - hostile bytes in a C decoder: still the client's problem
+            log.warning("audio decoding failed: %r", exc)
+            raise HTTPException(422, "uploaded audio: unreadable audio; expected WAV, FLAC or OGG") from exc
+        if len(signal) > cap * rate + rate // 100:
+            raise HTTPException(413, f"uploaded audio is longer than {cap:g} s (the limit); send a shorter query")
+        return signal
+
+    def speak(text: str, voice_id: str):  # noqa: ANN202 - a tts.Speech
+        text = _printable(text)
+        if not text:
+            raise HTTPException(422, "text: nothing to say (the text is blank)")
+        try:
+            voice = Voice.from_id(voice_id)
+            if voice.engine not in available_engines():
+                raise VGSError(f"TTS engine {voice.engine!r} is not installed here; use e.g. {DEFAULT_VOICE}")
+            with tts_lock:
+                speech = synthesize(text, voice)
+        except VGSError as exc:
+            raise HTTPException(422, f"voice/text: {exc}") from exc
+        return speech
+
+    def encode(signal: np.ndarray) -> PackedFrames:
+        with model_lock:
+            frames = model.encode_audio([signal])
+        return PackedFrames(frames.frames.float().cpu(), frames.owner.cpu(), frames.lengths.cpu())
+
+    def search(signal: np.ndarray, k: int) -> list[HitOut]:
+        frames = encode(signal)
+        with model_lock:  # FAISS and the re-ranking share the model's lock
+            hits = index.search_audio(model, frames, k=k, candidates=max(500, k))
+        regions = index.regions_of([hit.index for hit in hits])  # n x D x H x W
+        maps = torch.einsum("ndhw,d->nhw", regions, frames.frames.float().mean(0))  # mean over frames of the matchmap
+        return [HitOut(rank=r + 1, image=hit.index, score=round(hit.score, 6), name=Path(hit.path or "").name,
+                       image_url=f"/api/images/{hit.index}", heatmap=heatmap_out(m))
+                for r, (hit, m) in enumerate(zip(hits, maps))]
+
+    def localize(i: int, signal: np.ndarray, segments: list, kind: str, query: QueryOut, started: float) -> LocalizeOut:
+        frames = encode(signal)
+        regions = index.regions_of([i])  # 1 x D x H x W
+        caption = frames.caption(0).float()  # D x T
+        matchmap = model.net.matchmap(regions[0], caption)  # H x W x T
+        score = float(similarity_matrix(regions, frames, kind=model.net.config.similarity)[0, 0])
+        maps = segment_heatmaps(matchmap, segments, model.frame_seconds())
+        return LocalizeOut(
+            image=i, name=Path(index.image_paths[i]).name, image_url=f"/api/images/{i}", score=round(score, 6),
+            query=query, segment_kind=kind,
+            segments=[SegmentOut(label=s.label, start=round(s.start, 3), end=round(s.end, 3), heatmap=heatmap_out(m))
+                      for s, m in zip(segments, maps)],
+            whole=heatmap_out(matchmap.mean(-1)), elapsed_ms=_ms(started))
+
+    def image_bytes(i: int, size: int) -> tuple[bytes, str]:
+        key = (i, size)
+        with cache_lock:
+            if key in image_cache:
+                image_cache.move_to_end(key)
+                return image_cache[key]
+        try:  # the path comes from the index, never from the request
+            image = load_image(index.image_paths[i])
+        except VGSError as exc:
+            log.warning("image %d unreadable: %s", i, exc)
+            raise HTTPException(404, f"image {i} of the index is no longer readable") from exc
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        if image.width * image.height <= 256 * 256:
+            image.save(buffer, "PNG", optimize=True)
+            media = "image/png"
+        else:
+            image.save(buffer, "JPEG", quality=88)
+            media = "image/jpeg"
+        entry = (buffer.getvalue(), media)
+        with cache_lock:
+            image_cache[key] = entry
+            while len(image_cache) > 512:
+                image_cache.popitem(last=False)
+        return entry
+
+    def audio_query(signal: np.ndarray) -> QueryOut:
+        return QueryOut(kind="audio", duration=round(len(signal) / rate, 3))
+
+    def text_query(speech, voice_id: str, text: str) -> QueryOut:  # noqa: ANN001
+        words = [WordOut(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in speech.words or []]
+        return QueryOut(kind="text", duration=round(speech.duration, 3), text=_printable(text), voice=voice_id,
+                        words=words or None)
+
+    # ------------------------------------------------------------------ the page
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(static["index.html"][0], headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        if name not in STATIC_FILES or name not in static:  # a fixed set, read at start-up: no path is looked up
+            raise HTTPException(404, "not found")
+        content, media = static[name]
+        return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ the API
+
+    @app.get("/api/health", response_model=HealthOut, tags=["info"], summary="Collection size, model and limits")
+    async def health() -> HealthOut:
+        return HealthOut(status="ok", version=__version__, images=index.image_count, captions=index.caption_count,
+                         checkpoint=Path(model.checkpoint).name if model.checkpoint else None,
+                         embed_dim=model.net.config.embed_dim, similarity=model.net.config.similarity, grid=grid,
+                         frame_seconds=model.frame_seconds(), sample_rate=rate, default_voice=DEFAULT_VOICE,
+                         limits=LimitsOut(**asdict(limits)))
+
+    @app.post("/api/search/audio", response_model=SearchOut, tags=["search"], responses=_errors(400, 413, 415, 422),
+              summary="Search the images with a spoken query (WAV, FLAC or OGG)")
+    async def search_audio(file: UploadFile = File(..., description="the spoken query: WAV, FLAC or OGG"),
+                           k: int = Form(10, ge=1, le=limits.max_k, description="number of results")) -> SearchOut:
+        started = time.perf_counter()
+        data = await read_upload(file)
+        signal = await run_in_threadpool(decode, data)
+        hits = await run_in_threadpool(search, signal, k)
+        return SearchOut(query=audio_query(signal), hits=hits, elapsed_ms=_ms(started))
+
+    @app.post("/api/search/text", response_model=SearchOut, tags=["search"], responses=_errors(400, 413, 415, 422),
+              summary="Search the images with typed text, spoken by the TTS")
+    async def search_text(body: TextSearchIn) -> SearchOut:
+        started = time.perf_counter()
+        speech = await run_in_threadpool(speak, body.text, body.voice)
+        hits = await run_in_threadpool(search, speech.audio, body.k)
+        return SearchOut(query=text_query(speech, body.voice, body.text), hits=hits, elapsed_ms=_ms(started))
+
+    @app.post("/api/localize/audio", response_model=LocalizeOut, tags=["localize"],
+              responses=_errors(400, 404, 413, 415, 422),
+              summary="Where each stretch of a spoken query lands in an image (one heatmap per window)")
+    async def localize_audio(image: int = Form(..., description="position of the image in the index"),
+                             file: UploadFile = File(..., description="the spoken query: WAV, FLAC or OGG"),
+                             window: float = Form(0.5, ge=0.1, le=5.0, description="seconds per segment")) -> LocalizeOut:
+        started = time.perf_counter()
+        check_image(image)
+        data = await read_upload(file)
+        signal = await run_in_threadpool(decode, data)
+        segments = fixed_segments(len(signal) / rate, window)
+        return await run_in_threadpool(localize, image, signal, segments, "window", audio_query(signal), started)
+
+    @app.post("/api/localize/text", response_model=LocalizeOut, tags=["localize"],
+              responses=_errors(400, 404, 413, 415, 422),
+              summary="Where each word of a typed (then spoken) query lands in an image")
+    async def localize_text(body: TextLocalizeIn) -> LocalizeOut:
+        started = time.perf_counter()
+        check_image(body.image)
+        speech = await run_in_threadpool(speak, body.text, body.voice)
+        query = text_query(speech, body.voice, body.text)
+        if speech.words:
+            segments, kind = [Segment(w.word, w.start, w.end) for w in speech.words], "word"
+        else:  # an engine without word times
+            segments, kind = fixed_segments(speech.duration, 0.5), "window"
+        return await run_in_threadpool(localize, body.image, speech.audio, segments, kind, query, started)
+
+    @app.get("/api/images/{i}", tags=["images"], response_class=Response, responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the image, at most `size` pixels a side"},
+        **_errors(404, 422)}, summary="Image i of the index")
+    async def get_image(i: int, size: int = Query(512, ge=32, le=2048, description="longest side in pixels")) -> Response:
+        check_image(i)
+        content, media = await run_in_threadpool(image_bytes, i, size)
+        return Response(content, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    return app
+
+
+def _printable(text: str) -> str:
+    """Control characters become spaces; runs of whitespace one space."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once from the package (``vgs/app_static``)."""
+    folder = resources.files("vgs") / "app_static"
+    files = {}
+    for name, media in {"index.html": "text/html; charset=utf-8", **STATIC_FILES}.items():
+        entry = folder / name
+        if entry.is_file():
+            files[name] = (entry.read_bytes(), media)
+    if "index.html" not in files:
+        raise VGSError("the web page is missing from the installed package (vgs/app_static/index.html)")
+    return files
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def serve(run: "str | Path | None", index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000,
+          limits: Optional[AppLimits] = None, device: Optional[str] = None, threads: Optional[int] = None,
+          log_level: str = "info") -> None:
+    """``vgs serve``: load the run (default: the one the index was built with) and serve until interrupted.
+
+    ``threads``: torch intra-op threads for inference (default: the CPU count, at most 8);
+    queries run one at a time, each using them all.
+    """
+    import uvicorn
+
+    from .api import load
+    from .io import sha256_file
+    from .search import read_meta
+
+    meta = read_meta(Path(index_dir))
+    if run is None:
+        if meta.get("checkpoint_sha256") == "untrained" or meta.get("checkpoint") in (None, "None"):
+            raise VGSError(f"{index_dir}: this index was built with an untrained model; give the run to serve")
+        run = meta["checkpoint"]
+    model = load(run, device=device)
+    if model.checkpoint is not None and meta.get("checkpoint_sha256") != sha256_file(model.checkpoint):
+        raise VGSError(f"{index_dir}: this index was built with another model ({meta.get('checkpoint')}), not "
+                       f"{model.checkpoint}; serve it with that run, or rebuild the index with `vgs index`")
+    torch.set_num_threads(max(1, threads or min(os.cpu_count() or 1, 8)))
+    index = SearchIndex(Path(index_dir))
+    if index.image_count == 0:
+        raise VGSError(f"{index_dir}: the index holds no images; add some with `vgs index RUN --images FOLDER`")
+    app = create_app(model, index, limits or AppLimits())
+    if not _is_loopback(host):
+        log.warning("serving on %s: anyone who can reach this address can search the collection and see its images. "
+                    "Browsers allow the microphone only on localhost or over HTTPS.", host)
+    print(f"vgs: serving {index.image_count} images on http://{_url_host(host)}:{port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["AppLimits", "create_app", "serve"]

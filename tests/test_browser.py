@@ -1,0 +1,204 @@
+"""The search page end to end in headless Chromium (Debian's, driven by Playwright; no browser download).
+
+Skipped when Chromium or Playwright is absent, except in CI (the ``CI`` variable set), where
+``make test`` installs Chromium through ``make system-deps`` and the test must run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from test_app import make_index
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next((p for p in (os.environ.get("VGS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")) if p and Path(p).is_file()),
+                None)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync",
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a fake microphone (a beep)
+TIMEOUT_MS = 30_000
+
+
+def _need_browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    missing = "Debian's chromium (apt-get install chromium)" if CHROMIUM is None else \
+        "the playwright package (pip install playwright)" if sync_playwright is None else None
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test: {missing} is missing; `make system-deps` installs Chromium")
+        pytest.skip(f"{missing} is not installed")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_scenes, tmp_path_factory):
+    _need_browser()
+    import uvicorn
+
+    from vgs.app import create_app
+
+    model, index = make_index(tiny_scenes, tmp_path_factory.mktemp("index"))
+    port = _free_port()
+    config = uvicorn.Config(create_app(model, index), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", index
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    sync_playwright = _need_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(permissions=["microphone"])
+    page = context.new_page()
+    page.add_init_script(SPY)
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)  # 4xx answers
+    page.goto(server[0] + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+# Playwright does not show multipart bodies with blobs, so the page's fetch notes the head of each uploaded file.
+SPY = """
+window.__uploads = [];
+const fetch0 = window.fetch;
+window.fetch = async (url, options) => {
+  const file = options && options.body instanceof FormData ? options.body.get("file") : null;
+  if (file) window.__uploads.push({url: String(url), head: Array.from(new Uint8Array(await file.slice(0, 44).arrayBuffer()))});
+  return fetch0(url, options);
+};
+"""
+
+
+def sent_wav(page) -> tuple[int, int, int]:
+    """(channels, sample rate, bits) of the WAV the page last uploaded."""
+    head = bytes(page.evaluate("() => window.__uploads[window.__uploads.length - 1].head"))
+    assert head[:4] == b"RIFF" and head[8:12] == b"WAVE", head
+    channels, rate = struct.unpack("<HI", head[22:28])
+    return channels, rate, struct.unpack("<H", head[34:36])[0]
+
+
+def canvas_pixels(page, selector: str) -> int:
+    """Pixels with some opacity on the first canvas matching ``selector``."""
+    return page.eval_on_selector(selector, """c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+
+
+def check_results(page, expected: int) -> None:
+    page.wait_for_selector("#grid .hit canvas.heat[data-drawn='1']")
+    assert page.locator("#grid .hit").count() == expected
+    first = "#grid .hit canvas.heat"
+    assert canvas_pixels(page, first) > 0.9 * page.eval_on_selector(first, "c => c.width * c.height")
+    page.wait_for_function("() => { const i = document.querySelector('#grid .hit img'); return i.complete && i.naturalWidth > 0; }")
+    assert page.locator("#message.error").count() == 0
+
+
+def test_upload_a_stereo_44k_wav(page, server, tiny_scenes, tmp_path) -> None:
+    audio, rate = sf.read(tiny_scenes / "audio" / "test_00001_2.wav", dtype="float32")
+    stereo = np.stack([audio, 0.5 * audio], axis=1)
+    import soxr
+
+    path = tmp_path / "query.wav"
+    sf.write(path, soxr.resample(stereo, rate, 44100), 44100, subtype="PCM_24")
+    duration = len(audio) / rate
+    page.click("#tab-upload")
+    with page.expect_request("**/api/search/audio"):
+        page.set_input_files("#audio-file", str(path))
+    check_results(page, 12)
+    assert sent_wav(page) == (1, 16000, 16)  # decoded, downmixed, resampled in the browser
+    assert page.eval_on_selector("#query-audio", "a => !a.hidden && a.src.startsWith('blob:')")
+
+    # click a result: one heatmap per half second (no word times for uploaded speech), plus the whole query
+    with page.expect_request("**/api/localize/audio"):
+        page.click("#grid .hit >> nth=1")
+    page.wait_for_selector("#segments .segment.word")
+    windows = math.ceil(round(duration, 3) / 0.5 - 1e-9)
+    assert page.locator("#segments .segment.word").count() == windows
+    assert page.locator("#segments .segment.word .label").first.inner_text() == "0.0-0.5s"
+    page.wait_for_selector("#segments .segment.word canvas.heat[data-drawn='1']")
+    page.click("#segments .segment.word >> nth=1")
+    assert "0.50" in page.inner_text("#detail-caption")
+    assert canvas_pixels(page, "#detail-canvas") > 0
+
+
+def test_type_text_then_see_each_word(page) -> None:
+    page.click("#tab-text")
+    page.fill("#text-input", "a big green triangle below a red circle")
+    page.fill("#k", "5")
+    page.click("#text-button")
+    check_results(page, 5)
+    page.click("#grid .hit >> nth=0")
+    page.wait_for_selector("#segments .segment.word")
+    labels = page.locator("#segments .segment.word .label").all_inner_texts()
+    assert labels == ["a", "big", "green", "triangle", "below", "a", "red", "circle"]
+    page.wait_for_selector("#segments .segment.word canvas.heat[data-drawn='1']")
+    page.click("#segments .segment.word >> nth=2")
+    assert "green" in page.inner_text("#detail-caption")
+    assert canvas_pixels(page, "#segments .segment.word canvas.heat") > 0
+
+
+def test_record_from_the_microphone(page) -> None:
+    """Chromium's fake microphone (a beep) recorded as webm/opus, sent as a 16 kHz WAV."""
+    page.click("#record-button")
+    page.wait_for_selector("#record-button.recording")
+    page.wait_for_timeout(1500)
+    with page.expect_request("**/api/search/audio"):
+        page.click("#record-button")
+    check_results(page, 12)
+    assert sent_wav(page) == (1, 16000, 16)
+
+
+def test_errors_are_shown(page, server) -> None:
+    page.click("#tab-text")
+    page.fill("#text-input", "   ")
+    page.click("#text-button")
+    page.wait_for_selector("#message.error")
+    page.click("#tab-upload")
+    garbage = io.BytesIO(b"not audio at all" * 100).getvalue()
+    page.set_input_files("#audio-file", files=[{"name": "bad.wav", "mimeType": "audio/wav", "buffer": garbage}])
+    page.wait_for_function("() => document.querySelector('#message').textContent.includes('unreadable')")
+    assert page.locator("#message.error").count() == 1
