@@ -46,6 +46,20 @@ def machine_line() -> str:
             f"{torch.get_num_threads()} threads, bf16 instructions: {bf16}, load average {load}")
 
 
+_STARTED = (time.perf_counter(), os.times())
+
+
+def cpu_share_line() -> str:
+    """CPU seconds this process (and its finished children) got per wall-clock second since import, and the load."""
+    wall = time.perf_counter() - _STARTED[0]
+    now, then = os.times(), _STARTED[1]
+    cpu = (now.user - then.user) + (now.system - then.system) + (now.children_user - then.children_user) + \
+        (now.children_system - then.children_system)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"cpu: this benchmark got {cpu / max(wall, 1e-9):.2f} of {os.cpu_count()} cores on average over {wall:.0f} s "
+            f"(load average now {load}; other jobs on the machine slow it down, and multi-threaded small ops most)")
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()

@@ -108,3 +108,12 @@ def test_ddp_two_cpu_processes(tiny_scenes, tmp_path) -> None:
     assert int(rows[0]["step"]) == 18
     model = load(tmp_path / "ddp", "last")
     assert all(torch.isfinite(p).all() for p in model.net.parameters())
+
+
+def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path) -> None:
+    """The mixed-precision and memory-format code paths (used on GPU) run and learn on CPU too."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 2, "train.amp_cpu": True, "train.channels_last": True,
+                                         "train.cache_image_features": False, "image.size": 64})
+    state = train(config, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert state.skipped_steps == 0 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])

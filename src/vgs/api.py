@@ -173,11 +173,31 @@ def run_config(run: str | Path) -> Config:
     return from_dict(Config, payload["config"]).validate()
 
 
-def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "test", protocol: str = "pairs100",
-                 draws: int = 10, seed: int = 0, untrained: bool = False, checkpoint: str = "best",
-                 batch_size: int = 64, json_out: str | Path | None = None, device: str | None = None,
-                 progress: bool = True) -> dict:
-    """Evaluate a run on a split with the ``pairs100`` or ``full`` protocol; optionally write JSON."""
+@dataclass
+class Evaluation:
+    """A model with one split opened and encoded, ready to score with any protocol."""
+
+    model: Model
+    dataset: Any  # vgs.data.loader.PairDataset
+    encoded: Any  # vgs.evaluate.EncodedSplit
+    untrained: bool
+
+    def score(self, protocol: str = "pairs100", draws: int = 10, seed: int = 0) -> dict:
+        if protocol == "pairs100":
+            result = pairs_protocol(self.encoded, self.model.net, n_pairs=100, draws=draws, seed=seed)
+        elif protocol == "full":
+            result = full_protocol(self.encoded, self.model.net)
+        else:
+            raise VGSError(f"--protocol: expected pairs100 or full, got {protocol!r}")
+        result.update({"data": str(self.model.config.data), "untrained": self.untrained,
+                       "checkpoint": None if self.untrained else str(self.model.checkpoint)})
+        return result
+
+
+def open_evaluation(run: str | Path, data: str | Path | None = None, split: str = "test", untrained: bool = False,
+                    checkpoint: str = "best", batch_size: int = 64, device: str | None = None,
+                    progress: bool = True) -> Evaluation:
+    """Load a run (or its untrained twin), open ``split`` and encode every image and caption once."""
     from .data.pipeline import feature_statistics, open_split
 
     if untrained:
@@ -193,17 +213,21 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
         mean, std = feature_statistics(dataset, seed=config.train.seed)
         model.net.audio.input_norm.set_statistics(mean.to(model.device), std.to(model.device))
     encoded = encode_split(model.net, dataset, batch_size=batch_size, device=str(model.device), progress=progress)
-    if protocol == "pairs100":
-        result = pairs_protocol(encoded, model.net, n_pairs=100, draws=draws, seed=seed)
-    elif protocol == "full":
-        result = full_protocol(encoded, model.net)
-    else:
-        raise VGSError(f"--protocol: expected pairs100 or full, got {protocol!r}")
-    result.update({"split": split, "data": str(config.data), "untrained": untrained,
-                   "checkpoint": None if untrained else str(model.checkpoint)})
+    return Evaluation(model, dataset, encoded, untrained)
+
+
+def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "test", protocol: str = "pairs100",
+                 draws: int = 10, seed: int = 0, untrained: bool = False, checkpoint: str = "best",
+                 batch_size: int = 64, json_out: str | Path | None = None, device: str | None = None,
+                 progress: bool = True) -> dict:
+    """Evaluate a run on a split with the ``pairs100`` or ``full`` protocol; optionally write JSON."""
+    evaluation = open_evaluation(run, data, split, untrained, checkpoint, batch_size, device, progress)
+    result = evaluation.score(protocol, draws, seed)
+    result["split"] = split
     if json_out:
         write_json(json_out, result)
     return result
 
 
-__all__ = ["Model", "load", "build_untrained", "evaluate_run", "run_config", "resolve_checkpoint"]
+__all__ = ["Model", "Evaluation", "load", "build_untrained", "open_evaluation", "evaluate_run", "run_config",
+           "resolve_checkpoint"]

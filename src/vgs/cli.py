@@ -261,11 +261,11 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr":
                "similarity": "model.similarity", "image_weights": "model.image_weights", "max_minutes": "train.max_minutes"}
 
 
-def config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """Defaults < preset < --config < flags < --set."""
+def config_from_args(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN201
+    """Defaults (or ``base``) < preset < --config < flags < --set."""
     from .config import Config, apply_preset, load_config, parse_overrides, set_value
 
-    config = Config()
+    config = base or Config()
     if getattr(args, "preset", None):
         apply_preset(config, args.preset)
     if getattr(args, "config", None):
@@ -286,7 +286,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     if args.resume and (args.out / "config.yaml").exists() and not args.config:
-        config = load_config(args.out / "config.yaml")
+        # the run's own settings, with any flags given now on top (e.g. more --epochs)
+        config = config_from_args(args, base=load_config(args.out / "config.yaml"))
     else:
         config = config_from_args(args)
     if not config.data:
@@ -316,18 +317,23 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--localization", action="store_true", help="also score the pointing game on data with ground truth "
                    "(the scenes): the share of object words whose heatmap peak falls inside the named object")
     p.add_argument("--max-captions", type=int, default=None, help="localization: score at most this many captions")
+    p.add_argument("--plots", type=Path, help="write recall.png (against the untrained baseline) and retrievals.png here")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .api import evaluate_run
+    from .api import open_evaluation
     from .evaluate import format_table
     from .io import write_json
 
-    result = evaluate_run(args.run, data=args.data, split=args.split, protocol=args.protocol, draws=args.draws,
-                          seed=args.seed, untrained=args.untrained, checkpoint=args.checkpoint,
-                          batch_size=args.batch_size)
-    print(format_table({("untrained" if args.untrained else "trained"): result}))
+    evaluation = open_evaluation(args.run, data=args.data, split=args.split, untrained=args.untrained,
+                                 checkpoint=args.checkpoint, batch_size=args.batch_size)
+    result = evaluation.score(args.protocol, args.draws, args.seed)
+    result["split"] = args.split
+    rows = {("untrained" if args.untrained else "trained"): result}
+    if args.plots is not None:
+        rows.update(_evaluation_plots(args, evaluation, result))
+    print(format_table(rows))
     if args.localization:
         result["localization"] = _pointing(args)
         loc = result["localization"]
@@ -336,6 +342,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _evaluation_plots(args: argparse.Namespace, evaluation, result: dict) -> dict:  # noqa: ANN001
+    """recall.png (against the untrained twin) and retrievals.png in --plots DIR; returns the baseline row."""
+    from .api import open_evaluation
+    from .plots import recall_vs_baseline
+    from .report import retrieval_examples
+
+    baseline = result
+    if not args.untrained:
+        twin = open_evaluation(args.run, data=args.data, split=args.split, untrained=True, batch_size=args.batch_size)
+        baseline = twin.score(args.protocol, args.draws, args.seed)
+    recall_vs_baseline(result, baseline, args.plots / "recall.png", f"{args.split} recall ({args.protocol})")
+    retrieval_examples(evaluation.model, evaluation.dataset, evaluation.encoded, args.plots / "retrievals.png")
+    print(f"plots: {args.plots / 'recall.png'}, {args.plots / 'retrievals.png'}")
+    return {} if args.untrained else {"untrained": baseline}
 
 
 def _pointing(args: argparse.Namespace) -> dict:

@@ -42,10 +42,10 @@ class ModelConfig:
     image_head_kernel: int = 0  # 0 = the encoder's default (1 for vgg16/resnet50, 3 for vgg19)
     image_stride: int = 32  # efficientnet-lite0 only: 16 adds a finer (S/16) map for localization
     audio_channels: int = 512  # width of the conv audio nets' middle layers (DAVEnet: 512)
-    rnn_hidden: int = 512
+    rnn_hidden: int = 256
     rnn_layers: int = 2
     bidirectional: bool = True
-    rnn_subsample: int = 4  # frames stacked before the recurrent layers
+    rnn_subsample: int = 8  # frames stacked before the recurrent layers (80 ms steps)
     dropout: float = 0.1
     normalize: bool = True  # L2-normalize region and frame embeddings before the matchmap
     similarity: str = "misa"
@@ -89,6 +89,9 @@ class TrainConfig:
     checkpoint_every_minutes: float = 5.0  # mid-epoch checkpoints, so a kill loses little
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
     amp: bool = True  # bf16 autocast on GPU
+    amp_cpu: bool = False  # bf16 autocast on CPU too (worth it with AVX-512 BF16 / AMX)
+    channels_last: bool = False  # channels-last memory format for the image branch (faster convs on GPU)
+    compile: bool = False  # torch.compile the model (GPU; slow to start on CPU)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads (0 = all cores)
 

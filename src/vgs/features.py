@@ -162,9 +162,12 @@ def cache_folder(data_dir: Path, config: AudioFeatureConfig) -> Path:
     return Path(data_dir) / CACHE_DIR / f"audio-{config.kind}-{stable_hash(asdict(config), 10)}"
 
 
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # small STFTs: threads only add overhead in a worker process
+
+
 def _featurize_chunk(args: tuple[list[str], dict]) -> tuple[list[np.ndarray | None], list[str | None]]:
     paths, config_dict = args
-    torch.set_num_threads(1)
     config = AudioFeatureConfig(**config_dict)
     feats: list[np.ndarray | None] = []
     problems: list[str | None] = []
@@ -187,7 +190,7 @@ def build_feature_cache(manifest: Manifest, split: str, config: AudioFeatureConf
     """
     config.validate()
     folder = cache_folder(manifest.root, config)
-    settings = {"features": asdict(config), "manifest_sha256": sha256_file(manifest.path)}
+    settings = json.loads(json.dumps({"features": asdict(config), "manifest_sha256": sha256_file(manifest.path)}))
     meta_path = folder / f"{split}.settings.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and (folder / f"{split}.ids.json").exists():
         return AudioFeatureStore(folder, split)
@@ -199,7 +202,7 @@ def build_feature_cache(manifest: Manifest, split: str, config: AudioFeatureConf
     done = len(rows) - sum(len(chunks[k]) for k in todo)
     bar = tqdm(total=len(rows), initial=done, desc=f"features {split}", unit="utt", disable=not progress)
     jobs = [([str(manifest.audio_path(r)) for r in chunks[k]], asdict(config)) for k in todo]
-    with ProcessPoolExecutor(max_workers=max(1, workers)) if workers > 1 else _InlineExecutor() as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) if workers > 1 else _InlineExecutor() as pool:
         for k, (feats, problems) in zip(todo, pool.map(_featurize_chunk, jobs)):
             ok = [f for f in feats if f is not None]
             save_npy(parts_dir / f"{k:05d}.npy", np.concatenate(ok) if ok else np.zeros((0, config.dim), np.float16))
@@ -237,13 +240,18 @@ def _merge_parts(folder: Path, split: str, parts_dir: Path, n_parts: int, settin
 
 
 class _InlineExecutor:
-    """A stand-in for ProcessPoolExecutor that runs in-process (workers=1)."""
+    """A stand-in for ProcessPoolExecutor that runs in-process (workers=1), on one thread.
+
+    The caller's thread count is restored afterwards: later results must not depend on it.
+    """
 
     def __enter__(self) -> "_InlineExecutor":
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        torch.set_num_threads(self._threads)
 
     def map(self, fn, items):  # noqa: ANN001, ANN201
         return map(fn, items)
@@ -266,7 +274,7 @@ def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, id
     from .images import load_image_tensor
 
     folder = Path(manifest.root) / CACHE_DIR / f"image-{stable_hash({'trunk': identity, 'image': asdict(image_config)}, 10)}"
-    settings = {"trunk": identity, "image": asdict(image_config), "manifest_sha256": sha256_file(manifest.path)}
+    settings = json.loads(json.dumps({"trunk": identity, "image": asdict(image_config), "manifest_sha256": sha256_file(manifest.path)}))
     ids_path = folder / f"{split}.ids.json"
     meta_path = folder / f"{split}.settings.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and ids_path.exists():

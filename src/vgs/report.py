@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Model, build_untrained, evaluate_run, load
-from .evaluate import EncodedSplit, encode_split, format_table
+from .api import Model, build_untrained, open_evaluation
+from .evaluate import EncodedSplit, format_table
 from .io import write_json, write_text
 
 
@@ -123,7 +123,6 @@ def run_demo(options: DemoOptions) -> Path:
     from .config import Config, apply_preset, set_value
     from .data.build import exit_status
     from .data.manifest import load_split
-    from .data.pipeline import open_split
     from .data.scenes import ScenesConfig, build_scenes
     from .localize import pointing_game
     from .plots import recall_vs_baseline, training_curves
@@ -149,13 +148,14 @@ def run_demo(options: DemoOptions) -> Path:
     print(f"[2/4] train -> {run}" + (" (resuming)" if resume else ""))
     state = train(config, run, resume=resume)
     print("[3/4] evaluate on the test split")
+    trained = open_evaluation(run, split="test")
     results = {
-        "trained": evaluate_run(run, split="test", protocol="pairs100"),
-        "untrained": evaluate_run(run, split="test", protocol="pairs100", untrained=True),
-        "trained (full)": evaluate_run(run, split="test", protocol="full"),
+        "trained": trained.score("pairs100"),
+        "untrained": open_evaluation(run, split="test", untrained=True).score("pairs100"),
+        "trained (full)": trained.score("full"),
     }
     print(format_table(results))
-    model = load(run)
+    model = trained.model
     pointing = pointing_game(model, load_split(data, "test")).to_dict()
     untrained_pointing = pointing_game(build_untrained(model.config), load_split(data, "test")).to_dict()
     pointing["untrained"] = untrained_pointing["pointing_game"]
@@ -164,9 +164,7 @@ def run_demo(options: DemoOptions) -> Path:
     print("[4/4] report")
     training_curves(run / "metrics.csv", out / "curves.png")
     recall_vs_baseline(results["trained"], results["untrained"], out / "recall.png", "test recall, 100 pairs")
-    dataset = open_split(model.config, "test", model.net.image, progress=False)
-    encoded = encode_split(model.net, dataset, progress=False)
-    retrieval_examples(model, dataset, encoded, out / "retrievals.png")
+    retrieval_examples(model, trained.dataset, trained.encoded, out / "retrievals.png")
     localization = localization_examples(model, load_split(data, "test"), out)
     write_json(out / "results.json", {"recall": results, "localization": pointing, "minutes": state.minutes})
     config_text = (run / "config.yaml").read_text()

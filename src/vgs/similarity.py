@@ -13,8 +13,9 @@ For an image ``I`` (``D x H x W``, regions ``r = (i, j)``) and a caption ``A``
 the real frames of all captions are packed into one ``sum(L) x D`` matrix
 (:class:`PackedFrames`) and each chunk of images is one dense matmul against a
 chunk of it, followed by a max over regions and a segment mean over each
-caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.  Without
-autograd (evaluation, search) the score block is one buffer reused by every chunk.
+caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.  On CPU the
+dense fp32 product runs as a 1x1 convolution (oneDNN) when there are enough frames, else
+(and on GPU, in bf16) as one matmul.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 
@@ -81,41 +83,43 @@ def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, 
         ``N x M`` float32 similarities (differentiable).
     """
     packed = audio if isinstance(audio, PackedFrames) else PackedFrames.from_padded(audio, lengths)
-    regions = images.flatten(2).transpose(1, 2)  # N x R x D
+    regions = images.flatten(2)  # N x D x R
     if kind == "sisa":
         sums = torch.zeros(packed.count, packed.frames.shape[1], device=packed.frames.device, dtype=packed.frames.dtype)
         audio_mean = sums.index_add(0, packed.owner, packed.frames) / packed.lengths[:, None].to(packed.frames.dtype)
-        return (regions.mean(1) @ audio_mean.T).float()
+        return (regions.mean(2) @ audio_mean.T).float()
     if kind not in ("misa", "sima"):
         raise ValueError(f"unknown similarity {kind!r}; expected misa, sima or sisa")
-    n, r, d = regions.shape
+    n, d, r = regions.shape
     total = packed.frames.shape[0]
-    element = 4  # scores are reduced in float32
+    # Scores are reduced in float32; oneDNN's 1x1 convolution writes them twice (its blocked layout, then plain).
+    element = 8 if _onednn(regions, packed.frames) else 4
     frames_per_chunk = max(1, min(total, chunk_bytes // (element * r * max(1, min(n, 32)))))
-    # The score block and the copied (n_c * R) x D block of regions both stay within chunk_bytes.
+    # The score block, and any copy of a chunk of regions, both stay within chunk_bytes.
     images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk), chunk_bytes // (element * r * d)))
-    # Without autograd, every chunk's matmul writes into one buffer: no fresh pages per chunk.
-    reuse = regions.dtype == packed.frames.dtype and not (
-        torch.is_grad_enabled() and (regions.requires_grad or packed.frames.requires_grad))
-    buffer = torch.empty(min(n, images_per_chunk) * r * frames_per_chunk, device=regions.device,
-                         dtype=regions.dtype) if reuse else None
     in_order = total < 2 or bool((packed.owner[1:] >= packed.owner[:-1]).all())  # frames grouped by caption
-    rows = []
-    for i0 in range(0, n, images_per_chunk):
-        block = regions[i0: i0 + images_per_chunk].reshape(-1, d)  # (n_c * R) x D
-        if kind == "misa":
-            rows.append(_misa_rows(block, r, packed, frames_per_chunk, buffer, in_order))
-        else:
-            rows.append(_sima_rows(block, r, packed, frames_per_chunk, buffer))
+    reducer = _misa_rows if kind == "misa" else _sima_rows
+    rows = [reducer(regions[i0: i0 + images_per_chunk], packed, frames_per_chunk, in_order) for i0 in range(0, n, images_per_chunk)]
     return torch.cat(rows)
 
 
-def _scores(block: torch.Tensor, frames: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
-    """``block @ frames.T``: one dense matmul, into ``buffer`` when given."""
-    if buffer is None:
-        return block @ frames.T
-    out = buffer[: block.shape[0] * frames.shape[0]].view(block.shape[0], frames.shape[0])
-    return torch.mm(block, frames.T, out=out)
+def _onednn(regions: torch.Tensor, frames: torch.Tensor) -> bool:
+    """fp32 on CPU with regions stored ``D x R`` (not channels-last): the 1x1-convolution path."""
+    return (regions.device.type == "cpu" and regions.dtype == torch.float32 and frames.dtype == torch.float32
+            and not (regions.stride(1) == 1 and regions.shape[1] > 1))
+
+
+def _scores(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Every region of ``chunk`` (``n x D x R``) against every frame (``f x D``): ``n x f x R``, one dense product."""
+    n_c, d, r = chunk.shape
+    if _onednn(chunk, frames):
+        if frames.shape[0] >= 64:
+            # The same product as a 1x1 convolution: oneDNN runs it 1.2-2x faster than the BLAS matmul on some
+            # CPUs (AMD Zen 4), reading the regions in their N x D x R layout without a copy.
+            return F.conv1d(chunk, frames.unsqueeze(-1))
+        return torch.matmul(frames, chunk)  # a few frames (search queries): batched, still without a copy
+    block = chunk.transpose(1, 2).reshape(-1, d)  # (n_c * R) x D: a view for channels-last regions, else a copy
+    return (block @ frames.T).view(n_c, r, -1).transpose(1, 2)
 
 
 def _add_segments(sums: torch.Tensor, values: torch.Tensor, owner: torch.Tensor, in_order: bool) -> torch.Tensor:
@@ -128,25 +132,22 @@ def _add_segments(sums: torch.Tensor, values: torch.Tensor, owner: torch.Tensor,
     return sums.index_add(1, torch.arange(first, last + 1, device=sums.device), part)
 
 
-def _misa_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int,
-               buffer: torch.Tensor | None = None, in_order: bool = False) -> torch.Tensor:
-    n_c = block.shape[0] // r
-    sums = torch.zeros(n_c, packed.count, device=block.device, dtype=torch.float32)
+def _misa_rows(chunk: torch.Tensor, packed: PackedFrames, frames_per_chunk: int, in_order: bool) -> torch.Tensor:
+    sums = torch.zeros(chunk.shape[0], packed.count, device=chunk.device, dtype=torch.float32)
     for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
-        scores = _scores(block, packed.frames[f0: f0 + frames_per_chunk], buffer)  # (n_c * R) x f_c
-        best = scores.view(n_c, r, -1).amax(dim=1).float()  # n_c x f_c: max over regions
+        best = _scores(chunk, packed.frames[f0: f0 + frames_per_chunk]).amax(dim=2).float()  # n_c x f_c: max over regions
         sums = _add_segments(sums, best, packed.owner[f0: f0 + frames_per_chunk], in_order)  # sum over each caption's frames
     return sums / packed.lengths[None, :].float()
 
 
-def _sima_rows(block: torch.Tensor, r: int, packed: PackedFrames, frames_per_chunk: int,
-               buffer: torch.Tensor | None = None) -> torch.Tensor:
-    best = torch.full((block.shape[0], packed.count), float("-inf"), device=block.device, dtype=torch.float32)
+def _sima_rows(chunk: torch.Tensor, packed: PackedFrames, frames_per_chunk: int, in_order: bool) -> torch.Tensor:
+    n_c, _, r = chunk.shape
+    best = torch.full((n_c, packed.count, r), float("-inf"), device=chunk.device, dtype=torch.float32)
     for f0 in range(0, packed.frames.shape[0], frames_per_chunk):
-        scores = _scores(block, packed.frames[f0: f0 + frames_per_chunk], buffer).float()  # (n_c * R) x f_c
-        owner = packed.owner[f0: f0 + frames_per_chunk].expand(scores.shape[0], -1)
+        scores = _scores(chunk, packed.frames[f0: f0 + frames_per_chunk]).float()  # n_c x f_c x R
+        owner = packed.owner[f0: f0 + frames_per_chunk][None, :, None].expand_as(scores)
         best = best.scatter_reduce(1, owner, scores, reduce="amax", include_self=True)  # max over each caption's frames
-    return best.view(-1, r, packed.count).mean(dim=1)  # mean over regions
+    return best.mean(dim=2)  # mean over regions
 
 
 def pairwise_similarity(images: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor, kind: str = "misa") -> torch.Tensor:

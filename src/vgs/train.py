@@ -52,6 +52,8 @@ class TrainState:
     best: float = -1.0
     minutes: float = 0.0
     skipped_steps: int = 0
+    epoch_loss_sum: float = 0.0  # this epoch's losses so far (kept across a mid-epoch resume)
+    epoch_loss_count: int = 0
     history: list[dict] = field(default_factory=list)
 
 
@@ -141,17 +143,21 @@ class Trainer:
         self.optimizer = make_optimizer(params, config)
         self.total_steps = config.train.epochs * len(self.sampler)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total_steps, config))
-        self.ddp_model = self.model
+        if config.train.channels_last:
+            self.model.image.to(memory_format=torch.channels_last)
+        self.ddp_model: torch.nn.Module = self.model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.train.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
         self.state = TrainState()
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        elif self.rank == 0:
-            if (self.out / "checkpoints" / "last.pt").exists():
-                raise VGSError(f"{self.out}: a run already exists here; pass --resume to continue it or choose another --out")
+        elif (self.out / "checkpoints" / "last.pt").exists():
+            raise VGSError(f"{self.out}: a run already exists here; pass --resume to continue it or choose another --out")
+        if self.rank == 0:
             save_config(config, self.out / "config.yaml")
         self.writer = self._tensorboard()
 
@@ -214,9 +220,11 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def _forward_loss(self, batch: Batch) -> torch.Tensor:
-        amp = self.config.train.amp and self.device.type == "cuda"
+        t = self.config.train
+        amp = t.amp and (self.device.type == "cuda" or t.amp_cpu)
+        images_in = batch.images.contiguous(memory_format=torch.channels_last) if t.channels_last else batch.images
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
-            images, audio, lengths = self.ddp_model(batch.images, batch.audio, batch.lengths, self.train_set.images.is_features)
+            images, audio, lengths = self.ddp_model(images_in, batch.audio, batch.lengths, self.train_set.images.is_features)
             sim = self.model.similarity(images, audio, lengths)
         return self.loss_fn(sim.float(), batch.image_index)
 
@@ -292,14 +300,14 @@ class Trainer:
             loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate, num_workers=loader_workers,
                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed + epoch))
             self.model.train()
-            losses: list[float] = []
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not self.progress,
                        initial=self.state.batch_in_epoch, total=len(self.sampler) + self.state.batch_in_epoch)
             for batch in bar:
                 loss = self.train_step(batch)
                 self.state.batch_in_epoch += 1
                 if loss is not None:
-                    losses.append(loss)
+                    self.state.epoch_loss_sum += loss
+                    self.state.epoch_loss_count += 1
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                     if self.writer is not None and self.state.global_step % 10 == 0:
                         self.writer.add_scalar("train/loss", loss, self.state.global_step)
@@ -313,10 +321,12 @@ class Trainer:
                     last_checkpoint = time.perf_counter()
             bar.close()
             epoch_done = not out_of_time or self.state.batch_in_epoch >= len(self.sampler) + self.sampler.start_batch
+            mean_loss = self.state.epoch_loss_sum / self.state.epoch_loss_count if self.state.epoch_loss_count else None
             if epoch_done:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-            self._end_of_epoch(epoch, losses, force_eval=out_of_time or self.state.epoch >= t.epochs)
+                self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
+            self._end_of_epoch(epoch, mean_loss, force_eval=out_of_time or self.state.epoch >= t.epochs)
             last_checkpoint = time.perf_counter()
         if self.writer is not None:
             self.writer.close()
@@ -328,11 +338,12 @@ class Trainer:
             dist.barrier()
         return self.state
 
-    def _end_of_epoch(self, epoch: int, losses: list[float], force_eval: bool) -> None:
+    def _end_of_epoch(self, epoch: int, mean_loss: float | None, force_eval: bool) -> None:
         t = self.config.train
         result = self.evaluate() if (force_eval or (epoch + 1) % t.eval_every == 0) else None
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.global_step,
-                               "train_loss": round(float(np.mean(losses)), 5) if losses else "",
+        done = self.state.batch_in_epoch / max(1, len(self.sampler) + self.sampler.start_batch) if self.state.epoch == epoch else 1.0
+        row: dict[str, Any] = {"epoch": round(epoch + done, 3) if done < 1 else epoch + 1, "step": self.state.global_step,
+                               "train_loss": round(mean_loss, 5) if mean_loss is not None else "",
                                "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "skipped_steps": self.state.skipped_steps,
                                "minutes": round(self.state.minutes, 2)}
         improved = False

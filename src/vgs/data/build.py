@@ -116,6 +116,7 @@ class Journal:
     def add(self, row: dict) -> None:
         self.rows[row["id"]] = row
         self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()  # in the OS's hands: survives the process being killed
         self._since_sync += 1
         if self._since_sync >= 256:
             self.sync()
