@@ -162,6 +162,11 @@ def cache_folder(data_dir: Path, config: AudioFeatureConfig) -> Path:
     return Path(data_dir) / CACHE_DIR / f"audio-{config.kind}-{stable_hash(asdict(config), 10)}"
 
 
+def _as_json(settings: dict) -> dict:
+    """``settings`` as it reads back from JSON (tuples become lists), so it compares equal to a saved copy."""
+    return json.loads(json.dumps(settings))
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # small STFTs: threads only add overhead in a worker process
 
@@ -190,7 +195,7 @@ def build_feature_cache(manifest: Manifest, split: str, config: AudioFeatureConf
     """
     config.validate()
     folder = cache_folder(manifest.root, config)
-    settings = json.loads(json.dumps({"features": asdict(config), "manifest_sha256": sha256_file(manifest.path)}))
+    settings = _as_json({"features": asdict(config), "manifest_sha256": sha256_file(manifest.path)})
     meta_path = folder / f"{split}.settings.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and (folder / f"{split}.ids.json").exists():
         return AudioFeatureStore(folder, split)
@@ -274,7 +279,7 @@ def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, id
     from .images import load_image_tensor
 
     folder = Path(manifest.root) / CACHE_DIR / f"image-{stable_hash({'trunk': identity, 'image': asdict(image_config)}, 10)}"
-    settings = json.loads(json.dumps({"trunk": identity, "image": asdict(image_config), "manifest_sha256": sha256_file(manifest.path)}))
+    settings = _as_json({"trunk": identity, "image": asdict(image_config), "manifest_sha256": sha256_file(manifest.path)})
     ids_path = folder / f"{split}.ids.json"
     meta_path = folder / f"{split}.settings.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and ids_path.exists():

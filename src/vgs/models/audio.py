@@ -14,6 +14,8 @@ not depend on how much padding its batch had (exactly, in eval mode).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -65,7 +67,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         return x * self.weight[None, :, None] + self.bias[None, :, None]
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(nn.Module, abc.ABC):
     """Base: holds the input normalization and applies masking between layers."""
 
     downsample: int = 1
@@ -74,8 +76,9 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.input_norm = InputNorm(input_dim)
 
+    @abc.abstractmethod
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Frames out (``B``) for ``lengths`` frames in (``B``)."""
 
     @staticmethod
     def mask(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
