@@ -49,6 +49,7 @@ _FRAME_S = 0.005        # energy frame for trimming and word ends
 _SILENCE_DB = -45.0     # below the peak: silence
 _EDGE_PUNCT = re.compile(r"^[^\w']+|[^\w']+$")  # stripped from tokens: "dog," -> "dog"
 _MBROLA_DIRS = ("/usr/share/mbrola", "/usr/local/share/mbrola")  # databases: <dir>/us1/us1
+_FESTIVAL_DIRS = ("/usr/share/festival/voices/english", "/usr/share/festival/voices/us")  # English voice folders
 _RHVOICE_DIRS = ("/usr/share/RHVoice/voices", "/usr/local/share/RHVoice/voices")
 _ENGINES: dict[str, object] = {}  # per-process cache: the espeak engine, external engines' voice lists
 
@@ -254,7 +255,7 @@ def _external_voices(engine: str) -> tuple[str, ...]:
                 listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout.split()
                 found = [v for v in _EXTERNAL_VOICES[engine] if v in listed]
             elif engine == "festival":
-                found = sorted(p.name for p in Path("/usr/share/festival/voices/english").glob("*") if p.is_dir())
+                found = sorted(p.name for folder in _FESTIVAL_DIRS for p in Path(folder).glob("*") if p.is_dir())
             elif engine == "mbrola":
                 found = [v for v in _EXTERNAL_VOICES[engine] if shutil.which("espeak-ng") and any(
                     Path(d, v, v).is_file() or Path(d, v).is_file() for d in _MBROLA_DIRS)]
@@ -313,12 +314,25 @@ def voice_pool(config: VoicePoolConfig | None = None) -> list[Voice]:
     return list(dict.fromkeys(pool))
 
 
-def pick_voice(pool: list[Voice], key: str, seed: int = 0) -> Voice:
-    """The voice for ``key`` (e.g. a caption id): sha256 of ``"{seed}:{key}"``, stable across runs."""
+def pick_voice(pool: list[Voice], key: str, seed: int = 0, copy: int = 0) -> Voice:
+    """The voice for rendering ``copy`` of ``key`` (e.g. a caption id), stable across runs.
+
+    Engines are balanced: the engine is drawn first, uniformly from sha256 of ``"{seed}:{key}"``
+    and offset by ``copy`` (so the copies of one caption go to different engines in turn), then a
+    voice of that engine from sha256 of ``"{seed}:{key}"`` (``"{seed}:{key}@{copy}"`` for copies
+    after the first).  With a single engine this is the voice ``pool[h % len(pool)]`` as before.
+    """
     if not pool:
         raise VGSError("the voice pool is empty; check VoicePoolConfig.engines and its voices")
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return pool[int.from_bytes(digest[:8], "big") % len(pool)]
+    voice_key = f"{seed}:{key}" + (f"@{copy}" if copy else "")
+    voice_hash = int.from_bytes(hashlib.sha256(voice_key.encode()).digest()[:8], "big")
+    engines = list(dict.fromkeys(voice.engine for voice in pool))
+    if len(engines) == 1:
+        return pool[voice_hash % len(pool)]
+    engine_hash = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[8:16], "big")
+    engine = engines[(engine_hash + copy) % len(engines)]
+    voices = [voice for voice in pool if voice.engine == engine]
+    return voices[voice_hash % len(voices)]
 
 
 def list_voices(config: VoicePoolConfig | None = None) -> list[dict]:
@@ -380,6 +394,55 @@ def _attempt(job: tuple[str, str, Voice]) -> tuple[str, Speech | Exception]:
             return key, VGSError(f"{type(exc).__name__}: {exc}")
 
 
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _festival_batch(jobs: list[tuple[str, str, Voice]]) -> dict[str, Speech]:
+    """Speak many festival jobs in one festival process (its start-up costs more than a caption).
+
+    Returns the jobs that came out; any missing one is redone alone by the caller, so one bad
+    caption cannot fail the others.
+    """
+    done: dict[str, Speech] = {}
+    if not shutil.which("festival"):
+        return done
+    with tempfile.TemporaryDirectory(prefix="vgs-festival-") as tmp:
+        lines, wavs = [], []
+        for i, (key, text, voice) in enumerate(jobs):
+            wav = os.path.join(tmp, f"{i}.wav")
+            text = " ".join(str(text).replace("\0", " ").split())
+            lines += [f"(voice_{voice.name})", f"(Parameter.set 'Duration_Stretch {175 / voice.rate:.4f})",
+                      f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(text)})) {_scheme_string(wav)} 'riff)"]
+            wavs.append(wav)
+        script = os.path.join(tmp, "batch.scm")
+        Path(script).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            subprocess.run(["festival", "-b", script], capture_output=True, text=True, timeout=60 + 10 * len(jobs))
+        except (OSError, subprocess.TimeoutExpired):
+            return done
+        for (key, text, voice), wav in zip(jobs, wavs):
+            if not os.path.isfile(wav) or os.path.getsize(wav) <= 44:
+                continue
+            try:
+                data, rate = sf.read(wav, dtype="float32", always_2d=True)
+                audio, _ = _finish(resample(np.ascontiguousarray(data.mean(axis=1)), rate), None, SAMPLE_RATE,
+                                   f"voice {voice.id} on {text[:60]!r}")
+            except (VGSError, RuntimeError, sf.LibsndfileError):
+                continue
+            done[key] = Speech(np.ascontiguousarray(audio, dtype=np.float32), None, voice)
+    return done
+
+
+def _attempt_chunk(jobs: list[tuple[str, str, Voice]]) -> list[tuple[str, Speech | Exception]]:
+    """Run a chunk of jobs in order; festival's jobs share one festival process."""
+    batched = [job for job in jobs if isinstance(job, tuple) and len(job) == 3 and isinstance(job[2], Voice)
+               and job[2].engine == "festival" and job[2].pitch == 50 and job[2].name in _external_voices("festival")]
+    spoken = _festival_batch(batched) if len(batched) > 1 else {}
+    return [(job[0], spoken[job[0]]) if isinstance(job, tuple) and job and job[0] in spoken else _attempt(job)
+            for job in jobs]
+
+
 def _start_worker() -> None:
     if "espeak" in available_engines():
         _espeak()
@@ -389,10 +452,25 @@ def synthesize_many(jobs: Iterable[tuple[str, str, Voice]], workers: int = 2, ch
                     start_method: str = "spawn") -> Iterator[tuple[str, Speech | Exception]]:
     """Speak (key, text, voice) jobs in ``workers`` processes, each with its own espeak engine.
 
+    Jobs go out in chunks of ``chunksize`` (festival speaks a chunk's captions in one process).
     Yields (key, Speech or the exception that caption raised) in job order; ``workers=1`` runs here.
     """
+    chunks = _chunks(jobs, max(1, chunksize))
     if workers <= 1:
-        yield from map(_attempt, jobs)
+        for chunk in chunks:
+            yield from _attempt_chunk(chunk)
         return
     with multiprocessing.get_context(start_method).Pool(workers, initializer=_start_worker) as pool:
-        yield from pool.imap(_attempt, jobs, chunksize)
+        for results in pool.imap(_attempt_chunk, chunks, 1):
+            yield from results
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

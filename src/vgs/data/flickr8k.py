@@ -82,7 +82,7 @@ def flickr8k_jobs(source: Flickr8kSource, report: BuildReport) -> list[PairJob]:
             item = f"{stem}#{caption.index}" + (f"@{copy}" if copy else "")
             jobs.append(PairJob(
                 id=item, split=split, image_src=source.images / caption.image, image_id=stem,
-                text=caption.text, voice=pick_voice(pool, item, source.seed),
+                text=caption.text, voice=pick_voice(pool, f"{stem}#{caption.index}", source.seed, copy=copy),
                 source=f"{source.captions}:{caption.line}",
             ))
     if not jobs:
