@@ -62,3 +62,18 @@ def test_parse_overrides() -> None:
     assert parse_overrides(["a.b=1", "c.d= x"]) == [("a.b", "1"), ("c.d", " x")]
     with pytest.raises(VGSError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_saved_runs_keep_the_behaviour_they_were_trained_with(tmp_path) -> None:
+    from vgs.config import load_config, run_config_from_dict, save_config, to_dict
+
+    old = to_dict(Config())
+    del old["model"]["audio_norm"], old["features"]["trim_db"], old["augment"]
+    config = run_config_from_dict(old)
+    assert config.model.audio_norm == "global" and config.features.trim_db == 0.0 and not config.augment.enabled
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml", saved_run=True) == config
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model:\n  embed_dim: 256\n")
+    user = load_config(partial)  # a user's file gets today's defaults
+    assert user.model.audio_norm == "utterance" and user.augment.enabled and user.features.trim_db > 0

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from vgs.data.manifest import read_manifest, write_manifest
+from vgs.errors import VGSError
 from vgs.features import AudioFeatureConfig, build_feature_cache, compute_features, pad_features
 
 
@@ -91,3 +92,19 @@ def test_cache_with_workers_equals_inline(tmp_path, workers: int) -> None:
     manifest_b = _tiny_dataset(tmp_path / "b")
     pooled = build_feature_cache(manifest_b, "train", workers=workers, chunk=1, progress=False)
     np.testing.assert_array_equal(inline.frames, pooled.frames)
+
+
+def test_silence_is_trimmed_at_the_ends_but_tts_margins_are_kept() -> None:
+    from vgs.tts import Voice, synthesize
+
+    speech = synthesize("a red circle", Voice("espeak", "en-us+m1")).audio
+    rng = np.random.default_rng(0)
+    padded = np.concatenate([rng.normal(0, 1e-4, 16000), speech, rng.normal(0, 1e-4, 24000)]).astype(np.float32)
+    config = AudioFeatureConfig()
+    tts, recorded = compute_features(speech, config), compute_features(padded, config)
+    assert abs(len(tts) - (len(speech) // config.hop + 1)) <= 1  # 50 ms margins: nothing cut
+    assert len(recorded) < len(tts) + 2 * config.trim_margin + 4  # 2.5 s of room noise gone
+    untrimmed = compute_features(padded, AudioFeatureConfig(trim_db=0.0))
+    assert len(untrimmed) == len(padded) // config.hop + 1
+    with pytest.raises(VGSError, match="trim_db"):
+        AudioFeatureConfig(trim_db=float("nan")).validate()

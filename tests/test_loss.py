@@ -62,3 +62,26 @@ def test_gradients_reach_both_branches(kind: str) -> None:
 def test_temperature_is_learnable_only_for_infonce() -> None:
     assert ContrastiveLoss("infonce").logit_scale.requires_grad
     assert not ContrastiveLoss("hinge_all").logit_scale.requires_grad
+
+
+def _voice_info_nce_naive(pooled: torch.Tensor, groups: torch.Tensor, scale: float) -> torch.Tensor:
+    losses = []
+    for i in range(len(groups)):
+        others = [j for j in range(len(groups)) if j != i]
+        positives = [j for j in others if groups[j] == groups[i]]
+        if not positives:
+            continue
+        s = lambda j: torch.exp(scale * pooled[i] @ pooled[j])  # noqa: E731
+        losses.append(-torch.log(sum(s(j) for j in positives) / sum(s(j) for j in others)))
+    return torch.stack(losses).mean()
+
+
+def test_voice_info_nce_matches_the_naive_reference() -> None:
+    from vgs.loss import voice_info_nce
+
+    pooled = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)
+    groups = torch.tensor([0, 0, 1, 1, 2, 3, 3, 3])  # item 4 has no other rendering: left out
+    assert torch.allclose(voice_info_nce(pooled, groups, 10.0), _voice_info_nce_naive(pooled, groups, 10.0), atol=1e-5)
+    assert voice_info_nce(pooled, torch.arange(8)) == 0  # no pairs: nothing to pull together
+    together = torch.nn.functional.normalize(torch.eye(4).repeat_interleave(2, 0), dim=1)
+    assert voice_info_nce(together, torch.arange(4).repeat_interleave(2), 10.0) < 0.01

@@ -93,3 +93,30 @@ def test_missing_weights_offline_gives_a_clear_error(tmp_path, monkeypatch) -> N
     torch.save({"not": "weights"}, tmp_path / "bad.pth")
     with pytest.raises(VGSError, match="state_dict"):
         ImageEncoder("vgg16", 8, pretrained=True, weights_file=str(tmp_path / "bad.pth"))
+
+
+def test_utterance_norm_ignores_level_colouring_and_padding() -> None:
+    from vgs.models.audio import InputNorm
+
+    norm = InputNorm(40, per_utterance=True)
+    x = torch.randn(2, 40, 50)
+    lengths = torch.tensor([50, 30])
+    base = norm(x, lengths)
+    coloured = norm(x * 1.0 + torch.linspace(-6, 6, 40)[None, :, None] + 3.0, lengths)  # EQ and gain in dB
+    assert torch.allclose(base, coloured, atol=1e-4)
+    padded = x.clone()
+    padded[1, :, 30:] = 99.0  # what lies past a caption's end does not matter
+    assert torch.allclose(norm(padded, lengths)[1, :, :30], base[1, :, :30], atol=1e-5)
+    real = base[1, :, :30]
+    assert abs(float(real.mean())) < 1e-4 and abs(float(real.std(unbiased=False)) - 1) < 1e-3
+
+
+def test_dual_encoder_uses_the_configured_audio_norm() -> None:
+    from vgs.config import ModelConfig
+    from vgs.features import AudioFeatureConfig
+    from vgs.models.dual import DualEncoder
+
+    for mode, expected in (("utterance", True), ("global", False)):
+        config = ModelConfig(image_encoder="small-cnn", audio_encoder="resdavenet", embed_dim=16, audio_channels=32,
+                             pretrained=False, freeze_trunk=False, audio_norm=mode)
+        assert DualEncoder(config, AudioFeatureConfig()).audio.input_norm.per_utterance is expected

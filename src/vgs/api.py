@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .audio import load_audio
-from .config import Config, from_dict
+from .config import Config, from_dict, run_config_from_dict
 from .errors import VGSError, first_line
 from .evaluate import encode_split, full_protocol, pairs_protocol
 from .features import compute_features, pad_features
@@ -130,7 +130,7 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     payload = load_checkpoint(path)
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
-    config = from_dict(Config, payload["config"], f"{path}: config").validate()
+    config = run_config_from_dict(payload["config"], f"{path}: config")
     net = _build_for_loading(config)
     try:
         net.load_state_dict(payload["model"])
@@ -168,9 +168,9 @@ def run_config(run: str | Path) -> Config:
 
     run = Path(run)
     if run.is_dir() and (run / "config.yaml").is_file():
-        return load_config(run / "config.yaml")
+        return load_config(run / "config.yaml", saved_run=True)
     payload = load_checkpoint(resolve_checkpoint(run))
-    return from_dict(Config, payload["config"]).validate()
+    return run_config_from_dict(payload["config"])
 
 
 @dataclass

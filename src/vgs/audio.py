@@ -114,11 +114,11 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
     return np.clip(mono, -1.0, 1.0)
 
 
-def save_audio(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-    """Write mono float audio atomically as 16-bit PCM (WAV or FLAC, by suffix)."""
+def save_audio(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE, durable: bool = True) -> None:
+    """Write mono float audio atomically as 16-bit PCM (WAV or FLAC, by suffix); see ``atomic_write``'s ``durable``."""
     path = Path(path)
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-    with atomic_write(path, "wb") as handle:
+    with atomic_write(path, "wb", durable=durable) as handle:
         sf.write(handle, np.asarray(audio, dtype=np.float32), rate, subtype="PCM_16", format=fmt)
 
 

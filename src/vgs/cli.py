@@ -21,8 +21,9 @@ def _add_voice_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("voices (TTS)")
     group.add_argument("--engines", default="auto", help="TTS engines for the voice pool, comma separated, or 'auto' "
                        "for every installed one (espeak is built in; flite, festival, pico, rhvoice, mbrola when installed)")
-    group.add_argument("--voices", default=None, help="espeak-ng voices for the pool, comma separated (default: a built-in "
-                       "English pool; see `vgs voices`)")
+    group.add_argument("--voices", default=None, help="voices for the pool, comma separated: espeak-ng voices (en-us+f2) "
+                       "and ENGINE:NAME for the others (flite:awb, festival:ked_diphone); default: a built-in English "
+                       "espeak-ng pool and every installed voice of the other engines; see `vgs voices`")
     group.add_argument("--rates", default=None, help="speaking rates in words/minute, comma separated (e.g. 150,170,190)")
     group.add_argument("--pitches", default=None, help="pitches 0-100, comma separated (e.g. 35,50,65)")
 
@@ -32,7 +33,14 @@ def _voice_config(args: argparse.Namespace):  # noqa: ANN202
 
     kwargs = {"engines": args.engines}
     if args.voices:
-        kwargs["espeak_voices"] = tuple(v.strip() for v in args.voices.split(",") if v.strip())
+        from .tts import ENGINES
+
+        entries = [v.strip() for v in args.voices.split(",") if v.strip()]
+        external = tuple(v for v in entries if v.split(":", 1)[0] in ENGINES[1:] and ":" in v)
+        espeak = tuple(v.removeprefix("espeak:") for v in entries if v not in external)
+        if espeak:
+            kwargs["espeak_voices"] = espeak
+        kwargs["external_voices"] = external
     for name in ("rates", "pitches"):
         value = getattr(args, name)
         if value:
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _voices_parser(sub)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _cross_voice_parser(sub)
     _index_parser(sub)
     _search_parser(sub)
     _localize_parser(sub)
@@ -107,6 +116,19 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voices-per-caption", type=int, default=1, help="speak each training caption in this many voices")
     p.add_argument("--limit-images", type=int, default=None, help="keep only the first N images of each split")
     p.add_argument("--seed", type=int, default=0, help="seed for the voice choice and the fallback split")
+    _add_build_options(p)
+    _add_voice_options(p)
+
+    p = sources.add_parser("respeak", help="an existing data set's captions in other voices, or corrupted (cross-voice tests)",
+                           description="Re-render an existing data set folder: the same images, ids and caption texts, "
+                           "spoken by other engines/voices (--engines, --voices) and/or corrupted by noise, reverberation, "
+                           "speed or a telephone band (--corrupt). Score a run on it with `vgs evaluate RUN --data OUT`.")
+    p.add_argument("data", type=Path, metavar="SRC", help="the data set folder to re-render")
+    p.add_argument("--splits", default="dev", help="splits to re-render, comma separated (default dev)")
+    p.add_argument("--keep-audio", action="store_true", help="corrupt the source recordings instead of speaking the text again")
+    p.add_argument("--corrupt", default=None, help="effects in order, comma separated: noise:SNR_DB[:white|pink|babble], "
+                   "reverb:RT60_S, speed:FACTOR, telephone, gain:DB (e.g. noise:10 or reverb:0.6,speed:0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the voice choice")
     _add_build_options(p)
     _add_voice_options(p)
 
@@ -169,6 +191,13 @@ def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
                                 voices_per_caption=args.voices_per_caption, voices=_voice_config(args),
                                 limit_images=args.limit_images)
         return lambda report: flickr8k_jobs(source, report)
+    if args.source == "respeak":
+        from .data.respeak import RespeakSource, respeak_jobs
+
+        splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+        source = RespeakSource(data=args.data, splits=splits, voices=_voice_config(args), keep_audio=args.keep_audio,
+                               corrupt=args.corrupt, seed=args.seed)
+        return lambda report: respeak_jobs(source, report)
     from .data import importers
 
     if args.source == "facc":
@@ -287,7 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and (args.out / "config.yaml").exists() and not args.config:
         # the run's own settings, with any flags given now on top (e.g. more --epochs)
-        config = config_from_args(args, base=load_config(args.out / "config.yaml"))
+        config = config_from_args(args, base=load_config(args.out / "config.yaml", saved_run=True))
     else:
         config = config_from_args(args)
     if not config.data:
@@ -319,6 +348,42 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-captions", type=int, default=None, help="localization: score at most this many captions")
     p.add_argument("--plots", type=Path, help="write recall.png (against the untrained baseline) and retrievals.png here")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _cross_voice_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cross-voice", help="score a run on the same captions in other voices and conditions",
+                       description="The cross-voice protocol: score one run on several data sets that share images and "
+                       "caption texts but not voices (build them with `vgs prepare respeak`). Prints one row per set: "
+                       "S->I and I->S R@10 for each protocol, and the pairs100 S->I ratio to the first set.")
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=DATA_DIR", required=True,
+                   help="a data set to score, named (repeat; the first is the reference)")
+    p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
+    p.add_argument("--protocol", default="pairs100,full", help="protocols, comma separated (default pairs100,full)")
+    p.add_argument("--draws", type=int, default=10, help="pairs100: number of random draws (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="pairs100: seed of the draws")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--json", type=Path, help="write every row's full results as JSON here")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    p.set_defaults(func=cmd_cross_voice)
+
+
+def cmd_cross_voice(args: argparse.Namespace) -> int:
+    from .crossvoice import cross_voice, format_cross_voice, parse_sets
+    from .io import write_json, write_text
+
+    if args.draws < 1:
+        raise VGSError(f"--draws: expected at least 1, got {args.draws}")
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+    rows = cross_voice(args.run, parse_sets(args.sets), split=args.split, protocols=protocols, draws=args.draws,
+                       seed=args.seed, checkpoint=args.checkpoint)
+    table = format_cross_voice(rows)
+    print(table)
+    if args.json:
+        write_json(args.json, {"run": str(args.run), "split": args.split, "rows": rows})
+    if args.markdown:
+        write_text(args.markdown, table + "\n")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

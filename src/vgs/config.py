@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .augment import AugmentConfig
 from .errors import VGSError, first_line
 from .features import AudioFeatureConfig
 from .images import ImageConfig
@@ -49,11 +50,13 @@ class ModelConfig:
     dropout: float = 0.1
     normalize: bool = True  # L2-normalize region and frame embeddings before the matchmap
     similarity: str = "misa"
+    audio_norm: str = "utterance"  # input features: per-caption mean/std (utterance) or training-set statistics (global)
 
     def validate(self) -> None:
         _choice("model.image_encoder", self.image_encoder, IMAGE_ENCODERS)
         _choice("model.audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
         _choice("model.similarity", self.similarity, SIMILARITIES)
+        _choice("model.audio_norm", self.audio_norm, ("utterance", "global"))
         _positive("model.embed_dim", self.embed_dim)
         if self.image_stride not in (16, 32):
             raise VGSError(f"model.image_stride: expected 16 or 32, got {self.image_stride}")
@@ -83,6 +86,8 @@ class TrainConfig:
     cache_image_features: bool = True  # with a frozen trunk, encode each image once
     augment_images: bool = True  # horizontal flips (cached as a second copy when caching)
     spec_augment: bool = True  # time and frequency masking on the audio features
+    voice_pairs: bool = True  # batches hold two renderings (voices) of each caption when the data has them
+    voice_loss_weight: float = 0.5  # speech-to-speech InfoNCE between renderings of one caption (0 = off)
     eval_split: str = "dev"
     eval_every: int = 1  # epochs
     eval_max_items: int = 1000  # dev recall on at most this many images per evaluation
@@ -101,6 +106,8 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, ("cosine", "constant"))
         _positive("train.epochs", self.epochs)
         _positive("train.lr", self.lr)
+        if not (self.voice_loss_weight >= 0 and self.voice_loss_weight <= 10):
+            raise VGSError(f"train.voice_loss_weight: expected 0..10, got {self.voice_loss_weight!r}")
         if self.batch_size < 2:
             raise VGSError(f"train.batch_size: expected at least 2 (impostors come from the batch), got {self.batch_size}")
 
@@ -114,9 +121,11 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "Config":
         self.features.validate()
+        self.augment.validate()
         self.image.validate()
         self.model.validate()
         self.train.validate()
@@ -131,7 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.audio_channels": 512,
         "train.optimizer": "adam", "train.lr": 1e-4, "train.batch_size": 4, "train.loss": "hinge_sampled",
         "train.margin": 1.0, "train.weight_decay": 0.0, "train.schedule": "constant", "train.warmup_steps": 0,
-        "train.augment_images": False, "train.spec_augment": False,
+        "train.augment_images": False, "train.spec_augment": False, "train.voice_pairs": False,
+        "train.voice_loss_weight": 0.0, "augment.enabled": False, "model.audio_norm": "global",
     },
     # The built-in scenes data on 2 CPU cores: frozen, cached EfficientNet-Lite0 and a slim residual audio net.
     "scenes": {
@@ -284,7 +294,27 @@ def save_config(config: Config, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def load_config(path: str | Path) -> Config:
+# What a run saved before a setting existed meant: a run folder or checkpoint without the key
+# behaves as it did when it was trained (a user's partial --config file gets today's defaults).
+LEGACY_DEFAULTS: dict[str, Any] = {"model.audio_norm": "global", "features.trim_db": 0.0,
+                                   "train.voice_pairs": False, "train.voice_loss_weight": 0.0,
+                                   "augment.enabled": False}
+
+
+def run_config_from_dict(data: Any, where: str = "config") -> Config:
+    """The config a run folder or checkpoint saved (keys it predates take :data:`LEGACY_DEFAULTS`)."""
+    if not isinstance(data, dict):
+        raise VGSError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        if isinstance(data.get(section, {}), dict) and name not in data.get(section, {}):
+            data.setdefault(section, {})[name] = value
+    return from_dict(Config, data, where).validate()
+
+
+def load_config(path: str | Path, saved_run: bool = False) -> Config:
+    """Read a YAML config; ``saved_run``: it is a run's own ``config.yaml`` (see :data:`LEGACY_DEFAULTS`)."""
     path = Path(path)
     if not path.is_file():
         raise VGSError(f"{path}: config file not found")
@@ -293,6 +323,6 @@ def load_config(path: str | Path) -> Config:
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested 1000s deep
         raise VGSError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     try:
-        return from_dict(Config, data or {}).validate()
+        return run_config_from_dict(data or {}) if saved_run else from_dict(Config, data or {}).validate()
     except VGSError as exc:
         raise VGSError(f"{path}: {exc}") from exc

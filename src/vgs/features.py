@@ -45,6 +45,8 @@ class AudioFeatureConfig:
     preemphasis: float = 0.97
     fmin: float = 20.0
     max_frames: int = 1024
+    trim_db: float = 35.0  # drop leading/trailing frames this far below the loudest (0 = keep all)
+    trim_margin: int = 10  # frames of silence kept at each end (100 ms: TTS captions are not cut)
 
     @property
     def n_fft(self) -> int:
@@ -74,6 +76,10 @@ class AudioFeatureConfig:
             raise VGSError(f"features.n_mfcc: expected 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
         if self.max_frames < 16:
             raise VGSError(f"features.max_frames: expected at least 16, got {self.max_frames}")
+        if not (math.isfinite(self.trim_db) and 0 <= self.trim_db <= 80):
+            raise VGSError(f"features.trim_db: expected 0 (no trimming) to 80 dB, got {self.trim_db!r}")
+        if not 0 <= self.trim_margin <= 1000:
+            raise VGSError(f"features.trim_margin: expected 0..1000 frames, got {self.trim_margin!r}")
 
 
 @lru_cache(maxsize=8)
@@ -102,12 +108,30 @@ def compute_features(audio: np.ndarray | torch.Tensor, config: AudioFeatureConfi
     power = stft.real.square() + stft.imag.square()  # (n_fft/2+1) x T
     mel = _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin) @ power
     amin, top_db = 1e-10, 80.0
+    mel = trim_silence(mel, config.trim_db, config.trim_margin)
     logmel = 10.0 * torch.log10(mel.clamp_min(amin))
     logmel = logmel - 10.0 * torch.log10(mel.max().clamp_min(amin))
     logmel = logmel.clamp_min(logmel.max() - top_db)
     if config.kind == "mfcc":
         logmel = _dct_matrix(config.n_mfcc, config.n_mels) @ logmel
     return logmel[:, : config.max_frames].T.contiguous().numpy()
+
+
+def trim_silence(mel: torch.Tensor, trim_db: float, margin: int) -> torch.Tensor:
+    """Cut leading and trailing frames quieter than ``trim_db`` below the loudest frame, keeping
+    ``margin`` frames at each end (an energy VAD). ``F x T`` mel power -> ``F x T'``, ``T' >= 1``.
+
+    A browser recording's silence before and after the words would otherwise dilute MISA's mean
+    over frames; TTS captions (50 ms of silence at each end) are left as they are.
+    """
+    if trim_db <= 0 or mel.shape[1] == 0:
+        return mel
+    energy = mel.sum(dim=0)
+    active = torch.nonzero(energy >= energy.max() * 10 ** (-trim_db / 10)).flatten()
+    if active.numel() == 0:
+        return mel
+    first, last = max(int(active[0]) - margin, 0), min(int(active[-1]) + margin + 1, mel.shape[1])
+    return mel[:, first:last]
 
 
 def features_from_file(path: str | Path, config: AudioFeatureConfig = AudioFeatureConfig()) -> np.ndarray:

@@ -63,6 +63,24 @@ def info_nce(sim: torch.Tensor, same: torch.Tensor, logit_scale: torch.Tensor) -
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def voice_info_nce(pooled: torch.Tensor, groups: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
+    """Speech-to-speech InfoNCE: renderings of one caption (same ``groups`` id) are positives.
+
+    ``pooled``: ``B x D`` unit-length caption embeddings; ``groups``: ``B`` ids.  For each caption
+    with at least one other rendering in the batch, ``-log(sum_pos exp(s) / sum_others exp(s))``
+    over ``scale * cosine``; the mean over those captions (0 when there are none).  Returns a scalar.
+    """
+    eye = torch.eye(len(groups), dtype=torch.bool, device=pooled.device)
+    positive = (groups[:, None] == groups[None, :]) & ~eye
+    logits = (scale * pooled @ pooled.T).masked_fill(eye, float("-inf"))
+    has = positive.any(1)
+    if not has.any():
+        return pooled.sum() * 0.0
+    log_all = torch.logsumexp(logits, dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    return (log_all - log_pos)[has].mean()
+
+
 class ContrastiveLoss(nn.Module):
     """The configured loss; owns InfoNCE's learnable log-scale ``log(1 / temperature)``."""
 

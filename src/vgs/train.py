@@ -35,7 +35,7 @@ from .data.pipeline import describe, feature_statistics, open_split, resolve_ima
 from .errors import VGSError
 from .evaluate import encode_split, mean_recall, pairs_protocol
 from .io import load_checkpoint, save_checkpoint, write_text
-from .loss import ContrastiveLoss
+from .loss import ContrastiveLoss, voice_info_nce
 from .models.dual import DualEncoder
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "skipped_steps", "minutes",
@@ -90,6 +90,13 @@ def build_model(config: Config) -> DualEncoder:
     return DualEncoder(config.model, config.features)
 
 
+def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``B x D x T'`` frame embeddings and ``B`` lengths -> ``B x D`` unit-length means over the real frames."""
+    mask = (torch.arange(frames.shape[-1], device=frames.device)[None, :] < lengths[:, None]).to(frames.dtype)
+    mean = (frames * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.nn.functional.normalize(mean, dim=1)
+
+
 def make_optimizer(params: list[torch.nn.Parameter], config: Config) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "sgd":
@@ -135,7 +142,8 @@ class Trainer:
             dist.barrier()
         mean, std = feature_statistics(self.train_set, seed=config.train.seed)
         self.model.audio.input_norm.set_statistics(mean.to(self.device), std.to(self.device))
-        self.sampler = BucketBatchSampler(self.train_set.lengths(), config.train.batch_size, seed=config.train.seed,
+        groups = self.train_set.caption_index if config.train.voice_pairs else None
+        self.sampler = BucketBatchSampler(self.train_set.lengths(), config.train.batch_size, seed=config.train.seed, groups=groups,
                                           rank=self.rank, world_size=self.world)
         if len(self.sampler) == 0:
             raise VGSError(f"{config.data}: {len(self.train_set)} training pairs is fewer than one batch of {config.train.batch_size}")
@@ -226,7 +234,10 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
             images, audio, lengths = self.ddp_model(images_in, batch.audio, batch.lengths, self.train_set.images.is_features)
             sim = self.model.similarity(images, audio, lengths)
-        return self.loss_fn(sim.float(), batch.image_index)
+        loss = self.loss_fn(sim.float(), batch.image_index)
+        if t.voice_loss_weight > 0 and batch.caption_index is not None:
+            loss = loss + t.voice_loss_weight * voice_info_nce(pooled_audio(audio.float(), lengths), batch.caption_index)
+        return loss
 
     def train_step(self, batch: Batch) -> float | None:
         """One optimisation step; returns the loss, or None when it was non-finite and skipped."""

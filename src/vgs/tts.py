@@ -121,6 +121,7 @@ class VoicePoolConfig:
 
     engines: str = "auto"
     espeak_voices: tuple[str, ...] = DEFAULT_ESPEAK_VOICES
+    external_voices: tuple[str, ...] = ()  # "engine:name" entries; an engine named here uses only these
     rates: tuple[int, ...] = (150, 170, 190)
     pitches: tuple[int, ...] = (35, 50, 65)
 
@@ -300,12 +301,21 @@ def _engines(config: VoicePoolConfig) -> list[str]:
     return wanted
 
 
+def _chosen_external(engine: str, chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """An external engine's installed voices, or those of ``chosen`` ("engine:name") that name it."""
+    named = [entry.split(":", 1)[1] for entry in chosen if entry.split(":", 1)[0] == engine]
+    for name in named:
+        if name not in _external_voices(engine):
+            raise VGSError(f"unknown {engine} voice {name!r}; installed: {', '.join(_external_voices(engine)) or 'none'}")
+    return tuple(named) or _external_voices(engine)
+
+
 def voice_pool(config: VoicePoolConfig | None = None) -> list[Voice]:
     """Every (engine, voice, rate, pitch) combination of ``config``, in a fixed order."""
     config = config or VoicePoolConfig()
     pool = []
     for engine in _engines(config):
-        names = config.espeak_voices if engine == "espeak" else _external_voices(engine)
+        names = config.espeak_voices if engine == "espeak" else _chosen_external(engine, config.external_voices)
         for name in names if engine == "espeak" else ():
             _espeak().resolve(name)  # fail early on a voice espeak cannot load
         rates = config.rates if _CONTROLS[engine][0] else (175,)

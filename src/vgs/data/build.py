@@ -53,6 +53,8 @@ class PairJob:
     word_tags: list[dict] | None = None  # extra keys merged into each spoken word, by position (e.g. {"object": 2})
     source: str = ""  # "file:line" the job came from, for error messages
     image_name: str | None = None  # file name under images/ (default: the source's name)
+    corrupt: list | None = None  # vgs.augment.Corruption effects applied to the audio (respeak)
+    babble: list[Path] | None = None  # recordings mixed in as babble noise by a "noise:SNR:babble" effect
 
 
 @dataclass
@@ -122,7 +124,9 @@ class Journal:
             self.sync()
 
     def sync(self) -> None:
+        """Make the journal, and the audio files written since the last sync (not fsynced one by one), durable."""
         self._handle.flush()
+        os.sync()
         os.fsync(self._handle.fileno())
         self._since_sync = 0
 
@@ -185,6 +189,25 @@ def base_row(job: PairJob, audio_rel: str, speaker: str, duration: float, words:
     return row
 
 
+def apply_corruption(job: PairJob, audio, words: list[dict] | None, speaker: str):  # noqa: ANN001, ANN201
+    """``job.corrupt``'s effects on ``audio`` (16 kHz, shape ``N``), seeded by the job id.
+
+    Returns (audio, words with times scaled by any speed change, speaker + effect labels).
+    """
+    from ..augment import corrupt, item_rng
+
+    if not job.corrupt:
+        return audio, words, speaker
+    babble = [load_audio(path) for path in job.babble] if job.babble else None
+    audio = corrupt(audio, job.corrupt, item_rng(job.id, "corrupt"), babble)
+    speed = 1.0
+    for effect in job.corrupt:
+        speed *= effect.value if effect.kind == "speed" else 1.0
+    if words is not None and speed != 1.0:
+        words = [{**w, "start": round(w["start"] / speed, 4), "end": round(w["end"] / speed, 4)} for w in words]
+    return audio, words, "+".join([speaker] + [effect.label for effect in job.corrupt])
+
+
 def import_audio(job: PairJob, out: Path, audio_format: str) -> dict:
     """Bring one real recording into the data set (as-is when already 16 kHz mono PCM_16)."""
     assert job.audio_src is not None
@@ -198,6 +221,10 @@ def import_audio(job: PairJob, out: Path, audio_format: str) -> dict:
         info = None
     rel = f"audio/{safe_name(job.id)}.{audio_format}"
     dest = out / rel
+    if job.corrupt:
+        audio, words, speaker = apply_corruption(job, load_audio(src), job.words, job.speaker or "unknown")
+        save_audio(dest, audio, durable=False)
+        return base_row(job, rel, speaker, len(audio) / SAMPLE_RATE, words)
     if info is not None and info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16" \
             and info.frames >= 400 and src.suffix.lower() == f".{audio_format}":
         rel = f"audio/{safe_name(job.id)}{src.suffix.lower()}"
@@ -205,7 +232,7 @@ def import_audio(job: PairJob, out: Path, audio_format: str) -> dict:
         duration = info.frames / info.samplerate
     else:
         audio = load_audio(src)  # resamples, downmixes, validates; raises InputError
-        save_audio(dest, audio)
+        save_audio(dest, audio, durable=False)
         duration = len(audio) / SAMPLE_RATE
     return base_row(job, rel, job.speaker or "unknown", duration, job.words)
 
@@ -229,8 +256,13 @@ def speak_jobs(jobs: list[PairJob], out: Path, audio_format: str, workers: int) 
                 continue
             words = [{**word, **tags} for word, tags in zip(words, job.word_tags)]
         rel = f"audio/{safe_name(job.id)}.{audio_format}"
-        save_audio(out / rel, speech.audio)
-        yield job, base_row(job, rel, speech.voice.id, len(speech.audio) / SAMPLE_RATE, words)
+        try:
+            audio, words, speaker = apply_corruption(job, speech.audio, words, speech.voice.id)
+        except InputError as exc:
+            yield job, exc
+            continue
+        save_audio(out / rel, audio, durable=False)
+        yield job, base_row(job, rel, speaker, len(audio) / SAMPLE_RATE, words)
 
 
 def build_dataset(out: str | Path, jobs: Iterable[PairJob], report: BuildReport, *, copy_images: bool = False,

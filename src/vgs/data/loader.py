@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..augment import VoiceAugment
 from ..features import AudioFeatureStore, pad_features
 from ..images import ImageConfig, load_image_tensor
 from .manifest import Manifest
@@ -68,10 +69,14 @@ def spec_augment(features: np.ndarray, rng: np.random.Generator, time_masks: int
 
 
 class PairDataset(Dataset):
-    """Image/caption pairs of one split. Items: ``{"audio": T x F, "image": ..., "image_index": int, "index": int}``."""
+    """Image/caption pairs of one split.
+
+    Items: ``{"audio": T x F, "image": ..., "image_index": int, "caption_index": int, "index": int}``;
+    ``caption_index`` is shared by the renderings (voices) of one caption: same image, same text.
+    """
 
     def __init__(self, manifest: Manifest, audio: AudioFeatureStore, images: CachedImages | ImageFiles,
-                 seed: int = 0, spec_augment: bool = False):
+                 seed: int = 0, spec_augment: bool = False, voice_augment: VoiceAugment | None = None):
         self.root = manifest.root  # image and audio paths in rows are relative to this folder
         self.rows = [row for row in manifest.rows if row["id"] in audio.index]
         self.audio = audio
@@ -80,9 +85,13 @@ class PairDataset(Dataset):
         self.image_ids = list(dict.fromkeys(row["image_id"] for row in self.rows))
         image_number = {image_id: k for k, image_id in enumerate(self.image_ids)}
         self.image_index = np.array([image_number[row["image_id"]] for row in self.rows], dtype=np.int64)
+        captions: dict[tuple, int] = {}
+        self.caption_index = np.array([captions.setdefault((row["image_id"], row.get("text") or row["id"]), len(captions))
+                                       for row in self.rows], dtype=np.int64)
         self.seed = seed
         self.epoch = 0
         self.spec_augment = spec_augment
+        self.voice_augment = voice_augment
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,34 +102,45 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _babble(self, rng: np.random.Generator) -> np.ndarray:
+        """Another caption's features (``T x F``), drawn with ``rng``: babble noise for augmentation."""
+        return self.audio[int(self.audio_rows[int(rng.integers(len(self.audio_rows)))])].astype(np.float32)
+
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         feats = self.audio[int(self.audio_rows[i])]
+        if self.voice_augment is not None:
+            feats = self.voice_augment(feats, rng, self._babble)
         if self.spec_augment:
             feats = spec_augment(feats, rng)
         image = self.images.get(self.rows[i]["image_id"], rng)
-        return {"audio": feats, "image": image, "image_index": int(self.image_index[i]), "index": i}
+        return {"audio": feats, "image": image, "image_index": int(self.image_index[i]),
+                "caption_index": int(self.caption_index[i]), "index": i}
 
 
 @dataclass
 class Batch:
-    """A padded batch: ``audio`` ``B x F x T``, ``lengths`` ``B``, ``images`` ``B x 3 x S x S`` or ``B x C x H x W``."""
+    """A padded batch: ``audio`` ``B x F x T``, ``lengths`` ``B``, ``images`` ``B x 3 x S x S`` or ``B x C x H x W``;
+    ``image_index``, ``caption_index`` and ``index`` are ``B`` integers."""
 
     audio: torch.Tensor
     lengths: torch.Tensor
     images: torch.Tensor
     image_index: torch.Tensor
     index: torch.Tensor
+    caption_index: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.lengths, self.images, self.image_index, self.index)))
+        return Batch(*(None if t is None else t.to(device, non_blocking=True)
+                       for t in (self.audio, self.lengths, self.images, self.image_index, self.index, self.caption_index)))
 
 
 def collate(items: list[dict], multiple: int = 16) -> Batch:
     audio, lengths = pad_features([item["audio"] for item in items], multiple)
     images = torch.stack([item["image"] for item in items]).float()
     return Batch(audio, lengths, images, torch.tensor([item["image_index"] for item in items]),
-                 torch.tensor([item["index"] for item in items]))
+                 torch.tensor([item["index"] for item in items]),
+                 torch.tensor([item.get("caption_index", item["index"]) for item in items]))
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -129,10 +149,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     Each epoch: shuffle, cut into pools of ``batch_size * pool_batches`` items, sort
     each pool by length, cut into batches, shuffle the batches.  ``start_batch``
     skips the first batches (resuming mid-epoch).
+
+    With ``groups`` (``N`` ids, e.g. :attr:`PairDataset.caption_index`), the units are groups of
+    two or more items (renderings of one caption): each epoch two members of every such group are
+    drawn and sit side by side in a batch, so a batch of ``B`` holds ``B / 2`` captions in two
+    voices each.  Items whose group has one member are left out then; when fewer than half of
+    the items have a partner, batching is as without ``groups``.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 32,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True, groups: np.ndarray | None = None):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -142,30 +168,53 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
+        self.members: list[np.ndarray] | None = None
+        if groups is not None:
+            groups = np.asarray(groups)
+            order = np.argsort(groups, kind="stable")
+            cuts = np.flatnonzero(np.diff(groups[order])) + 1
+            members = [m for m in np.split(order, cuts) if len(m) >= 2]
+            paired = sum(len(m) for m in members)
+            # Pair only data built with several voices per caption (not the odd repeated caption text).
+            self.members = members if batch_size >= 4 and paired >= 0.5 * len(groups) else None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
         self.start_batch = start_batch
 
+    def _units(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray, int]:
+        """(units of item indices, their lengths, units per batch) for this epoch."""
+        if self.members is None:
+            return [np.array([i]) for i in range(len(self.lengths))], self.lengths, self.batch_size
+        units = [rng.choice(m, 2, replace=False) for m in self.members]
+        return units, np.array([self.lengths[u].max() for u in units]), self.batch_size // 2
+
     def all_batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, 7919])
-        order = rng.permutation(len(self.lengths))
+        units, lengths, per_batch = self._units(np.random.default_rng([self.seed, self.epoch, 104729]))
+        order = rng.permutation(len(units))
+        pool_units = self.pool // (self.batch_size // per_batch)
         batches: list[list[int]] = []
-        for p0 in range(0, len(order), self.pool):
-            pool = order[p0: p0 + self.pool]
-            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            for b0 in range(0, len(pool), self.batch_size):
-                batch = pool[b0: b0 + self.batch_size].tolist()
-                if len(batch) == self.batch_size or (not self.drop_last and batch):
-                    batches.append(batch)
+        for p0 in range(0, len(order), pool_units):
+            pool = order[p0: p0 + pool_units]
+            pool = pool[np.argsort(lengths[pool], kind="stable")]
+            for b0 in range(0, len(pool), per_batch):
+                chosen = pool[b0: b0 + per_batch]
+                if len(chosen) == per_batch or (not self.drop_last and len(chosen)):
+                    batches.append([int(i) for u in chosen for i in units[u]])
         rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
         return batches[self.rank: usable: self.world_size]
+
+    def _units_count(self) -> tuple[int, int]:
+        if self.members is None:
+            return len(self.lengths), self.batch_size
+        return len(self.members), self.batch_size // 2
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.all_batches()[self.start_batch:]
 
     def __len__(self) -> int:
-        n = len(self.lengths)
-        full = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, per_batch = self._units_count()
+        full = n // per_batch if self.drop_last else math.ceil(n / per_batch)
         return max(0, full // self.world_size - self.start_batch)

@@ -7,12 +7,13 @@ import hashlib
 import numpy as np
 import torch
 
+from ..augment import VoiceAugment
 from ..config import Config
 from ..errors import VGSError
 from ..features import build_feature_cache, build_image_cache
 from ..models.image import ImageEncoder
 from .loader import CachedImages, ImageFiles, PairDataset
-from .manifest import load_split
+from .manifest import Manifest, load_split
 
 
 def trunk_identity(config: Config, trunk: torch.nn.Module) -> dict:
@@ -29,8 +30,13 @@ def uses_image_cache(config: Config) -> bool:
 
 
 def open_split(config: Config, split: str, image_encoder: ImageEncoder | None = None, train: bool = False,
-               device: str = "cpu", progress: bool = True, workers: int = 2) -> PairDataset:
-    """Load a split's manifest, its cached audio features and its images (cached trunk outputs or files)."""
+               device: str = "cpu", progress: bool = True, workers: int = 2,
+               images: CachedImages | ImageFiles | None = None) -> PairDataset:
+    """Load a split's manifest, its cached audio features and its images (cached trunk outputs or files).
+
+    ``images``: another split's image source to reuse when it holds every image of this one (the
+    sets of a cross-voice evaluation share their images).
+    """
     manifest = load_split(config.data, split, strict=False)
     if manifest.problems:
         print(f"warning: {manifest.path}: skipped {len(manifest.problems)} bad line(s); first: {manifest.problems[0]}")
@@ -39,16 +45,27 @@ def open_split(config: Config, split: str, image_encoder: ImageEncoder | None = 
     audio = build_feature_cache(manifest, split, config.features, workers=workers, progress=progress)
     if len(audio) == 0:
         raise VGSError(f"{manifest.path}: none of the audio files could be featurized")
+    if not (isinstance(images, CachedImages) and {row["image_id"] for row in manifest.rows} <= images.index.keys()):
+        images = _open_images(config, manifest, split, image_encoder, train, device, progress)
+    augment = None
+    if train and config.augment.enabled and config.features.kind == "logmel":
+        augment = VoiceAugment(config.augment, config.features.n_mels, config.features.fmin, config.features.sample_rate,
+                               config.features.hop_ms / 1000)
+    return PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment,
+                       voice_augment=augment)
+
+
+def _open_images(config: Config, manifest: Manifest, split: str, image_encoder: ImageEncoder | None, train: bool,
+                 device: str, progress: bool) -> CachedImages | ImageFiles:
+    """Cached trunk outputs (frozen, cached trunk) or image files, for the images of ``manifest``."""
     if uses_image_cache(config):
         if image_encoder is None:
             raise VGSError("an image encoder is needed to build the trunk-feature cache")
-        features, ids = build_image_cache(manifest, split, image_encoder.trunk, trunk_identity(config, image_encoder.trunk), config.image,
-                                          device=device, progress=progress)
-        images: CachedImages | ImageFiles = CachedImages(features, ids)
-    else:
-        paths = {row["image_id"]: str(manifest.image_path(row)) for row in manifest.rows}
-        images = ImageFiles(paths, config.image, augment=train and config.train.augment_images)
-    return PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment)
+        features, ids = build_image_cache(manifest, split, image_encoder.trunk, trunk_identity(config, image_encoder.trunk),
+                                          config.image, device=device, progress=progress)
+        return CachedImages(features, ids)
+    paths = {row["image_id"]: str(manifest.image_path(row)) for row in manifest.rows}
+    return ImageFiles(paths, config.image, augment=train and config.train.augment_images)
 
 
 def feature_statistics(dataset: PairDataset, max_items: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

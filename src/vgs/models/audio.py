@@ -33,10 +33,17 @@ def halve(lengths: torch.Tensor) -> torch.Tensor:
 
 
 class InputNorm(nn.Module):
-    """Per-band standardization with statistics measured on the training set (buffers)."""
+    """Input standardization of ``B x F x T`` features.
 
-    def __init__(self, dim: int):
+    ``global``: per-band mean and std measured on the training set (buffers).  ``utterance``: each
+    caption's own per-band mean over its real frames is removed and the result divided by its own
+    standard deviation, so a microphone's colouring, a voice's spectral tilt and the recording level
+    all cancel (the training-set buffers are then unused).
+    """
+
+    def __init__(self, dim: int, per_utterance: bool = False):
         super().__init__()
+        self.per_utterance = per_utterance
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
@@ -44,8 +51,16 @@ class InputNorm(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std.clamp_min(1e-3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean[None, :, None]) / self.std[None, :, None]
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.per_utterance:
+            return (x - self.mean[None, :, None]) / self.std[None, :, None]
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[-1], device=x.device)
+        m = frame_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)  # B x 1 x T
+        count = m.sum(dim=2, keepdim=True).clamp_min(1.0)  # B x 1 x 1
+        centred = (x - (x * m).sum(dim=2, keepdim=True) / count) * m
+        std = (centred.square().sum(dim=(1, 2), keepdim=True) / (count * x.shape[1])).sqrt()
+        return centred / std.clamp_min(1e-3)
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
@@ -112,7 +127,7 @@ class DavenetEncoder(AudioEncoder):
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.mask(self.input_norm(x), lengths)
+        x = self.mask(self.input_norm(x, lengths), lengths)
         for index, conv in enumerate(self.convs):
             x = self.mask(F.relu(conv(x)), lengths)  # before pooling, so no window sees past the end
             if index in self.pool_after:
@@ -174,7 +189,7 @@ class ResDavenetEncoder(AudioEncoder):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = frame_mask(lengths, x.shape[-1])
-        x = self.mask(F.relu(self.stem_bn(self.stem(self.input_norm(x)), mask)), lengths)
+        x = self.mask(F.relu(self.stem_bn(self.stem(self.input_norm(x, lengths)), mask)), lengths)
         for block in self.blocks:
             x, lengths = block(x, lengths)
         return self.mask(self.proj(x), lengths), lengths
@@ -198,7 +213,7 @@ class RecurrentEncoder(AudioEncoder):
         return torch.div(lengths + self.subsample - 1, self.subsample, rounding_mode="floor")
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.mask(self.input_norm(x), lengths)
+        x = self.mask(self.input_norm(x, lengths), lengths)
         b, f, t = x.shape
         pad = (-t) % self.subsample
         x = F.pad(x, (0, pad)).transpose(1, 2).reshape(b, (t + pad) // self.subsample, f * self.subsample)

@@ -25,6 +25,7 @@ class DualEncoder(nn.Module):
         self.audio: AudioEncoder = build_audio_encoder(
             config.audio_encoder, features.dim, config.embed_dim, channels=config.audio_channels, hidden=config.rnn_hidden,
             layers=config.rnn_layers, bidirectional=config.bidirectional, subsample=config.rnn_subsample, dropout=config.dropout)
+        self.audio.input_norm.per_utterance = config.audio_norm == "utterance"
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) if self.config.normalize else x

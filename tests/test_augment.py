@@ -1,0 +1,106 @@
+"""Tests for vgs.augment: waveform corruptions (test sets) and voice augmentation (training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vgs.augment import (
+    AugmentConfig,
+    VoiceAugment,
+    add_noise,
+    change_speed,
+    corrupt,
+    item_rng,
+    parse_corruptions,
+    reverberate,
+    speech_power,
+    telephone,
+)
+from vgs.errors import VGSError
+from vgs.features import AudioFeatureConfig, compute_features
+from vgs.tts import Voice, synthesize
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return synthesize("A brown dog runs across the green grass .", Voice("espeak", "en-us+m1")).audio
+
+
+def test_parse_corruptions_and_errors() -> None:
+    effects = parse_corruptions("noise:10, reverb:0.5,speed:0.9,telephone,gain:-6,noise:5:pink")
+    assert [e.kind for e in effects] == ["noise", "reverb", "speed", "telephone", "gain", "noise"]
+    assert [e.label for e in effects] == ["noise10dB", "reverb0.5s", "speed0.9", "telephone", "gain-6dB", "noise5dB-pink"]
+    for bad in ("noise", "speed:5", "reverb:nan", "echo:3", "", "noise:10:brown"):
+        with pytest.raises(VGSError, match="--corrupt"):
+            parse_corruptions(bad)
+
+
+def test_noise_hits_the_requested_snr(speech) -> None:
+    rng = np.random.default_rng(0)
+    for kind in ("white", "pink"):
+        noisy = add_noise(speech, 10.0, rng, kind)
+        assert noisy.shape == speech.shape and np.isfinite(noisy).all()
+        snr = 10 * np.log10(speech_power(speech) / np.mean((noisy - speech) ** 2))
+        assert abs(snr - 10.0) < 1.5, (kind, snr)
+    babble = add_noise(speech, 0.0, rng, "babble", babble=[speech[::-1].copy(), speech * 0.5])
+    assert babble.shape == speech.shape and np.isfinite(babble).all()
+    with pytest.raises(VGSError, match="babble"):
+        add_noise(speech, 0.0, rng, "babble")
+
+
+def test_speed_changes_length_and_pitch_not_content(speech) -> None:
+    slow, fast = change_speed(speech, 0.9), change_speed(speech, 1.1)
+    assert abs(len(slow) - len(speech) / 0.9) < 16 and abs(len(fast) - len(speech) / 1.1) < 16
+    assert np.isfinite(slow).all() and np.isfinite(fast).all()
+
+
+def test_reverb_and_telephone_keep_length_and_are_finite(speech) -> None:
+    wet = reverberate(speech, 0.6, np.random.default_rng(1))
+    narrow = telephone(speech)
+    for out in (wet, narrow):
+        assert out.shape == speech.shape and np.isfinite(out).all() and np.abs(out).max() <= 1.0
+    assert not np.allclose(wet, speech)
+    spectrum = np.abs(np.fft.rfft(narrow)) ** 2
+    freqs = np.fft.rfftfreq(len(narrow), 1 / 16000)
+    assert spectrum[freqs > 4500].sum() < 0.01 * spectrum.sum()  # nothing above the telephone band
+
+
+def test_corrupt_is_seeded_by_item(speech) -> None:
+    effects = parse_corruptions("noise:10,reverb:0.4")
+    a = corrupt(speech, effects, item_rng("caption#1"))
+    b = corrupt(speech, effects, item_rng("caption#1"))
+    c = corrupt(speech, effects, item_rng("caption#2"))
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and np.abs(a).max() <= 1.0
+
+
+def test_voice_augment_shapes_seeding_and_range(speech) -> None:
+    feats = compute_features(speech, AudioFeatureConfig())
+    augment = VoiceAugment(AugmentConfig(stretch_prob=1.0, warp_prob=1.0, reverb_prob=1.0, noise_prob=1.0))
+    babble = lambda rng: feats[::-1]  # noqa: E731
+    out = augment(feats, np.random.default_rng([0, 0, 5]), babble)
+    again = augment(feats, np.random.default_rng([0, 0, 5]), babble)
+    other = augment(feats, np.random.default_rng([0, 1, 5]), babble)
+    assert np.array_equal(out, again) and not np.array_equal(out, other)
+    assert out.shape[1] == feats.shape[1] and abs(len(out) - len(feats)) <= 0.2 * len(feats) + 1
+    assert np.isfinite(out).all() and out.max() == 0.0 and out.min() >= -80.0
+
+
+def test_voice_augment_effects_do_what_they_say(speech) -> None:
+    feats = compute_features(speech, AudioFeatureConfig()).astype(np.float32)
+    augment = VoiceAugment(AugmentConfig())
+    assert len(augment.stretch(feats, 1.25)) == round(len(feats) / 1.25)
+    warped = augment.warp(feats, 1.2)  # energy moves up in frequency
+    centroid = lambda x: (10 ** (x / 10) * np.arange(x.shape[1])).sum() / (10 ** (x / 10)).sum()  # noqa: E731
+    assert centroid(warped) > centroid(feats)
+    noisy = augment.add_noise(10 ** (feats / 10.0), 0.0, np.random.default_rng(0))
+    assert (noisy >= 10 ** (feats / 10.0)).all()
+    tail = augment.reverberate(10 ** (feats / 10.0), 0.8, np.random.default_rng(0))
+    silent_after = tail[-3:].sum() >= (10 ** (feats[-3:] / 10.0)).sum()
+    assert silent_after and tail.shape == feats.shape
+
+
+def test_augment_config_validation() -> None:
+    for bad in (dict(noise_prob=1.5), dict(stretch=(1.2, 0.9)), dict(snr_db=(float("nan"), 3.0)), dict(eq_db=-1.0)):
+        with pytest.raises(VGSError, match="augment"):
+            AugmentConfig(**bad).validate()
