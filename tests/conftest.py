@@ -40,7 +40,10 @@ def tiny_config(data, **overrides):
     apply_preset(config, "scenes")
     for key, value in {"image.size": 128, "model.embed_dim": 64, "model.audio_channels": 64, "train.batch_size": 16,
                        "train.epochs": 3, "train.warmup_steps": 5, "train.workers": 1, "train.eval_max_items": 20,
-                       "train.checkpoint_every_minutes": 0.0, **overrides}.items():
+                       "train.checkpoint_every_minutes": 0.0,
+                       # 120 training images learn too slowly under voice augmentation to test learning in seconds;
+                       # tests/test_augment.py covers the augmentation, test_train.py one augmented run.
+                       "augment.enabled": False, **overrides}.items():
         set_value(config, key, value)
     return config.validate()
 

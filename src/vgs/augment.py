@@ -181,17 +181,17 @@ class AugmentConfig:
     """Voice augmentation of training features (each effect drawn per caption with its probability)."""
 
     enabled: bool = True
-    stretch_prob: float = 0.8
-    stretch: tuple[float, float] = (0.85, 1.15)  # time factor (1.1 = 10% faster)
-    warp_prob: float = 0.8
-    warp: tuple[float, float] = (0.85, 1.15)  # frequency factor: vocal tract length and pitch
-    eq_prob: float = 0.5
+    stretch_prob: float = 0.6
+    stretch: tuple[float, float] = (0.88, 1.12)  # time factor (1.1 = 10% faster)
+    warp_prob: float = 0.6
+    warp: tuple[float, float] = (0.88, 1.12)  # frequency factor: vocal tract length and pitch
+    eq_prob: float = 0.4
     eq_db: float = 6.0  # amplitude of a smooth random microphone response
-    telephone_prob: float = 0.1
-    reverb_prob: float = 0.3
+    telephone_prob: float = 0.05
+    reverb_prob: float = 0.25
     rt60: tuple[float, float] = (0.2, 0.9)
-    noise_prob: float = 0.5
-    snr_db: tuple[float, float] = (0.0, 25.0)
+    noise_prob: float = 0.4
+    snr_db: tuple[float, float] = (5.0, 30.0)
     babble_share: float = 0.34  # of the noisy captions; the rest get white or pink noise
 
     def validate(self) -> None:

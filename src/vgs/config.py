@@ -50,7 +50,7 @@ class ModelConfig:
     dropout: float = 0.1
     normalize: bool = True  # L2-normalize region and frame embeddings before the matchmap
     similarity: str = "misa"
-    audio_norm: str = "utterance"  # input features: per-caption mean/std (utterance) or training-set statistics (global)
+    audio_norm: str = "global"  # input features: training-set statistics (global) or per-caption mean/std (utterance)
 
     def validate(self) -> None:
         _choice("model.image_encoder", self.image_encoder, IMAGE_ENCODERS)

@@ -249,8 +249,8 @@ def speak_jobs(jobs: list[PairJob], out: Path, audio_format: str, workers: int) 
             yield job, speech
             continue
         words = [w.to_dict() for w in speech.words] if speech.words is not None else job.words
-        if job.word_tags is not None:
-            if words is None or len(words) != len(job.word_tags):
+        if job.word_tags is not None and words is not None:  # engines without word times keep no tags
+            if len(words) != len(job.word_tags):
                 yield job, InputError(job.source or job.id, f"the TTS spoke {len(words or [])} words where the caption has "
                                       f"{len(job.word_tags)}; cannot align word tags")
                 continue

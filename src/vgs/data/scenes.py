@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ STAMP_FILE = "scenes_config.json"
 SPLIT_CODES = {"train": 0, "dev": 1, "test": 2}
 
 
+def demo_voices() -> VoicePoolConfig:
+    """The built-in data's voices: espeak-ng (word times, for localization) and, when installed, flite's
+    two fastest voices; festival stays out, as the engine the demo model has never heard."""
+    if shutil.which("flite"):
+        return VoicePoolConfig(engines="espeak,flite", external_voices=("flite:kal16", "flite:slt"))
+    return VoicePoolConfig(engines="espeak")
+
+
 @dataclass
 class ScenesConfig:
     """What ``vgs prepare scenes`` draws and says."""
@@ -68,7 +77,7 @@ class ScenesConfig:
     max_objects: int = 4
     captions_per_image: int = 5
     min_visible: float = 0.6  # each object keeps at least this share of its area unoccluded
-    voices: VoicePoolConfig = field(default_factory=lambda: VoicePoolConfig(engines="espeak"))  # word timings: espeak only
+    voices: VoicePoolConfig = field(default_factory=lambda: demo_voices())
 
     def validate(self) -> "ScenesConfig":
         if min(self.images, self.dev_images, self.test_images) < 0 or self.images + self.dev_images + self.test_images == 0:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The cross-voice protocol on Flickr8k dev (docs/results.md, "Any voice"): train on espeak-ng + flite,
+# hold festival out, and score the run on the same dev captions in other voices and conditions.
+#
+#   bash benchmarks/cross_voice_flickr8k.sh data   # step: data | testsets | train | eval | all
+#
+# Environment: F8K (../shared/data/flickr8k), DATA (data), RUNS (runs), MINUTES (50), EPOCHS (8), VGS (vgs).
+set -euo pipefail
+F8K=${F8K:-../shared/data/flickr8k}
+DATA=${DATA:-data}
+RUNS=${RUNS:-runs}
+MINUTES=${MINUTES:-50}
+EPOCHS=${EPOCHS:-8}
+VGS=${VGS:-vgs}
+UNSEEN_ESPEAK=en-us+Andy,en+Annie,en-gb-x-rp+klatt,en-us-nyc+Michael,en-029+aunty,en-gb-scotland+edward,en-us+john,en+linda
+
+data() {  # training data: every caption in two voices, one espeak-ng and one flite (engine-balanced)
+  $VGS prepare flickr8k --images "$F8K/images" --captions "$F8K/Flickr8k.token.txt" --out "$DATA/f8k-ef" \
+      --engines espeak,flite --voices-per-caption 2
+}
+
+testsets() {  # the dev split again: in-pool engines, unseen espeak-ng voices, the held-out engine, corrupted copies
+  $VGS prepare respeak "$DATA/f8k-ef" --engines espeak --out "$DATA/x-espeak"
+  $VGS prepare respeak "$DATA/f8k-ef" --engines espeak --voices "$UNSEEN_ESPEAK" --rates 140,205 --pitches 28,72 \
+      --out "$DATA/x-espeak-unseen"
+  $VGS prepare respeak "$DATA/f8k-ef" --engines flite --out "$DATA/x-flite"
+  $VGS prepare respeak "$DATA/f8k-ef" --engines festival --out "$DATA/x-festival"
+  for base in espeak festival; do
+    for effect in noise:10 reverb:0.6 speed:0.9 speed:1.1; do
+      $VGS prepare respeak "$DATA/x-$base" --keep-audio --corrupt "$effect" --out "$DATA/x-$base-${effect/:/}"
+    done
+  done
+}
+
+train() {
+  $VGS train --data "$DATA/f8k-ef" --out "$RUNS/f8k_voices" --epochs "$EPOCHS" --max-minutes "$MINUTES" \
+      --set model.embed_dim=512 --set model.audio_channels=256
+}
+
+evaluate() {  # RUN [OUT]: the cross-voice table of one run
+  local run=$1 out=${2:-$1/cross_voice}
+  local sets=(--set "espeak in-pool=$DATA/x-espeak" --set "espeak unseen voices=$DATA/x-espeak-unseen"
+              --set "flite=$DATA/x-flite" --set "festival (held out)=$DATA/x-festival")
+  for base in espeak festival; do
+    for effect in noise10 reverb0.6 speed0.9 speed1.1; do sets+=(--set "$base $effect=$DATA/x-$base-$effect"); done
+  done
+  mkdir -p "$out"
+  $VGS cross-voice "$run" "${sets[@]}" --json "$out/cross_voice.json" --markdown "$out/cross_voice.md"
+}
+
+case "${1:-all}" in
+  data) data ;;
+  testsets) testsets ;;
+  train) train ;;
+  eval) evaluate "${2:-$RUNS/f8k_voices}" "${3:-}" ;;
+  all) data; testsets; train; evaluate "$RUNS/f8k_voices" ;;
+  *) echo "usage: $0 data|testsets|train|eval [RUN [OUT]]|all" >&2; exit 2 ;;
+esac
