@@ -1,0 +1,67 @@
+"""Issue 13: resource limits and trust boundaries in the server, the index and the inputs.
+
+Each test is named after the numbered item of the issue it pins; each fails on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from vgs.config import Config, check_ranges, load_config, set_value, to_dict
+from vgs.errors import VGSError
+
+
+# ----------------------------------------------------------------------------- 10. config ranges
+
+
+BAD_VALUES = [
+    ("train.lr", math.inf), ("train.margin", math.nan), ("train.weight_decay", math.nan), ("train.grad_clip", math.nan),
+    ("train.init_temperature", math.nan), ("features.fmin", math.nan), ("train.max_minutes", math.nan),
+    ("train.weight_decay", -1.0), ("train.warmup_steps", -5), ("train.max_minutes", -1.0), ("train.eval_every", 0),
+    ("train.checkpoint_every_minutes", -1.0), ("model.audio_channels", 0), ("model.audio_channels", -3),
+    ("model.rnn_layers", 0), ("model.embed_dim", 10**9), ("model.embed_dim", 2**31), ("image.size", 10**6),
+    ("features.max_frames", 10**9),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_10_config_ranges_on_yaml_set_and_checkpoint(tmp_path, key, value) -> None:
+    section, name = key.split(".")
+    data = to_dict(Config())
+    data[section][name] = value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(VGSError, match=rf"c\.yaml: {key}: expected a finite number"):
+        load_config(tmp_path / "c.yaml")  # YAML
+    with pytest.raises(VGSError, match=rf"^{key}: expected a finite number"):
+        set_value(Config(), key, str(value) if not isinstance(value, float) or math.isfinite(value) else
+                  (".nan" if math.isnan(value) else ".inf"))  # --set, parsed as YAML
+    config = Config()
+    setattr(getattr(config, section), name, value)
+    with pytest.raises(VGSError, match=key):
+        config.validate()  # what a checkpoint's config goes through (api.load, run_config)
+
+
+def test_10_checkpoint_with_a_huge_embed_dim_is_refused_before_building(tmp_path) -> None:
+    from vgs.api import load
+    from vgs.io import save_checkpoint
+
+    data = to_dict(Config())
+    data["model"]["embed_dim"] = 2**31
+    save_checkpoint(tmp_path / "big.pt", {"config": data, "model": {}})
+    with pytest.raises(VGSError, match=r"big\.pt: config: model\.embed_dim: expected a finite number >= 1 and <= 16384"):
+        load(tmp_path / "big.pt")
+
+
+def test_10_unlisted_numeric_fields_must_be_finite_and_defaults_pass() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Extra:
+        new_field: float = math.nan
+
+    with pytest.raises(VGSError, match="x.new_field: expected a finite number"):
+        check_ranges(Extra(), "x.")
+    Config().validate()
