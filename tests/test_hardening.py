@@ -65,3 +65,27 @@ def test_10_unlisted_numeric_fields_must_be_finite_and_defaults_pass() -> None:
     with pytest.raises(VGSError, match="x.new_field: expected a finite number"):
         check_ranges(Extra(), "x.")
     Config().validate()
+
+
+# ----------------------------------------------------------------------------- 11. localize --window
+
+
+@pytest.mark.parametrize("window", [0.001, 0.0, -1.0, math.nan, math.inf])
+def test_11_localize_window_is_validated_and_windows_are_bounded(window) -> None:
+    from vgs.localize import MAX_WINDOWS, fixed_segments
+
+    with pytest.raises(VGSError, match="--window"):
+        fixed_segments(600.0, window)  # old code: 600,000 windows (39 GB of overlays), or a ValueError for nan
+    assert len(fixed_segments(600.0, 2.0)) == 300 <= MAX_WINDOWS
+    with pytest.raises(VGSError, match="at most 400"):
+        fixed_segments(600.0, 0.5)
+
+
+def test_11_cli_localize_rejects_a_bad_window_in_one_line(tmp_path, capsys) -> None:
+    from vgs.cli import main
+
+    for window in ("nan", "0.001"):
+        code = main(["localize", str(tmp_path / "run"), "--image", "x.png", "--audio", "x.wav", "--window", window,
+                     "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 1 and "--window" in err and len(err.strip().splitlines()) == 1, err

@@ -468,8 +468,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
     import json
 
     from .api import load
-    from .localize import localize
+    from .localize import check_window, localize
 
+    check_window(args.window)  # before anything is loaded
     image, audio, words = args.image, args.audio, None
     if args.manifest is not None:
         from .data.manifest import read_manifest
