@@ -89,3 +89,62 @@ def test_11_cli_localize_rejects_a_bad_window_in_one_line(tmp_path, capsys) -> N
                      "--out", str(tmp_path / "out")])
         err = capsys.readouterr().err
         assert code == 1 and "--window" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- 9. manifests and caption files
+
+
+def _row(i: int, image: str = "images/a.png", audio: str = "audio/a.wav") -> str:
+    import json
+
+    return json.dumps({"id": f"r{i}", "image": image, "image_id": "a", "audio": audio, "speaker": "s"})
+
+
+def test_9_manifest_symlinks_out_of_the_data_set_are_rejected_naming_the_line(tmp_path) -> None:
+    from vgs.data.manifest import read_manifest
+
+    outside, data = tmp_path / "outside", tmp_path / "data"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_text("secret")
+    (outside / "photo.png").write_bytes(b"png")
+    for sub in ("images", "audio"):
+        (data / sub).mkdir(parents=True)
+    (data / "images" / "evil.png").symlink_to(outside / "secret.txt")  # a link to a non-image outside
+    (data / "audio" / "evil.wav").symlink_to(outside / "secret.txt")
+    (data / "linked").symlink_to(outside / "dir", target_is_directory=True)  # a linked folder
+    (outside / "dir" / "x.png").write_bytes(b"png")
+    (data / "images" / "ok.png").symlink_to(outside / "photo.png")  # what a linked build makes: accepted
+    lines = [_row(1, image="images/ok.png"), _row(2, image="images/evil.png"), _row(3, audio="audio/evil.wav"),
+             _row(4, image="linked/x.png")]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    manifest = read_manifest(data / "train.jsonl", strict=False)
+    assert [r["id"] for r in manifest.rows] == ["r1"]
+    assert len(manifest.problems) == 3
+    for line, problem in zip((2, 3, 4), manifest.problems):
+        assert f"train.jsonl:{line}:" in problem and "\n" not in problem
+    with pytest.raises(VGSError, match=r"train\.jsonl:2: field 'image'"):
+        read_manifest(data / "train.jsonl")
+
+
+def test_9_manifest_with_a_utf8_bom_is_read(tmp_path) -> None:
+    from vgs.data.manifest import read_manifest
+
+    (tmp_path / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + (_row(1) + "\n" + _row(2) + "\n").encode())
+    assert [r["id"] for r in read_manifest(tmp_path / "m.jsonl").rows] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize("content", [
+    "../../x.png#0\ta dog runs\n1000.jpg#0\ta cat sits\n",
+    "/etc/passwd#0\ta dog runs\n1000.jpg#0\ta cat sits\n",
+    "image,caption\n../../x.png,a dog runs\n1000.jpg,a cat sits\n",
+    "image,caption\n/etc/passwd,a dog runs\n1000.jpg,a cat sits\n",
+])
+def test_9_caption_files_naming_paths_are_rejected_naming_the_line(tmp_path, content) -> None:
+    from vgs.data.text_captions import parse_captions
+
+    (tmp_path / "captions.txt").write_text(content)
+    errors: list = []
+    captions = parse_captions(tmp_path / "captions.txt", errors)
+    assert [c.image for c in captions] == ["1000.jpg"]
+    assert len(errors) == 1 and errors[0].line == (2 if content.startswith("image,") else 1)
+    assert "not a plain file name" in str(errors[0])
