@@ -148,3 +148,47 @@ def test_9_caption_files_naming_paths_are_rejected_naming_the_line(tmp_path, con
     assert [c.image for c in captions] == ["1000.jpg"]
     assert len(errors) == 1 and errors[0].line == (2 if content.startswith("image,") else 1)
     assert "not a plain file name" in str(errors[0])
+
+
+# ----------------------------------------------------------------------------- 13. stale .tmp files, resumed manifests
+
+
+def test_13_resumed_scenes_build_is_byte_identical_and_stale_tmp_files_go(tmp_path) -> None:
+    import json
+
+    from vgs.data.scenes import ScenesConfig, build_scenes
+    from vgs.tts import VoicePoolConfig
+
+    config = ScenesConfig(images=6, dev_images=0, test_images=0, size=64, captions_per_image=2,
+                          voices=VoicePoolConfig(engines="espeak", espeak_voices=("en-us+m1",), rates=(170,), pitches=(50,)))
+    build_scenes(config, tmp_path / "clean", workers=1, progress=False)
+    build_scenes(config, tmp_path / "killed", workers=1, progress=False)
+    killed = tmp_path / "killed"
+    journal = killed / ".build" / "train.journal.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:5]) + "\n")  # as if killed after 5 of 12 captions (images already drawn)
+    (killed / "train.jsonl").unlink()
+    stale = [killed / ".train.jsonl.a1b2c3.tmp", killed / "audio" / ".x.wav.tmp", killed / ".build" / ".j.tmp"]
+    for path in stale:
+        path.write_bytes(b"half-written")
+    build_scenes(config, killed, workers=1, progress=False)
+    assert (killed / "train.jsonl").read_bytes() == (tmp_path / "clean" / "train.jsonl").read_bytes()
+    assert not [p for p in stale if p.exists()]
+    row = json.loads((killed / "train.jsonl").read_text().splitlines()[-1])
+    assert list(row["objects"][0]) == ["name", "shape", "color", "size", "box"]
+
+
+def test_13_index_writer_removes_stale_tmp_files(tiny_scenes, tmp_path) -> None:
+    from conftest import tiny_config
+    from vgs.api import build_untrained
+    from vgs.search import IndexWriter
+
+    folder = tmp_path / "idx"
+    (folder / "images").mkdir(parents=True)
+    stale = [folder / ".index.json.k3j4.tmp", folder / "images" / ".chunk-00000.regions.npy.x9.tmp",
+             folder / ".faiss-images.index.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (folder / "keep.tmp").write_bytes(b"not ours")
+    IndexWriter(folder, build_untrained(tiny_config(tiny_scenes), device="cpu"))
+    assert not [p for p in stale if p.exists()] and (folder / "keep.tmp").exists()

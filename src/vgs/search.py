@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .api import Model
 from .audio import load_audio
 from .errors import InputError, VGSError
-from .io import load_npy, save_npy, sha256_file, write_json
+from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
 from .similarity import PackedFrames, similarity_matrix
 
 INDEX_FORMAT = "vgs-index/1"
@@ -81,6 +81,8 @@ class IndexWriter:
 
     def _open(self) -> dict:
         checkpoint_sha = sha256_file(self.model.checkpoint) if self.model.checkpoint else "untrained"
+        if self.folder.is_dir():
+            clean_stale_tmp(self.folder)  # left by a killed `vgs index`
         meta_path = self.folder / "index.json"
         if meta_path.exists():
             meta = read_meta(self.folder)
@@ -308,9 +310,10 @@ class SearchIndex:
                 index.nprobe = max(8, index.nlist // 16)
         else:
             index = make_faiss_index(vectors)
-            faiss.write_index(index, str(path) + ".tmp")
-            Path(str(path) + ".tmp").replace(path)
-            sig_path.write_text(signature)
+            tmp = path.with_name(f".{path.name}.tmp")
+            faiss.write_index(index, str(tmp))
+            tmp.replace(path)
+            write_text(sig_path, signature)
         self._faiss[kind] = index
         return index
 
