@@ -192,3 +192,145 @@ def test_13_index_writer_removes_stale_tmp_files(tiny_scenes, tmp_path) -> None:
     (folder / "keep.tmp").write_bytes(b"not ours")
     IndexWriter(folder, build_untrained(tiny_config(tiny_scenes), device="cpu"))
     assert not [p for p in stale if p.exists()] and (folder / "keep.tmp").exists()
+
+
+# ----------------------------------------------------------------------------- 6-8. the index is input too
+
+
+@pytest.fixture(scope="module")
+def indexed(tiny_scenes, tmp_path_factory):
+    """Checkpoint A (an untrained tiny model), checkpoint B (same weights, other bytes), and an index built with A."""
+    import shutil
+
+    from conftest import tiny_config
+    from vgs.api import build_untrained, load
+    from vgs.io import save_checkpoint
+    from vgs.search import build_index
+
+    root = tmp_path_factory.mktemp("hardening-index")
+    model = build_untrained(tiny_config(tiny_scenes), device="cpu")
+    payload = {"config": to_dict(model.config), "model": model.net.state_dict()}
+    save_checkpoint(root / "a.pt", payload)
+    save_checkpoint(root / "b.pt", {**payload, "note": "another model"})
+    images = root / "photos"
+    images.mkdir()
+    for path in sorted((tiny_scenes / "images").glob("test_*.png"))[:6]:
+        shutil.copy(path, images / path.name)
+    build_index(load(root / "a.pt"), root / "idx", images=images, captions=tiny_scenes / "test.jsonl", progress=False)
+    return root
+
+
+def _copy_index(indexed, tmp_path):
+    import shutil
+
+    shutil.copytree(indexed / "idx", tmp_path / "idx", symlinks=True)
+    return tmp_path / "idx"
+
+
+def test_6_chunk_names_cannot_leave_the_index_folder(indexed, tmp_path) -> None:
+    import json
+
+    from vgs.search import SearchIndex
+
+    folder = _copy_index(indexed, tmp_path)
+    meta = json.loads((folder / "index.json").read_text())
+    meta["image_chunks"] = ["../../../outside/evil"]
+    (folder / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(VGSError, match=r"index\.json: field 'image_chunks'"):
+        SearchIndex(folder)
+    meta["image_chunks"] = ["chunk-00000"]
+    (folder / "index.json").write_text(json.dumps(meta))
+    (tmp_path / "outside").mkdir()
+    target = folder / "images" / "chunk-00000.pooled.npy"
+    target.rename(tmp_path / "outside" / "p.npy")
+    target.symlink_to(tmp_path / "outside" / "p.npy")  # a chunk file linked to outside
+    with pytest.raises(VGSError, match="outside the index folder"):
+        SearchIndex(folder)
+
+
+def test_6_served_files_stay_inside_the_indexed_image_folder(indexed, tmp_path) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from vgs.api import load
+    from vgs.app import create_app
+    from vgs.search import SearchIndex, list_images
+
+    folder = _copy_index(indexed, tmp_path)
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(secret)
+    chunk = folder / "images" / "chunk-00000.json"
+    info = json.loads(chunk.read_text())
+    info["paths"][0] = str(secret)  # a chunk naming a file outside the indexed folder
+    chunk.write_text(json.dumps(info))
+    index = SearchIndex(folder)
+    client = TestClient(create_app(load(indexed / "a.pt"), index), base_url="http://127.0.0.1")
+    assert client.get("/api/images/0").status_code == 404
+    assert client.get("/api/images/1").status_code == 200
+    # a symlink inside --images pointing outside is not indexed
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "inside.png").write_bytes((indexed / "photos" / "test_00000.png").read_bytes())
+    (photos / "link.png").symlink_to(secret)
+    assert [p.name for p in list_images(photos)] == ["inside.png"]
+
+
+CORRUPTIONS = {
+    "faiss file": ("faiss-images.index", b"garbage" * 10),
+    "chunk json": ("images/chunk-00000.json", b'{"paths": 3}'),
+    "chunk json not json": ("images/chunk-00000.json", b"{oops"),
+    "regions shape": ("images/chunk-00000.regions.npy", None),
+    "pooled shape": ("images/chunk-00000.pooled.npy", None),
+    "caption lengths": ("captions/chunk-00000.lengths.npy", None),
+    "index.json embed_dim": ("index.json", None),
+    "missing chunk": ("images/chunk-00000.pooled.npy", b""),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_7_corrupt_index_fails_in_one_line_naming_the_file(indexed, tmp_path, capsys, name) -> None:
+    import json
+
+    import numpy as np
+
+    from vgs.cli import main
+
+    folder = _copy_index(indexed, tmp_path)
+    rel, data = CORRUPTIONS[name]
+    path = folder / rel
+    if name == "missing chunk":
+        path.unlink()
+    elif data is not None:
+        path.write_bytes(data)
+    elif rel == "index.json":
+        meta = json.loads(path.read_text())
+        meta["embed_dim"] = "64"
+        path.write_text(json.dumps(meta))
+    else:
+        array = np.load(path)
+        np.save(path, array[:, :-1] if array.ndim > 1 else array[:-1])
+    code = main(["search", str(folder), "--run", str(indexed / "a.pt"), "--text", "a red circle", "-k", "2"])
+    out = capsys.readouterr()
+    if name == "faiss file":  # a derived file: rebuilt from the chunks
+        assert code == 0, out.err
+        return
+    assert code == 1, out.err
+    assert len(out.err.strip().splitlines()) == 1 and "unexpected" not in out.err
+    assert path.name in out.err
+
+
+def test_8_search_and_serve_refuse_another_models_checkpoint(indexed, tmp_path, capsys) -> None:
+    from vgs.search import open_index
+
+    model, index = open_index(indexed / "idx")  # the run it was built with
+    assert index.image_count == 6 and model.checkpoint.name == "a.pt"
+    with pytest.raises(VGSError, match="built with another model"):
+        open_index(indexed / "idx", indexed / "b.pt")
+    from vgs.cli import main
+
+    code = main(["search", str(indexed / "idx"), "--run", str(indexed / "b.pt"), "--text", "a red circle"])
+    assert code == 1 and "built with another model" in capsys.readouterr().err

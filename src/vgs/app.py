@@ -454,8 +454,8 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
             if key in image_cache:
                 image_cache.move_to_end(key)
                 return image_cache[key]
-        try:  # the path comes from the index, never from the request
-            image = load_image(index.image_paths[i])
+        try:  # the path comes from the index, never from the request, and must lie in an indexed image folder
+            image = load_image(index.image_file(i))
         except VGSError as exc:
             log.warning("image %d unreadable: %s", i, exc)
             raise HTTPException(404, f"image {i} of the index is no longer readable") from exc
@@ -596,21 +596,10 @@ def serve(run: "str | Path | None", index_dir: "str | Path", host: str = "127.0.
     """
     import uvicorn
 
-    from .api import load
-    from .io import sha256_file
-    from .search import read_meta
+    from .search import open_index
 
-    meta = read_meta(Path(index_dir))
-    if run is None:
-        if meta.get("checkpoint_sha256") == "untrained" or meta.get("checkpoint") in (None, "None"):
-            raise VGSError(f"{index_dir}: this index was built with an untrained model; give the run to serve")
-        run = meta["checkpoint"]
-    model = load(run, device=device)
-    if model.checkpoint is not None and meta.get("checkpoint_sha256") != sha256_file(model.checkpoint):
-        raise VGSError(f"{index_dir}: this index was built with another model ({meta.get('checkpoint')}), not "
-                       f"{model.checkpoint}; serve it with that run, or rebuild the index with `vgs index`")
+    model, index = open_index(index_dir, run, device=device)
     torch.set_num_threads(max(1, threads or min(os.cpu_count() or 1, 8)))
-    index = SearchIndex(Path(index_dir))
     if index.image_count == 0:
         raise VGSError(f"{index_dir}: the index holds no images; add some with `vgs index RUN --images FOLDER`")
     app = create_app(model, index, limits or AppLimits())

@@ -421,12 +421,9 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from .api import load
-    from .search import SearchIndex, read_meta
+    from .search import open_index
 
-    meta = read_meta(args.index)
-    model = load(args.run or meta["checkpoint"])
-    index = SearchIndex(args.index)
+    model, index = open_index(args.index, args.run)
     if args.image is not None:
         hits = index.search_image(model, model.encode_images([args.image]), args.k, args.candidates, args.exhaustive)
     else:
