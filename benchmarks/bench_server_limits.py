@@ -67,7 +67,10 @@ def start(folder: Path) -> tuple[str, object]:
     from vgs.app import create_app
     from vgs.search import SearchIndex
 
-    torch.set_num_threads(2)
+    import vgs.app
+
+    workers = getattr(getattr(vgs.app, "AppLimits")(), "workers", 1)  # as `vgs serve` does: 2 cores shared by the workers
+    torch.set_num_threads(max(1, 2 // workers))
     app = create_app(load(folder / "model.pt"), SearchIndex(folder / "index"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ Each test is named after the numbered item of the issue it pins; each fails on t
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -334,3 +335,288 @@ def test_8_search_and_serve_refuse_another_models_checkpoint(indexed, tmp_path, 
 
     code = main(["search", str(indexed / "idx"), "--run", str(indexed / "b.pt"), "--text", "a red circle"])
     assert code == 1 and "built with another model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 1-5, 12. the server
+
+
+def _flac_bomb(seconds: int = 20, channels: int = 8, rate: int = 192000) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    block = np.zeros((rate, channels), np.float32)
+    with sf.SoundFile(buffer, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(block)
+    return buffer.getvalue()
+
+
+def test_1_audio_bomb_decodes_in_bounded_memory() -> None:
+    import tracemalloc
+
+    from vgs.audio import load_audio
+
+    data = _flac_bomb()  # 20 s x 8 channels x 192 kHz: 123 MB as float32, a few KB as FLAC
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        signal = load_audio(data, 16000, max_seconds=20.25, name="upload")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(signal) == 20 * 16000
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MB"  # old code: ~140 MB (all channels decoded at once)
+
+
+@pytest.fixture(scope="module")
+def app_parts(indexed):
+    from vgs.api import load
+    from vgs.search import SearchIndex
+
+    return load(indexed / "a.pt"), SearchIndex(indexed / "idx")
+
+
+def _client(app):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def test_1_concurrent_audio_decodes_are_bounded(app_parts, monkeypatch, tiny_scenes) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import vgs.audio
+    from vgs.app import AppLimits, create_app
+
+    real, active, peak, lock = vgs.audio.load_audio, [0], [0], threading.Lock()
+
+    def slow_load(*args, **kwargs):  # noqa: ANN002, ANN003
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(vgs.audio, "load_audio", slow_load)
+    client = _client(create_app(*app_parts, AppLimits(max_decodes=2)))
+    wav = (tiny_scenes / "audio" / "test_00000_0.wav").read_bytes()
+
+    def post(_: int) -> int:
+        return client.post("/api/search/audio", files={"file": ("q.wav", wav, "audio/wav")}, data={"k": "2"}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(post, range(6))) == {200}
+    assert peak[0] == 2
+
+
+def _image_index(indexed, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vgs.api import load
+    from vgs.search import SearchIndex, build_index
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    x = np.linspace(0, 255, 2000, dtype=np.float32)
+    pixels = np.stack([np.add.outer(x[:1500], x) / 2] * 3, -1).astype(np.uint8)  # 2000 x 1500
+    Image.fromarray(pixels).save(photos / "a.jpg", quality=90)
+    Image.fromarray(pixels).save(photos / "b.png", compress_level=1)
+    model = load(indexed / "a.pt")
+    build_index(model, tmp_path / "idx", images=photos, progress=False)
+    index = SearchIndex(tmp_path / "idx")
+    return model, index, [Path(p).name for p in index.image_paths]
+
+
+def test_2_images_snap_to_few_sizes_decode_under_a_pixel_budget_and_cache_in_bytes(indexed, tmp_path, monkeypatch) -> None:
+    import io
+
+    from PIL import Image
+
+    import vgs.app
+    from vgs.app import THUMBNAIL_SIZES, AppLimits, create_app
+
+    model, index, names = _image_index(indexed, tmp_path)
+    jpeg, png = names.index("a.jpg"), names.index("b.png")
+    decodes: list[tuple[int, int]] = []
+    real = vgs.app._thumbnail_bytes
+
+    def counting(index, i, size, max_pixels):  # noqa: ANN001
+        decodes.append((i, size))
+        return real(index, i, size, max_pixels)
+
+    monkeypatch.setattr(vgs.app, "_thumbnail_bytes", counting)
+    # budget 1 Mpx: the 3 Mpx JPEG is decoded at half scale (draft), the 3 Mpx PNG cannot be reduced: 413
+    app = create_app(model, index, AppLimits(max_image_pixels=1_000_000, image_cache_bytes=200_000))
+    client = _client(app)
+    sizes = [100, 150, 200, 250, 300, 350, 400, 450, 500, 511]
+    for size in sizes:
+        response = client.get(f"/api/images/{jpeg}", params={"size": size})
+        assert response.status_code == 200, response.text
+        assert max(Image.open(io.BytesIO(response.content)).size) <= size
+    assert len(decodes) == len({max(s for s in THUMBNAIL_SIZES if s <= size) for size in sizes}) == 5  # old: 10
+    assert app.state.images.bytes <= 200_000
+    assert client.get(f"/api/images/{png}", params={"size": 256}).status_code == 413
+
+
+def test_3_host_header_must_name_the_server(app_parts) -> None:
+    from fastapi.testclient import TestClient
+
+    from vgs.app import create_app
+
+    app = create_app(*app_parts)
+    evil = TestClient(app, base_url="http://evil.example:8000")
+    response = evil.get("/api/images/0")
+    assert response.status_code == 400 and "Host" in response.json()["detail"]
+    assert evil.get("/").status_code == 400
+    for base in ("http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000"):
+        assert TestClient(app, base_url=base).get("/api/images/0").status_code == 200
+    extra = create_app(*app_parts, allowed_hosts=["photos.example.org"])
+    assert TestClient(extra, base_url="http://photos.example.org").get("/api/health").status_code == 200
+    assert TestClient(extra, base_url="http://127.0.0.1").get("/api/health").status_code == 400
+
+
+def test_3_cli_serve_takes_allowed_hosts() -> None:
+    from vgs.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--index", "x", "--allowed-hosts", "a.example, b.example"])
+    assert args.allowed_hosts == "a.example, b.example"
+
+
+def test_4_slow_bodies_get_408(app_parts) -> None:
+    import asyncio
+    import time
+
+    from vgs.app import AppLimits, create_app
+
+    app = create_app(*app_parts, AppLimits(body_seconds=0.5))
+    sent: list[dict] = []
+
+    async def receive() -> dict:  # one byte every 0.2 s, forever
+        await asyncio.sleep(0.2)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/search/text", "raw_path": b"/api/search/text", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=5))  # old code: never returns
+    assert sent[0]["status"] == 408 and time.monotonic() - started < 2
+
+
+def test_4_slow_headers_are_cut_off(app_parts) -> None:
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from vgs.app import create_app, server_config
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(server_config(create_app(*app_parts), "127.0.0.1", port, "warning", header_seconds=1.0))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        trickle = socket.create_connection(("127.0.0.1", port))
+        started = time.monotonic()
+        closed_after = None
+        for byte in b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+            try:
+                trickle.sendall(bytes([byte]))
+                trickle.settimeout(0.3)
+                if trickle.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        assert closed_after is not None and closed_after < 4, closed_after
+        with socket.create_connection(("127.0.0.1", port)) as fast:  # a normal request still works
+            fast.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert fast.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_5_independent_queries_run_concurrently(app_parts, monkeypatch, tiny_scenes) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vgs.app import AppLimits, create_app
+
+    model, index = app_parts
+    active, peak, lock = [0], [0], threading.Lock()
+    real = model.encode_audio
+
+    def slow_encode(*args, **kwargs):  # noqa: ANN002, ANN003
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(model, "encode_audio", slow_encode)
+    client = _client(create_app(model, index, AppLimits(workers=3)))
+    wav = (tiny_scenes / "audio" / "test_00000_0.wav").read_bytes()
+    baseline = client.post("/api/search/audio", files={"file": ("q.wav", wav, "audio/wav")}, data={"k": "3"}).json()
+
+    def post(_: int) -> dict:
+        return client.post("/api/search/audio", files={"file": ("q.wav", wav, "audio/wav")}, data={"k": "3"}).json()
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(post, range(6)))
+    assert peak[0] == 3  # old code: one query at a time (a global lock)
+    assert all(r["hits"] == baseline["hits"] for r in results)  # and the same answers
+
+
+def test_12_text_queries_are_held_to_the_audio_limit_and_cuts_are_flagged(app_parts, tiny_scenes) -> None:
+    from vgs.app import AppLimits, create_app
+
+    client = _client(create_app(*app_parts, AppLimits(max_audio_seconds=3.0)))
+    text = "a small red circle above a large blue square and a green triangle beside a yellow star " * 2
+    result = client.post("/api/search/text", json={"text": text, "k": 2})
+    assert result.status_code == 200, result.text
+    query = result.json()["query"]
+    assert query["duration"] <= 3.0 and query["truncated"] is True  # old code: ~10 s spoken and searched
+    assert all(w["start"] < 3.0 and w["end"] <= 3.0 for w in query["words"])
+    short = client.post("/api/search/text", json={"text": "a red circle", "k": 2}).json()["query"]
+    assert short["truncated"] is False and short["searched_seconds"] == short["duration"]
+    # audio longer than the model reads (max_frames) is flagged too
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    model, _ = app_parts
+    reads = model.config.features.max_frames * model.config.features.hop_ms / 1000
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.1 * np.sin(np.arange(int((reads + 2) * 16000)) / 10), 16000, format="WAV")
+    long = _client(create_app(*app_parts)).post("/api/search/audio", files={"file": ("q.wav", buffer.getvalue())})
+    assert long.status_code == 200 and long.json()["query"]["truncated"] is True
+    assert long.json()["query"]["searched_seconds"] == pytest.approx(reads, abs=0.01)

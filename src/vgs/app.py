@@ -72,6 +72,7 @@ JSON_BODY_LIMIT = 64 * 1024  # JSON requests are small: text is capped at a few 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload
 READ_CHUNK = 64 * 1024
 THUMBNAIL_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # `size` snaps down to one
+TTS_CACHE = 32  # synthesized queries kept (each at most max_audio_seconds of audio)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
@@ -383,6 +384,7 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
     workers = threading.BoundedSemaphore(limits.workers)  # queries in flight; the model is shared read-only
     decodes = threading.BoundedSemaphore(limits.max_decodes)  # audio decodes in flight (memory)
     tts_lock = threading.Lock()
+    spoken: "OrderedDict[tuple[str, str], tuple]" = OrderedDict()  # (text, voice) -> (speech, cut): the last few
     image_lock = threading.Lock()  # one original image decoded at a time (memory)
     images = _ThumbnailCache(limits.image_cache_bytes)
     static = _static_files()
@@ -480,10 +482,16 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
             if voice.engine not in available_engines():
                 raise VGSError(f"TTS engine {voice.engine!r} is not installed here; use e.g. {DEFAULT_VOICE}")
             with tts_lock:
-                speech = synthesize(text, voice)
+                if (text, voice_id) in spoken:  # the page localizes what it just searched: same text, same voice
+                    spoken.move_to_end((text, voice_id))
+                    return spoken[(text, voice_id)]
+                result = _cut_speech(synthesize(text, voice), limits.max_audio_seconds)
+                spoken[(text, voice_id)] = result
+                if len(spoken) > TTS_CACHE:  # at most TTS_CACHE x max_audio_seconds of audio
+                    spoken.popitem(last=False)
+                return result
         except VGSError as exc:
             raise HTTPException(422, f"voice/text: {exc}") from exc
-        return _cut_speech(speech, limits.max_audio_seconds)
 
     def encode(signal: np.ndarray) -> PackedFrames:
         frames = model.encode_audio([signal])
