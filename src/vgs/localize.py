@@ -114,7 +114,8 @@ def localize(model: Model, image_path: str | Path, audio: str | Path | np.ndarra
     image = load_image(image_path)
     signal = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     duration = len(signal) / model.config.features.sample_rate
-    segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(duration, window)
+    heard = min(duration, model.config.features.max_frames * model.config.features.hop_ms / 1000)  # the model reads no more
+    segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(heard, window)
     matchmap = model.matchmap(image, signal)  # H x W x T
     maps = segment_heatmaps(matchmap, segments, model.frame_seconds())
     maps = torch.cat([maps, matchmap.mean(-1, keepdim=True).permute(2, 0, 1)])
