@@ -40,7 +40,7 @@ def served(tiny_scenes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return TestClient(served[2])
+    return TestClient(served[2], base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,8 @@ def test_body_is_capped_while_read_not_by_content_length(served) -> None:
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/api/search/audio", "raw_path": b"/api/search/audio", "root_path": "", "query_string": b"",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"100")],
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"multipart/form-data; boundary=x"),
+                         (b"content-length", b"100")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     asyncio.run(app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
@@ -233,7 +234,7 @@ def test_too_long_audio(client) -> None:
     body = assert_clean_4xx(client.post("/api/search/audio", files={"file": ("q.wav", long)}), 413)
     assert "20 s" in body["detail"]
     assert client.post("/api/search/audio", files={"file": ("q.wav", wav_bytes(3.0))}).status_code == 200
-    small = TestClient(create_app(*_model_index(client), AppLimits(max_audio_seconds=2.0)))
+    small = TestClient(create_app(*_model_index(client), AppLimits(max_audio_seconds=2.0)), base_url="http://127.0.0.1")
     assert_clean_4xx(small.post("/api/localize/audio", files={"file": ("q.wav", wav_bytes(3.0))}, data={"image": "0"}), 413)
 
 

@@ -130,7 +130,7 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     payload = load_checkpoint(path)
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
-    config = run_config_from_dict(payload["config"], f"{path}: config")
+    config = _checkpoint_config(payload, path)
     net = _build_for_loading(config)
     try:
         net.load_state_dict(payload["model"])
@@ -169,8 +169,18 @@ def run_config(run: str | Path) -> Config:
     run = Path(run)
     if run.is_dir() and (run / "config.yaml").is_file():
         return load_config(run / "config.yaml", saved_run=True)
-    payload = load_checkpoint(resolve_checkpoint(run))
-    return run_config_from_dict(payload["config"])
+    path = resolve_checkpoint(run)
+    return _checkpoint_config(load_checkpoint(path), path)
+
+
+def _checkpoint_config(payload: dict, path: Path) -> Config:
+    """The checkpoint's config, type- and range-checked before anything is built from it."""
+    if not isinstance(payload.get("config"), dict):
+        raise VGSError(f"{path}: checkpoint lacks its 'config' entry")
+    try:
+        return run_config_from_dict(payload["config"], "config")
+    except VGSError as exc:
+        raise VGSError(f"{path}: config: {exc}" if not str(exc).startswith("config") else f"{path}: {exc}") from exc
 
 
 @dataclass

@@ -23,15 +23,20 @@ Images are named by their integer position in the index only: no path from a req
 ever reaches the filesystem.  Heatmaps come as small grids (the image encoder's ``H x W``
 regions, normalized to [0, 1]) that the page colours and upsamples itself.
 
-Safety: request bodies are capped while they are read (not trusting Content-Length), audio
-duration, text length and k are capped, bad input gets a 4xx JSON ``{"detail": ...}``, and
-model inference runs in worker threads, one query at a time (a lock), so concurrent clients
-are safe.
+Safety: request bodies are capped while they are read (not trusting Content-Length) and must
+arrive within a deadline; the Host header must name the server (DNS rebinding); audio duration
+(uploaded or synthesized), text length and k are capped, and audio is checked from its header,
+then decoded in blocks, a few uploads at a time; images are served as thumbnails from a small
+set of sizes, decoded one at a time under a pixel budget, from a cache bounded in bytes; bad
+input gets a 4xx JSON ``{"detail": ...}``.  Inference runs in a small pool of worker threads
+sharing the model read-only.  Beyond localhost, put a reverse proxy in front (TLS, and
+connection limits against clients that trickle their headers).
 
 Not using ``from __future__ import annotations``: FastAPI must resolve the request models
 defined inside :func:`create_app` (their limits come from :class:`AppLimits`).
 """
 
+import asyncio
 import io
 import ipaddress
 import logging
@@ -42,7 +47,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .api import Model
 from .errors import VGSError
+from .images import MAX_PIXELS
 from .search import SearchIndex
 
 log = logging.getLogger("vgs.app")
@@ -65,6 +71,9 @@ VOICE_PATTERN = r"^[a-z]+:[A-Za-z0-9][A-Za-z0-9_+\-]{0,47}(:r[0-9]{2,3})?(:p[0-9
 JSON_BODY_LIMIT = 64 * 1024  # JSON requests are small: text is capped at a few hundred characters
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload
 READ_CHUNK = 64 * 1024
+THUMBNAIL_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # `size` snaps down to one
+TTS_CACHE = 32  # synthesized queries kept (each at most max_audio_seconds of audio)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -79,14 +88,22 @@ class AppLimits:
     """What one request may ask for. Larger requests get 413, out-of-range values 422."""
 
     max_upload_bytes: int = 5 * 1024 * 1024  # an uploaded audio file
-    max_audio_seconds: float = 20.0  # duration of uploaded audio
+    max_audio_seconds: float = 20.0  # duration of uploaded audio, and of text once spoken
     max_text_chars: int = 300  # text to be spoken
     max_k: int = 50  # results per search
+    workers: int = 2  # queries encoded and searched at once (the model is shared read-only)
+    max_decodes: int = 2  # audio uploads decoded at once
+    body_seconds: float = 30.0  # a request body must arrive within this
+    max_image_pixels: int = MAX_PIXELS  # largest original decoded for /api/images (after JPEG draft reduction)
+    image_cache_bytes: int = 64 * 2**20  # encoded thumbnails kept
 
     def validate(self) -> "AppLimits":
-        if self.max_upload_bytes < 1024 or self.max_audio_seconds <= 0 or self.max_text_chars < 1 or self.max_k < 1:
-            raise VGSError(f"bad server limits {self}: expected max_upload_bytes >= 1024, max_audio_seconds > 0, "
-                           "max_text_chars >= 1, max_k >= 1")
+        if self.max_upload_bytes < 1024 or not 0 < self.max_audio_seconds <= 3600 or self.max_text_chars < 1 \
+                or self.max_k < 1 or not 1 <= self.workers <= 64 or not 1 <= self.max_decodes <= 64 \
+                or not 0 < self.body_seconds <= 3600 or self.max_image_pixels < 32 * 32 or self.image_cache_bytes < 0:
+            raise VGSError(f"bad server limits {self}: expected max_upload_bytes >= 1024, 0 < max_audio_seconds <= 3600, "
+                           "max_text_chars >= 1, max_k >= 1, workers and max_decodes 1-64, 0 < body_seconds <= 3600, "
+                           "max_image_pixels >= 1024, image_cache_bytes >= 0")
         return self
 
 
@@ -128,7 +145,11 @@ class WordOut(BaseModel):
 
 class QueryOut(BaseModel):
     kind: Literal["audio", "text"]
-    duration: float = Field(description="seconds of audio searched with")
+    duration: float = Field(description="seconds of audio (after any cut)")
+    searched_seconds: float = Field(description="seconds of the audio the model heard (it reads at most "
+                                    "its `max_frames`; the rest is ignored)")
+    truncated: bool = Field(False, description="true when audio was cut: speech longer than the server's limit, "
+                            "or audio longer than the model reads")
     text: Optional[str] = None
     voice: Optional[str] = None
     words: Optional[list[WordOut]] = Field(None, description="word times, when known (text queries)")
@@ -205,10 +226,11 @@ class _BodyGuard:
     gets ``X-Content-Type-Options: nosniff``.
     """
 
-    def __init__(self, app, routes: dict[str, str], max_upload: int):  # noqa: ANN001 - an ASGI app
+    def __init__(self, app, routes: dict[str, str], max_upload: int, body_seconds: float = 30.0):  # noqa: ANN001
         self.app = app
         self.routes = routes  # path -> "json" | "multipart"
         self.limits = {"json": JSON_BODY_LIMIT, "multipart": max_upload + MULTIPART_OVERHEAD}
+        self.body_seconds = body_seconds  # the whole body must arrive within this (slow clients get 408)
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -247,8 +269,14 @@ class _BodyGuard:
                 await _reply(scope, receive, send_nosniff, 413, _too_large(kind, limit))
                 return
         chunks, total = [], 0
+        deadline = time.monotonic() + self.body_seconds
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await _reply(scope, receive, send_nosniff, 408,
+                             f"request body not received within {self.body_seconds:g} s")
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -275,6 +303,39 @@ class _BodyGuard:
             return await receive()
 
         await self.app(scope, replay, send_nosniff)
+
+
+class _HostGuard:
+    """ASGI middleware: the Host header must name this server (against DNS rebinding), else 400.
+
+    ``allowed``: host names or addresses without port (IPv6 in brackets); ``*`` allows any.
+    """
+
+    def __init__(self, app, allowed: Sequence[str]):  # noqa: ANN001 - an ASGI app
+        self.app = app
+        self.allowed = {_host_name(h) for h in allowed}
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] in ("http", "websocket") and "*" not in self.allowed:
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"), "")
+            if _host_name(host) not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await _reply(scope, receive, send, 400, "invalid Host header; this server answers to "
+                             f"{', '.join(sorted(self.allowed))} (start it with --allowed-hosts NAME to add one)")
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """``Host`` header value (or a bare name) -> lower-case name without the port; IPv6 in brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    if host.count(":") > 1:  # a bare IPv6 address
+        return f"[{host}]"
+    return host.split(":")[0]
 
 
 def _too_large(kind: str, limit: int) -> str:
@@ -306,23 +367,28 @@ def heatmap_out(grid: torch.Tensor) -> HeatmapOut:
 # ----------------------------------------------------------------------------- the app
 
 
-def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()) -> FastAPI:
-    """The web page and JSON API over ``index`` (built with ``model``)."""
+def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits(),
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+    """The web page and JSON API over ``index`` (built with ``model``).
+
+    ``allowed_hosts``: names the Host header may carry (``*``: any); requests naming another get 400.
+    """
     from .audio import load_audio
-    from .images import load_image
     from .localize import Segment, fixed_segments, segment_heatmaps
     from .similarity import PackedFrames, similarity_matrix
     from .tts import Voice, available_engines, synthesize
 
     limits = limits.validate()
     rate = model.config.features.sample_rate
-    model_lock = threading.Lock()  # one inference at a time; torch uses its intra-op threads within it
+    model_seconds = model.config.features.max_frames * model.config.features.hop_ms / 1000  # what the model reads
+    workers = threading.BoundedSemaphore(limits.workers)  # queries in flight; the model is shared read-only
+    decodes = threading.BoundedSemaphore(limits.max_decodes)  # audio decodes in flight (memory)
     tts_lock = threading.Lock()
-    cache_lock = threading.Lock()
-    image_cache: "OrderedDict[tuple[int, int], tuple[bytes, str]]" = OrderedDict()
+    spoken: "OrderedDict[tuple[str, str], tuple]" = OrderedDict()  # (text, voice) -> (speech, cut): the last few
+    image_lock = threading.Lock()  # one original image decoded at a time (memory)
+    images = _ThumbnailCache(limits.image_cache_bytes)
     static = _static_files()
-    with model_lock:
-        index.faiss_images()  # load (or build) the first-stage index now, not in a request
+    index.faiss_images()  # load (or build) the first-stage index now, not in a request
     grid = list(index.grid) if index.image_count else [0, 0]
 
     class TextSearchIn(BaseModel):
@@ -344,8 +410,9 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                               "in an image (matchmap heatmaps).")
     app.add_middleware(_BodyGuard, routes={"/api/search/audio": "multipart", "/api/localize/audio": "multipart",
                                            "/api/search/text": "json", "/api/localize/text": "json"},
-                       max_upload=limits.max_upload_bytes)
-    app.state.model, app.state.index, app.state.limits = model, index, limits
+                       max_upload=limits.max_upload_bytes, body_seconds=limits.body_seconds)
+    app.add_middleware(_HostGuard, allowed=allowed_hosts)  # outermost: checked first
+    app.state.model, app.state.index, app.state.limits, app.state.images = model, index, limits, images
 
     # ------------------------------------------------------------------ errors
 
@@ -394,7 +461,8 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
     def decode(data: bytes) -> np.ndarray:
         cap = limits.max_audio_seconds
         try:
-            signal = load_audio(data, rate, max_seconds=cap + 0.25, name="uploaded audio")
+            with decodes:  # the header is checked and only cap seconds are decoded, in blocks
+                signal = load_audio(data, rate, max_seconds=cap + 0.25, name="uploaded audio")
         except VGSError as exc:
             raise HTTPException(422, f"{exc}. The page converts recordings to WAV; the API reads WAV, FLAC or OGG") \
                 from exc
@@ -405,7 +473,7 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
             raise HTTPException(413, f"uploaded audio is longer than {cap:g} s (the limit); send a shorter query")
         return signal
 
-    def speak(text: str, voice_id: str):  # noqa: ANN202 - a tts.Speech
+    def speak(text: str, voice_id: str) -> tuple:  # (tts.Speech, cut)
         text = _printable(text)
         if not text:
             raise HTTPException(422, "text: nothing to say (the text is blank)")
@@ -414,20 +482,28 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
             if voice.engine not in available_engines():
                 raise VGSError(f"TTS engine {voice.engine!r} is not installed here; use e.g. {DEFAULT_VOICE}")
             with tts_lock:
-                speech = synthesize(text, voice)
+                if (text, voice_id) in spoken:  # the page localizes what it just searched: same text, same voice
+                    spoken.move_to_end((text, voice_id))
+                    return spoken[(text, voice_id)]
+                result = _cut_speech(synthesize(text, voice), limits.max_audio_seconds)
+                spoken[(text, voice_id)] = result
+                if len(spoken) > TTS_CACHE:  # at most TTS_CACHE x max_audio_seconds of audio
+                    spoken.popitem(last=False)
+                return result
         except VGSError as exc:
             raise HTTPException(422, f"voice/text: {exc}") from exc
-        return speech
 
     def encode(signal: np.ndarray) -> PackedFrames:
-        with model_lock:
-            frames = model.encode_audio([signal])
+        frames = model.encode_audio([signal])
         return PackedFrames(frames.frames.float().cpu(), frames.owner.cpu(), frames.lengths.cpu())
 
     def search(signal: np.ndarray, k: int) -> list[HitOut]:
+        with workers:  # a few queries at once: encoder, FAISS and re-ranking only read shared state
+            return search_now(signal, k)
+
+    def search_now(signal: np.ndarray, k: int) -> list[HitOut]:
         frames = encode(signal)
-        with model_lock:  # FAISS and the re-ranking share the model's lock
-            hits = index.search_audio(model, frames, k=k, candidates=max(500, k))
+        hits = index.search_audio(model, frames, k=k, candidates=max(500, k))
         regions = index.regions_of([hit.index for hit in hits])  # n x D x H x W
         maps = torch.einsum("ndhw,d->nhw", regions, frames.frames.float().mean(0))  # mean over frames of the matchmap
         return [HitOut(rank=r + 1, image=hit.index, score=round(hit.score, 6), name=Path(hit.path or "").name,
@@ -435,6 +511,12 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                 for r, (hit, m) in enumerate(zip(hits, maps))]
 
     def localize(i: int, signal: np.ndarray, segments: list, kind: str, query: QueryOut, started: float) -> LocalizeOut:
+        with workers:
+            return localize_now(i, signal, segments, kind, query, started)
+
+    def localize_now(i: int, signal: np.ndarray, segments: list, kind: str, query: QueryOut,
+                     started: float) -> LocalizeOut:
+        segments = [s for s in segments if s.start < model_seconds] or segments[:1]  # the model hears no further
         frames = encode(signal)
         regions = index.regions_of([i])  # 1 x D x H x W
         caption = frames.caption(0).float()  # D x T
@@ -449,38 +531,27 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
             whole=heatmap_out(matchmap.mean(-1)), elapsed_ms=_ms(started))
 
     def image_bytes(i: int, size: int) -> tuple[bytes, str]:
-        key = (i, size)
-        with cache_lock:
-            if key in image_cache:
-                image_cache.move_to_end(key)
-                return image_cache[key]
-        try:  # the path comes from the index, never from the request
-            image = load_image(index.image_paths[i])
-        except VGSError as exc:
-            log.warning("image %d unreadable: %s", i, exc)
-            raise HTTPException(404, f"image {i} of the index is no longer readable") from exc
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        if image.width * image.height <= 256 * 256:
-            image.save(buffer, "PNG", optimize=True)
-            media = "image/png"
-        else:
-            image.save(buffer, "JPEG", quality=88)
-            media = "image/jpeg"
-        entry = (buffer.getvalue(), media)
-        with cache_lock:
-            image_cache[key] = entry
-            while len(image_cache) > 512:
-                image_cache.popitem(last=False)
-        return entry
+        size = max(s for s in THUMBNAIL_SIZES if s <= size)  # a small fixed set: few variants per image
+        cached = images.get((i, size))
+        if cached is not None:
+            return cached
+        with image_lock:  # one original decoded at a time
+            cached = images.get((i, size))
+            if cached is None:
+                cached = _thumbnail_bytes(index, i, size, limits.max_image_pixels)
+                images.put((i, size), cached)
+        return cached
 
     def audio_query(signal: np.ndarray) -> QueryOut:
-        return QueryOut(kind="audio", duration=round(len(signal) / rate, 3))
+        duration = len(signal) / rate
+        return QueryOut(kind="audio", duration=round(duration, 3), searched_seconds=round(min(duration, model_seconds), 3),
+                        truncated=duration > model_seconds)
 
-    def text_query(speech, voice_id: str, text: str) -> QueryOut:  # noqa: ANN001
+    def text_query(speech, voice_id: str, text: str, cut: bool) -> QueryOut:  # noqa: ANN001
         words = [WordOut(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in speech.words or []]
         return QueryOut(kind="text", duration=round(speech.duration, 3), text=_printable(text), voice=voice_id,
-                        words=words or None)
+                        words=words or None, searched_seconds=round(min(speech.duration, model_seconds), 3),
+                        truncated=cut or speech.duration > model_seconds)
 
     # ------------------------------------------------------------------ the page
 
@@ -503,7 +574,7 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                          checkpoint=Path(model.checkpoint).name if model.checkpoint else None,
                          embed_dim=model.net.config.embed_dim, similarity=model.net.config.similarity, grid=grid,
                          frame_seconds=model.frame_seconds(), sample_rate=rate, default_voice=DEFAULT_VOICE,
-                         limits=LimitsOut(**asdict(limits)))
+                         limits=LimitsOut(**{k: v for k, v in asdict(limits).items() if k in LimitsOut.model_fields}))
 
     @app.post("/api/search/audio", response_model=SearchOut, tags=["search"], responses=_errors(400, 413, 415, 422),
               summary="Search the images with a spoken query (WAV, FLAC or OGG)")
@@ -519,9 +590,9 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
               summary="Search the images with typed text, spoken by the TTS")
     async def search_text(body: TextSearchIn) -> SearchOut:
         started = time.perf_counter()
-        speech = await run_in_threadpool(speak, body.text, body.voice)
+        speech, cut = await run_in_threadpool(speak, body.text, body.voice)
         hits = await run_in_threadpool(search, speech.audio, body.k)
-        return SearchOut(query=text_query(speech, body.voice, body.text), hits=hits, elapsed_ms=_ms(started))
+        return SearchOut(query=text_query(speech, body.voice, body.text, cut), hits=hits, elapsed_ms=_ms(started))
 
     @app.post("/api/localize/audio", response_model=LocalizeOut, tags=["localize"],
               responses=_errors(400, 404, 413, 415, 422),
@@ -542,8 +613,8 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
     async def localize_text(body: TextLocalizeIn) -> LocalizeOut:
         started = time.perf_counter()
         check_image(body.image)
-        speech = await run_in_threadpool(speak, body.text, body.voice)
-        query = text_query(speech, body.voice, body.text)
+        speech, cut = await run_in_threadpool(speak, body.text, body.voice)
+        query = text_query(speech, body.voice, body.text, cut)
         if speech.words:
             segments, kind = [Segment(w.word, w.start, w.end) for w in speech.words], "word"
         else:  # an engine without word times
@@ -559,6 +630,63 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
         return Response(content, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
+
+
+class _ThumbnailCache:
+    """Encoded thumbnails by ``(image, size)``, least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: "OrderedDict[tuple[int, int], tuple[bytes, str]]" = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> Optional[tuple[bytes, str]]:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
+        return None
+
+    def put(self, key: tuple[int, int], entry: tuple[bytes, str]) -> None:
+        with self.lock:
+            if key in self.entries or len(entry[0]) > self.max_bytes:
+                return
+            self.entries[key] = entry
+            self.bytes += len(entry[0])
+            while self.bytes > self.max_bytes:
+                _, (content, _) = self.entries.popitem(last=False)
+                self.bytes -= len(content)
+
+
+def _thumbnail_bytes(index: SearchIndex, i: int, size: int, max_pixels: int) -> tuple[bytes, str]:
+    """Image ``i`` of the index at most ``size`` px a side, as (PNG or JPEG bytes, media type); 404/413 when not servable."""
+    from .images import load_thumbnail
+
+    try:  # the path comes from the index, never from the request, and must lie in an indexed image folder
+        image = load_thumbnail(index.image_file(i), size, max_pixels)
+    except VGSError as exc:
+        log.warning("image %d not served: %s", i, exc)
+        if "too large to decode" in str(exc):
+            raise HTTPException(413, f"image {i} of the index is too large to serve (over {max_pixels:,} pixels)") from exc
+        raise HTTPException(404, f"image {i} of the index is no longer readable") from exc
+    buffer = io.BytesIO()
+    if image.width * image.height <= 256 * 256:
+        image.save(buffer, "PNG", optimize=True)
+        return buffer.getvalue(), "image/png"
+    image.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue(), "image/jpeg"
+
+
+def _cut_speech(speech, seconds: float) -> tuple:  # noqa: ANN001 - a tts.Speech
+    """``(speech held to seconds, whether it was cut)``: words past the cut are dropped."""
+    import dataclasses
+
+    keep = int(seconds * speech.sample_rate)
+    if len(speech.audio) <= keep:
+        return speech, False
+    words = None if speech.words is None else \
+        [dataclasses.replace(w, end=min(w.end, seconds)) for w in speech.words if w.start < seconds]
+    return dataclasses.replace(speech, audio=speech.audio[:keep], words=words), True
 
 
 def _printable(text: str) -> str:
@@ -588,37 +716,84 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 def serve(run: "str | Path | None", index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000,
           limits: Optional[AppLimits] = None, device: Optional[str] = None, threads: Optional[int] = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", allowed_hosts: Sequence[str] = ()) -> None:
     """``vgs serve``: load the run (default: the one the index was built with) and serve until interrupted.
 
-    ``threads``: torch intra-op threads for inference (default: the CPU count, at most 8);
-    queries run one at a time, each using them all.
+    ``threads``: torch intra-op threads for inference (default: the CPU count, at most 8), shared by
+    the ``limits.workers`` queries in flight.  ``allowed_hosts``: names the Host header may carry
+    besides the loopback names and ``host`` itself.
     """
     import uvicorn
 
-    from .api import load
-    from .io import sha256_file
-    from .search import read_meta
+    from .search import open_index
 
-    meta = read_meta(Path(index_dir))
-    if run is None:
-        if meta.get("checkpoint_sha256") == "untrained" or meta.get("checkpoint") in (None, "None"):
-            raise VGSError(f"{index_dir}: this index was built with an untrained model; give the run to serve")
-        run = meta["checkpoint"]
-    model = load(run, device=device)
-    if model.checkpoint is not None and meta.get("checkpoint_sha256") != sha256_file(model.checkpoint):
-        raise VGSError(f"{index_dir}: this index was built with another model ({meta.get('checkpoint')}), not "
-                       f"{model.checkpoint}; serve it with that run, or rebuild the index with `vgs index`")
-    torch.set_num_threads(max(1, threads or min(os.cpu_count() or 1, 8)))
-    index = SearchIndex(Path(index_dir))
+    model, index = open_index(index_dir, run, device=device)
+    limits = (limits or AppLimits()).validate()
+    torch.set_num_threads(max(1, (threads or min(os.cpu_count() or 1, 8)) // limits.workers))
     if index.image_count == 0:
         raise VGSError(f"{index_dir}: the index holds no images; add some with `vgs index RUN --images FOLDER`")
-    app = create_app(model, index, limits or AppLimits())
+    hosts = [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::", "") else [_url_host(host)]), *allowed_hosts]
+    app = create_app(model, index, limits, allowed_hosts=hosts)
     if not _is_loopback(host):
         log.warning("serving on %s: anyone who can reach this address can search the collection and see its images. "
                     "Browsers allow the microphone only on localhost or over HTTPS.", host)
     print(f"vgs: serving {index.image_count} images on http://{_url_host(host)}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    uvicorn.Server(server_config(app, host, port, log_level)).run()
+
+
+HEADER_SECONDS = 10.0  # a request's headers must arrive within this of its first byte (or of connecting)
+
+
+def server_config(app: FastAPI, host: str, port: int, log_level: str = "info", header_seconds: float = HEADER_SECONDS,
+                  max_connections: int = 200):  # noqa: ANN201 - a uvicorn.Config
+    """uvicorn settings against slow clients: header and keep-alive deadlines, bounded connections.
+
+    Request bodies have their own deadline (``AppLimits.body_seconds``, in the app).
+    """
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                          http=_header_deadline_protocol(header_seconds), limit_concurrency=max_connections)
+
+
+def _header_deadline_protocol(seconds: float):  # noqa: ANN202 - an asyncio.Protocol class
+    """uvicorn's h11 protocol, closing connections whose request headers take longer than ``seconds``."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport) -> None:  # noqa: ANN001
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still waiting for a whole request head
+                self._arm()
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None and not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def _is_loopback(host: str) -> bool:

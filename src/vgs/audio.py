@@ -22,6 +22,8 @@ from .io import atomic_write
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # one 25 ms analysis window at 16 kHz
+MAX_CHANNELS = 64
+BLOCK_SAMPLES = 1 << 20  # decoded per read (all channels together): 4 MB of float32
 
 
 def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -79,7 +81,10 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
                name: str | None = None) -> np.ndarray:
     """Load a file (or bytes) as mono float32 at ``target_rate``. Shape: ``N``.
 
-    ``max_seconds`` reads only the start of very long files, bounding memory.
+    ``max_seconds`` reads only the start of very long files, bounding memory.  The header's rate,
+    channels and frames are checked before decoding, and the audio is decoded in blocks of
+    :data:`BLOCK_SAMPLES` and downmixed block by block: peak memory is about the mono signal at the
+    file's rate, whatever its channel count (a 20 s, 8-channel, 384 kHz FLAC costs 31 MB, not 270 MB).
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
     if not isinstance(source, bytes):
@@ -97,21 +102,40 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
             rate, channels = f.samplerate, f.channels
             if rate < 1000 or rate > 384000:
                 raise InputError(label, f"implausible sample rate {rate} Hz; expected 1000-384000")
+            if not 1 <= channels <= MAX_CHANNELS:
+                raise InputError(label, f"implausible channel count {channels}; expected 1-{MAX_CHANNELS}")
             frames = f.frames if max_seconds is None else min(f.frames, int(max_seconds * rate))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
+            mono = _read_mono(f, frames, channels)
     except InputError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
         raise InputError(label, f"unreadable audio ({first_line(exc, 160)}); expected WAV/FLAC/OGG") from exc
-    if data.shape[0] == 0:
+    if mono.shape[0] == 0:
         raise InputError(label, "audio holds no samples (empty or truncated file)")
-    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
         raise InputError(label, "audio holds NaN or infinite samples")
     mono = resample(np.ascontiguousarray(mono), rate, target_rate)
     if mono.shape[0] < MIN_SAMPLES * target_rate // SAMPLE_RATE:
         raise InputError(label, f"audio is too short ({mono.shape[0] / target_rate * 1000:.0f} ms); expected at least 25 ms")
     return np.clip(mono, -1.0, 1.0)
+
+
+def _read_mono(f: sf.SoundFile, frames: int, channels: int) -> np.ndarray:
+    """Decode ``frames`` frames of an open file block by block, averaging channels. Shape: ``<= frames``."""
+    mono = np.empty(max(frames, 0), dtype=np.float32)
+    step = max(1, BLOCK_SAMPLES // channels)
+    buffer = np.empty((min(step, max(frames, 1)), channels), dtype=np.float32)
+    done = 0
+    while done < frames:
+        block = f.read(frames=min(step, frames - done), dtype="float32", always_2d=True, out=buffer[: frames - done])
+        if len(block) == 0:
+            break  # the header promised more than the file holds
+        if channels > 1:
+            np.mean(block, axis=1, out=mono[done: done + len(block)])
+        else:
+            mono[done: done + len(block)] = block[:, 0]
+        done += len(block)
+    return mono[:done]
 
 
 def save_audio(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE, durable: bool = True) -> None:

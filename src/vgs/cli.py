@@ -486,12 +486,9 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from .api import load
-    from .search import SearchIndex, read_meta
+    from .search import open_index
 
-    meta = read_meta(args.index)
-    model = load(args.run or meta["checkpoint"])
-    index = SearchIndex(args.index)
+    model, index = open_index(args.index, args.run)
     if args.image is not None:
         hits = index.search_image(model, model.encode_images([args.image]), args.k, args.candidates, args.exhaustive)
     else:
@@ -533,8 +530,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
     import json
 
     from .api import load
-    from .localize import localize
+    from .localize import check_window, localize
 
+    check_window(args.window)  # before anything is loaded
     image, audio, words = args.image, args.audio, None
     if args.manifest is not None:
         from .data.manifest import read_manifest
@@ -569,7 +567,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web page and JSON API: search the index by voice or text, see heatmaps",
                        description="Serve a page where you record from the microphone, upload audio or type text, "
                        "see the top images with heatmap overlays, and click one for word-by-word localization; "
-                       "plus a JSON API described at /openapi.json. Only images in the index are ever served.")
+                       "plus a JSON API described at /openapi.json. Only images in the index are ever served. "
+                       "Requests must name the server in their Host header (127.0.0.1, localhost, --host, or "
+                       "--allowed-hosts). Slow clients are cut off (headers 10 s, bodies 30 s, at most 200 "
+                       "connections); beyond localhost put a reverse proxy (TLS, rate limits) in front.")
     p.add_argument("run", type=Path, nargs="?", help="run folder or checkpoint (default: the one the index was built with)")
     p.add_argument("--index", required=True, type=Path, help="index folder (from `vgs index`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; browsers allow the "
@@ -578,6 +579,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted upload in MiB (default 5)")
     p.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest accepted query in seconds (default 20)")
     p.add_argument("--threads", type=int, help="torch threads for inference")
+    p.add_argument("--allowed-hosts", default="", help="comma-separated host names the server may be reached by "
+                   "besides 127.0.0.1, localhost and --host (e.g. photos.example.org); '*' allows any (not advised: "
+                   "DNS rebinding lets web pages read the collection)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -585,7 +589,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import AppLimits, serve
 
     limits = AppLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds)
-    serve(args.run, args.index, host=args.host, port=args.port, limits=limits, threads=args.threads)
+    hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    serve(args.run, args.index, host=args.host, port=args.port, limits=limits, threads=args.threads, allowed_hosts=hosts)
     return 0
 
 

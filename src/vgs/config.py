@@ -9,6 +9,7 @@ as YAML, so ``--set train.lr=3e-4`` and ``--set model.bidirectional=false`` work
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -124,12 +125,97 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "Config":
+        check_ranges(self)
         self.features.validate()
         self.augment.validate()
         self.image.validate()
         self.model.validate()
         self.train.validate()
         return self
+
+
+# ----------------------------------------------------------------------------- numeric ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of one numeric field: ``low <= value <= high`` (``low < value`` when ``open_low``)."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def check(self, name: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return  # types are _coerce's job
+        low_ok = value > self.low if self.open_low else value >= self.low
+        if not (math.isfinite(value) and low_ok and value <= self.high):
+            low = f"{'>' if self.open_low else '>='} {self.low:g}"
+            raise VGSError(f"{name}: expected a finite number {low} and <= {self.high:g}, got {_show(value)}")
+
+
+# Every numeric config field, by dotted name.  A numeric field missing from this table must still be
+# finite (see check_ranges); add its bounds here when adding the field.  Upper bounds are "sane":
+# far above any useful value, low enough that nothing allocates absurd memory.
+RANGES: dict[str, Range] = {
+    "features.sample_rate": Range(1000, 384_000),
+    "features.n_mels": Range(1, 512),
+    "features.n_mfcc": Range(1, 512),
+    "features.window_ms": Range(0, 1000, open_low=True),
+    "features.hop_ms": Range(0, 1000, open_low=True),
+    "features.preemphasis": Range(0, 1),
+    "features.fmin": Range(0, 192_000),
+    "features.max_frames": Range(16, 100_000),
+    "image.size": Range(32, 4096),
+    "image.mean": Range(-1e3, 1e3),
+    "image.std": Range(0, 1e3, open_low=True),
+    "model.embed_dim": Range(1, 16384),
+    "model.image_head_kernel": Range(0, 3),
+    "model.image_stride": Range(16, 32),
+    "model.audio_channels": Range(1, 8192),
+    "model.rnn_hidden": Range(1, 8192),
+    "model.rnn_layers": Range(1, 16),
+    "model.rnn_subsample": Range(1, 64),
+    "model.dropout": Range(0, 1),
+    "train.epochs": Range(1, 1_000_000),
+    "train.batch_size": Range(2, 65536),
+    "train.lr": Range(0, 10, open_low=True),
+    "train.weight_decay": Range(0, 10),
+    "train.warmup_steps": Range(0, 10_000_000),
+    "train.margin": Range(0, 100),
+    "train.init_temperature": Range(0, 100, open_low=True),
+    "train.grad_clip": Range(0, 1e6),  # 0 = no clipping
+    "train.seed": Range(0, 2**63 - 1),
+    "train.workers": Range(0, 256),
+    "train.eval_every": Range(1, 1_000_000),
+    "train.eval_max_items": Range(1, 1e9),
+    "train.checkpoint_every_minutes": Range(0, 1e6),  # 0 = no mid-epoch checkpoints
+    "train.max_minutes": Range(0, 1e7),  # 0 = no limit
+    "train.max_bad_steps": Range(1, 1_000_000),
+    "train.threads": Range(0, 1024),  # 0 = all cores
+}
+FINITE = Range(-math.inf, math.inf)
+
+
+def check_range(name: str, value: Any) -> None:
+    """Range-check one field's value (tuples item by item); unknown numeric fields must be finite."""
+    rule = RANGES.get(name)
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise VGSError(f"{name}: expected a finite number, got {_show(item)}")
+        if rule is not None:
+            rule.check(name, item)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Range-check every numeric field of a config (sub)tree; raise VGSError naming the first bad one."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, name + ".")
+        else:
+            check_range(name, value)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -270,7 +356,9 @@ def set_value(config: Config, dotted: str, raw: Any) -> None:
         fields = sorted(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else []
         raise VGSError(f"--set {dotted}: unknown field {name!r}" + (f"; expected one of {', '.join(fields)}" if fields else ""))
     kind = typing.get_type_hints(type(target))[name]
-    setattr(target, name, _coerce(raw, kind, dotted))
+    value = _coerce(raw, kind, dotted)
+    check_range(dotted, value)
+    setattr(target, name, value)
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[str, str]]:

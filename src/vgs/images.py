@@ -46,7 +46,9 @@ class ImageConfig:
                            f"got {self.mean} / {self.std}")
 
 
-def _open(source: str | Path | bytes, label: str) -> Image.Image:
+def _open(source: str | Path | bytes, label: str, draft: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and decode an image, refusing bombs; ``draft``: JPEGs decode at a reduced scale of at least
+    ``draft`` pixels a side (``Image.draft``); ``max_pixels``: the budget checked after that reduction."""
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise InputError(label, "image file not found")
     try:
@@ -55,6 +57,11 @@ def _open(source: str | Path | bytes, label: str) -> Image.Image:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             if image.width * image.height > MAX_PIXELS:
                 raise InputError(label, f"image too large ({image.width}x{image.height} pixels; at most {MAX_PIXELS:,})")
+            if draft is not None:
+                image.draft("RGB", (draft, draft))
+            if image.width * image.height > max_pixels:
+                raise InputError(label, f"image too large to decode here ({image.width}x{image.height} pixels; "
+                                 f"at most {max_pixels:,})")
             image.load()
     except InputError:
         raise
@@ -70,7 +77,25 @@ def _open(source: str | Path | bytes, label: str) -> Image.Image:
 def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
     """Open any common image as RGB (CMYK, palette, RGBA, grayscale all converted)."""
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
-    image = _open(source, label)
+    return to_rgb(_open(source, label))
+
+
+def load_thumbnail(source: str | Path | bytes, size: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image at most ``size`` pixels a side, decoding as little as the format allows.
+
+    JPEGs decode at a reduced scale (1/2 to 1/8); other formats decode whole, then shrink before
+    the mode conversion.  Images over ``max_pixels`` (after that reduction) raise InputError.
+    """
+    image = _open(source, str(source) if not isinstance(source, bytes) else "<image>", draft=size, max_pixels=max_pixels)
+    if image.mode in ("RGB", "L", "RGBA", "LA", "CMYK"):
+        image.thumbnail((size, size))
+    image = to_rgb(image)
+    image.thumbnail((size, size))
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded mode as RGB: 16-bit grayscale scaled to 8 bits, transparency over white."""
     if image.mode.startswith("I"):  # 16-bit grayscale PNG/TIFF ("I;16", or "I"): scale to 8 bits, Pillow would clip
         array = np.asarray(image, dtype=np.float64)
         if image.mode != "I" or array.max(initial=0) > 255:

@@ -49,6 +49,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True
         raise
 
 
+def is_stale_tmp(name: str) -> bool:
+    """A temporary file of ours: ``.NAME.XXXX.tmp`` (:func:`atomic_write`) or ``.NAME.tmp`` (links, FAISS)."""
+    return name.startswith(".") and name.endswith(".tmp") and len(name) > 5
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> int:
+    """Delete temporary files left under ``folder`` by a killed writer (recursive). Returns how many.
+
+    Call it when a writer opens a folder it owns: one writer per folder at a time.
+    Symlinked folders are not followed.
+    """
+    removed = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if is_stale_tmp(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)

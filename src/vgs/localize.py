@@ -12,6 +12,7 @@ map's expected score (the boxes' share of the image) is the baseline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,22 @@ def segment_heatmaps(matchmap: torch.Tensor, segments: list[Segment], frame_seco
     return torch.stack(maps) if maps else torch.zeros(0, *matchmap.shape[:2])
 
 
+MIN_WINDOW, MAX_WINDOW = 0.05, 60.0  # seconds per fixed window
+MAX_WINDOWS = 400  # fixed windows per caption (the audio encoder sees at most ~10 s anyway)
+
+
+def check_window(window: float, duration: float | None = None) -> None:
+    """Raise VGSError unless ``window`` is a sane window length and gives at most MAX_WINDOWS windows."""
+    if not (isinstance(window, (int, float)) and math.isfinite(window) and MIN_WINDOW <= window <= MAX_WINDOW):
+        raise VGSError(f"--window: expected seconds per segment between {MIN_WINDOW:g} and {MAX_WINDOW:g}, got {window!r}")
+    if duration is not None and math.ceil(duration / window) > MAX_WINDOWS:
+        raise VGSError(f"--window {window:g}: {duration:.1f} s of audio would make {math.ceil(duration / window)} "
+                       f"windows; at most {MAX_WINDOWS} (use a window of at least {duration / MAX_WINDOWS:.2f} s)")
+
+
 def fixed_segments(duration: float, window: float = 0.5) -> list[Segment]:
-    """Windows of ``window`` seconds covering the caption, for audio without word times."""
+    """Windows of ``window`` seconds covering the caption, for audio without word times (at most MAX_WINDOWS)."""
+    check_window(window, duration)
     edges = np.arange(0.0, duration, window)
     return [Segment(f"{a:.1f}-{min(a + window, duration):.1f}s", float(a), float(min(a + window, duration))) for a in edges]
 
@@ -99,7 +114,8 @@ def localize(model: Model, image_path: str | Path, audio: str | Path | np.ndarra
     image = load_image(image_path)
     signal = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     duration = len(signal) / model.config.features.sample_rate
-    segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(duration, window)
+    heard = min(duration, model.config.features.max_frames * model.config.features.hop_ms / 1000)  # the model reads no more
+    segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(heard, window)
     matchmap = model.matchmap(image, signal)  # H x W x T
     maps = segment_heatmaps(matchmap, segments, model.frame_seconds())
     maps = torch.cat([maps, matchmap.mean(-1, keepdim=True).permute(2, 0, 1)])

@@ -19,6 +19,9 @@ another folder adds images to the existing index.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +35,14 @@ from tqdm import tqdm
 from .api import Model
 from .audio import load_audio
 from .errors import InputError, VGSError
-from .io import load_npy, save_npy, sha256_file, write_json
+from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
 from .similarity import PackedFrames, similarity_matrix
 
+log = logging.getLogger("vgs.search")
+
 INDEX_FORMAT = "vgs-index/1"
+CHUNK_NAME = re.compile(r"chunk-[0-9]{5,9}")  # the only chunk names an index may list: no path can be formed
+MAX_EMBED_DIM = 16384
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IVF_THRESHOLD = 20_000  # collections at least this large get an IVF index
 
@@ -55,11 +62,13 @@ class Hit:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted)."""
+    """Image files under ``folder`` (recursive, sorted); symlinks resolving outside ``folder`` are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise VGSError(f"{folder}: image folder not found")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    root = folder.resolve()
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and p.resolve().is_relative_to(root))
 
 
 def pooled(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
@@ -81,6 +90,8 @@ class IndexWriter:
 
     def _open(self) -> dict:
         checkpoint_sha = sha256_file(self.model.checkpoint) if self.model.checkpoint else "untrained"
+        if self.folder.is_dir():
+            clean_stale_tmp(self.folder)  # left by a killed `vgs index`
         meta_path = self.folder / "index.json"
         if meta_path.exists():
             meta = read_meta(self.folder)
@@ -101,10 +112,23 @@ class IndexWriter:
             paths.update(json.loads((self.folder / "images" / f"{name}.json").read_text())["paths"])
         return paths
 
-    def add_images(self, paths: Sequence[Path], progress: bool = True) -> tuple[int, list[str]]:
-        """Encode and add images not yet in the index. Returns (added, problems)."""
+    def add_images(self, paths: Sequence[Path], progress: bool = True, root: str | Path | None = None) -> tuple[int, list[str]]:
+        """Encode and add images not yet in the index. Returns (added, problems).
+
+        ``root``: the folder the images come from (default: their common folder); the server serves
+        only files that resolve inside a recorded root.
+        """
         done = self.indexed_paths()
-        todo = [str(p.resolve()) for p in paths if str(p.resolve()) not in done]
+        resolved = [p.resolve() for p in paths]
+        if resolved:
+            root = Path(root).resolve() if root is not None else Path(os.path.commonpath([p.parent for p in resolved]))
+            outside = [str(p) for p in resolved if not p.is_relative_to(root)]
+            if outside:
+                raise VGSError(f"{outside[0]}: outside the image folder {root} (a symlink?); not indexed")
+            roots = self.meta.setdefault("image_roots", [])
+            if str(root) not in roots:
+                roots.append(str(root))
+        todo = [str(p) for p in resolved if str(p) not in done]
         problems: list[str] = []
         added = 0
         bar = tqdm(total=len(todo), desc="index images", unit="img", disable=not progress)
@@ -183,7 +207,7 @@ def build_index(model: Model, out: str | Path, images: str | Path | None = None,
     writer = IndexWriter(out, model)
     summary: dict = {"images_added": 0, "captions_added": 0, "problems": []}
     if images is not None:
-        summary["images_added"], problems = writer.add_images(list_images(images), progress)
+        summary["images_added"], problems = writer.add_images(list_images(images), progress, root=images)
         summary["problems"] += problems
     if captions is not None:
         summary["captions_added"], problems = writer.add_captions(captions, progress)
@@ -207,7 +231,73 @@ def read_meta(folder: Path) -> dict:
         raise VGSError(f"{path}: corrupt index metadata ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise VGSError(f"{path}: not a vgs index (expected format {INDEX_FORMAT!r})")
+    dim = meta.get("embed_dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_EMBED_DIM:
+        raise VGSError(f"{path}: field 'embed_dim': expected an integer 1..{MAX_EMBED_DIM}, got {str(dim)[:40]}")
+    for key in ("image_chunks", "caption_chunks"):
+        names = meta.get(key)
+        if not isinstance(names, list) or not all(isinstance(n, str) and CHUNK_NAME.fullmatch(n) for n in names):
+            raise VGSError(f"{path}: field {key!r}: expected a list of chunk names like 'chunk-00000'")
+    roots = meta.get("image_roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) and Path(r).is_absolute() for r in roots):
+        raise VGSError(f"{path}: field 'image_roots': expected a list of absolute folder paths")
+    if not isinstance(meta.get("checkpoint_sha256"), str):
+        raise VGSError(f"{path}: field 'checkpoint_sha256': expected a string")
     return meta
+
+
+def _chunk_file(folder: Path, path: Path) -> Path:
+    """``path`` after checking that it resolves inside the index ``folder`` (no symlink out)."""
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise VGSError(f"{path}: resolves outside the index folder {folder}; refusing to read it")
+    if not path.is_file():
+        raise VGSError(f"{path}: missing from the index; rebuild it with `vgs index`")
+    return path
+
+
+def _chunk_info(folder: Path, path: Path, lists: tuple[str, ...]) -> dict:
+    """A chunk's JSON, checked: an object whose ``lists`` are lists of equal length."""
+    try:
+        info = json.loads(_chunk_file(folder, path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise VGSError(f"{path}: corrupt chunk metadata (not JSON: {str(exc)[:80]})") from exc
+    if not isinstance(info, dict) or not all(isinstance(info.get(key), list) for key in lists):
+        raise VGSError(f"{path}: corrupt chunk metadata (expected an object with lists {', '.join(lists)})")
+    if len({len(info[key]) for key in lists}) != 1:
+        raise VGSError(f"{path}: corrupt chunk metadata ({', '.join(lists)} differ in length)")
+    return info
+
+
+def _chunk_array(folder: Path, path: Path, shape: tuple[int | None, ...], mmap: bool = False) -> np.ndarray:
+    """A chunk's array, checked against ``shape`` (None: any size) and a numeric dtype."""
+    array = load_npy(_chunk_file(folder, path), mmap=mmap)
+    if array.ndim != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)) \
+            or array.dtype.kind not in "fiu":
+        wanted = " x ".join("n" if w is None else str(w) for w in shape)
+        raise VGSError(f"{path}: corrupt index array (shape {tuple(array.shape)} {array.dtype}, expected {wanted} numbers)")
+    return array
+
+
+def open_index(index_dir: str | Path, run: str | Path | None = None, device: str | None = None) -> tuple[Model, "SearchIndex"]:
+    """Load an index and the model to query it with (``run``, default: the one it was built with).
+
+    Used by ``vgs search`` and ``vgs serve``: a checkpoint other than the one the index was built with
+    is refused, since its embeddings would not match the index's.
+    """
+    from .api import load
+
+    folder = Path(index_dir)
+    meta = read_meta(folder)
+    untrained = meta["checkpoint_sha256"] == "untrained"
+    if run is None:
+        if untrained or meta.get("checkpoint") in (None, "None"):
+            raise VGSError(f"{folder}: this index was built with an untrained model; give the run to use")
+        run = meta["checkpoint"]
+    model = load(run, device=device)
+    if model.checkpoint is not None and meta["checkpoint_sha256"] != sha256_file(model.checkpoint):
+        raise VGSError(f"{folder}: this index was built with another model ({meta.get('checkpoint')}), not "
+                       f"{model.checkpoint}; use that run, or rebuild the index with `vgs index`")
+    return model, SearchIndex(folder)
 
 
 # ----------------------------------------------------------------------------- searching
@@ -229,17 +319,23 @@ class SearchIndex:
 
     def _load_images(self) -> None:
         folder = self.folder / "images"
+        dim = self.meta["embed_dim"]
         self.image_paths: list[str] = []
         regions, pooled_parts = [], []
         for name in self.meta["image_chunks"]:
-            info = json.loads((folder / f"{name}.json").read_text())
+            info = _chunk_info(self.folder, folder / f"{name}.json", ("paths",))
+            grid = info.get("grid")
+            if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and 1 <= g <= 1024 for g in grid)) \
+                    or (regions and tuple(grid) != self.grid) or not all(isinstance(p, str) for p in info["paths"]):
+                raise VGSError(f"{folder / (name + '.json')}: corrupt chunk metadata (expected string paths and the "
+                               "same [rows, cols] grid as the other chunks)")
+            n = len(info["paths"])
             self.image_paths += info["paths"]
-            self.grid = tuple(info["grid"])
-            regions.append(load_npy(folder / f"{name}.regions.npy", mmap=True))
-            pooled_parts.append(load_npy(folder / f"{name}.pooled.npy"))
+            self.grid = tuple(grid)
+            regions.append(_chunk_array(self.folder, folder / f"{name}.regions.npy", (n, grid[0] * grid[1], dim), mmap=True))
+            pooled_parts.append(_chunk_array(self.folder, folder / f"{name}.pooled.npy", (n, dim)))
         self.image_regions = regions
         self.image_offsets = np.cumsum([0] + [len(r) for r in regions])
-        dim = self.meta["embed_dim"]
         self.image_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
 
     def _load_captions(self) -> None:
@@ -249,20 +345,38 @@ class SearchIndex:
         self.caption_audio: list[str] = []
         self.caption_images: list[str] = []
         frames, lengths, pooled_parts = [], [], []
+        dim = self.meta["embed_dim"]
         for name in self.meta["caption_chunks"]:
-            info = json.loads((folder / f"{name}.json").read_text())
+            info = _chunk_info(self.folder, folder / f"{name}.json", ("ids", "texts", "audio", "images"))
+            n = len(info["ids"])
             self.caption_ids += info["ids"]
             self.caption_texts += info["texts"]
             self.caption_audio += info["audio"]
             self.caption_images += info["images"]
-            frames.append(load_npy(folder / f"{name}.frames.npy"))
-            lengths.append(load_npy(folder / f"{name}.lengths.npy"))
-            pooled_parts.append(load_npy(folder / f"{name}.pooled.npy"))
-        dim = self.meta["embed_dim"]
+            length = _chunk_array(self.folder, folder / f"{name}.lengths.npy", (n,))
+            if length.dtype.kind not in "iu" or (n and int(length.min()) < 1):
+                raise VGSError(f"{folder / (name + '.lengths.npy')}: corrupt index array (expected positive integer lengths)")
+            frames.append(_chunk_array(self.folder, folder / f"{name}.frames.npy", (int(length.sum()), dim)))
+            lengths.append(length.astype(np.int64))
+            pooled_parts.append(_chunk_array(self.folder, folder / f"{name}.pooled.npy", (n, dim)))
         self.caption_frames = torch.from_numpy(np.concatenate(frames)).float() if frames else torch.zeros(0, dim)
         self.caption_lengths = torch.from_numpy(np.concatenate(lengths)) if lengths else torch.zeros(0, dtype=torch.long)
         self.caption_starts = torch.cumsum(self.caption_lengths, 0) - self.caption_lengths
         self.caption_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
+
+    def image_roots(self) -> list[Path]:
+        """Folders the indexed images come from (older indexes: the images' common folder)."""
+        roots = self.meta.get("image_roots")
+        if roots:
+            return [Path(r) for r in roots]
+        return [Path(os.path.commonpath([Path(p).parent for p in self.image_paths]))] if self.image_paths else []
+
+    def image_file(self, i: int) -> Path:
+        """The file of image ``i``, resolved (symlinks followed) and checked to lie inside an image root."""
+        path = Path(self.image_paths[i]).resolve()
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not any(path.is_relative_to(r) for r in self.image_roots()):
+            raise VGSError(f"{self.image_paths[i]}: resolves outside the indexed image folders; not served")
+        return path
 
     @property
     def image_count(self) -> int:
@@ -302,16 +416,33 @@ class SearchIndex:
         path = self.folder / f"faiss-{kind}.index"
         signature = f"{len(vectors)}:{self.meta[('image' if kind == 'images' else 'caption') + '_chunks'][-1:]}"
         sig_path = self.folder / f"faiss-{kind}.signature"
-        if path.exists() and sig_path.exists() and sig_path.read_text() == signature:
-            index = faiss.read_index(str(path))  # FAISS's own binary format: no pickle
-            if hasattr(index, "nprobe"):
-                index.nprobe = max(8, index.nlist // 16)
-        else:
+        index = None
+        if path.exists() and sig_path.exists() and sig_path.read_text(errors="replace") == signature:
+            index = self._read_faiss(path, vectors)
+        if index is None:
             index = make_faiss_index(vectors)
-            faiss.write_index(index, str(path) + ".tmp")
-            Path(str(path) + ".tmp").replace(path)
-            sig_path.write_text(signature)
+            tmp = path.with_name(f".{path.name}.tmp")
+            faiss.write_index(index, str(tmp))
+            tmp.replace(path)
+            write_text(sig_path, signature)
         self._faiss[kind] = index
+        return index
+
+    def _read_faiss(self, path: Path, vectors: np.ndarray):  # noqa: ANN202
+        """The saved FAISS index, or None (it is rebuilt) when it is unreadable or does not match the vectors."""
+        import faiss
+
+        try:
+            _chunk_file(self.folder, path)
+            index = faiss.read_index(str(path))  # FAISS's own binary format: no pickle
+        except (RuntimeError, VGSError, MemoryError) as exc:
+            log.warning("%s: unreadable FAISS index (%s); rebuilding it", path, str(exc).splitlines()[0][:120] if str(exc) else exc)
+            return None
+        if index.d != self.meta["embed_dim"] or index.ntotal != len(vectors):
+            log.warning("%s: FAISS index does not match the chunks (d=%d, n=%d); rebuilding it", path, index.d, index.ntotal)
+            return None
+        if hasattr(index, "nprobe"):
+            index.nprobe = max(8, index.nlist // 16)
         return index
 
     def faiss_images(self):  # noqa: ANN201

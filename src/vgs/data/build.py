@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..audio import SAMPLE_RATE, audio_problem, load_audio, save_audio
 from ..errors import InputError, VGSError
 from ..images import check_image
-from ..io import write_json
+from ..io import clean_stale_tmp, write_json
 from .manifest import SPLITS, write_manifest
 
 BUILD_DIR = ".build"
@@ -273,6 +273,7 @@ def build_dataset(out: str | Path, jobs: Iterable[PairJob], report: BuildReport,
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # left by a killed build
     jobs = prepare_images(dedupe_jobs(jobs, report), out, report, copy_images, progress)
     splits = sorted({j.split for j in jobs}, key=lambda s: SPLITS.index(s) if s in SPLITS else 99)
     written: dict[str, int] = {}

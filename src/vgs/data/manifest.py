@@ -31,6 +31,12 @@ SPLITS = ("train", "dev", "test")
 REQUIRED = {"id": str, "image": str, "image_id": str, "audio": str, "speaker": str}
 OPTIONAL = {"text": (str, type(None)), "words": (list, type(None)), "objects": (list, type(None))}
 KNOWN_FIELDS = set(REQUIRED) | set(OPTIONAL) | {"duration", "caption_id", "source"}
+# A linked data set (the default build) holds symlinks to the source's files: such a link may point
+# outside the data folder, but only at a file of its kind.  Symlinked folders must stay inside.
+LINK_SUFFIXES = {
+    "image": {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"},
+    "audio": {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au"},
+}
 
 
 @dataclass
@@ -95,6 +101,28 @@ def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
     return row
 
 
+def check_row_paths(row: dict[str, Any], root: Path, source: str | Path, line: int,
+                    inside: dict[Path, bool] | None = None) -> None:
+    """Raise InputError when a row's file escapes the data folder ``root`` (already resolved) by a symlink.
+
+    The file's folder must resolve inside ``root``; the file itself may be a symlink to a file outside
+    (linked builds) only when the target has an image (``image``) or audio (``audio``) suffix.
+    ``inside`` caches the folder checks (a manifest's rows share a few folders).
+    """
+    inside = {} if inside is None else inside
+    for key in ("image", "audio"):
+        path = root / row[key]
+        if path.parent not in inside:
+            inside[path.parent] = path.parent.resolve().is_relative_to(root)
+        if not inside[path.parent]:
+            raise InputError(source, f"{row[key]!r} lies in a folder linked to outside the data set", line=line, field=key)
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root) and target.suffix.lower() not in LINK_SUFFIXES[key]:
+                raise InputError(source, f"{row[key]!r} is a symlink to {target.name!r} outside the data set, "
+                                 f"not an {key} file", line=line, field=key)
+
+
 def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
     """Read and validate a manifest.
 
@@ -107,6 +135,7 @@ def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
     rows: list[dict] = []
     problems: list[str] = []
     seen: set[str] = set()
+    root, inside = path.parent.resolve(), {}
     # Split the bytes on \n / \r only: str.splitlines() would also split on U+2028, U+0085, ... which
     # json.dumps(ensure_ascii=False) leaves raw inside strings.  Decoding per line names the bad line.
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
@@ -117,6 +146,8 @@ def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", line=number) from exc
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 BOM, as caption files accept
             if not text.strip():
                 continue
             try:
@@ -126,6 +157,7 @@ def read_manifest(path: str | Path, strict: bool = True) -> Manifest:
             except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, nesting 1000s deep
                 raise InputError(path, f"not usable JSON ({str(exc)[:80]})", line=number) from exc
             validate_row(row, path, number)
+            check_row_paths(row, root, path, number, inside)
             if row["id"] in seen:
                 raise InputError(path, f"duplicate id {row['id']!r}", line=number, field="id")
         except InputError as exc:

@@ -290,13 +290,23 @@ def _png_bytes(image: Image.Image, objects: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+OBJECT_KEYS = ("name", "shape", "color", "size", "box")  # _describe's order: manifests keep it
+
+
 def _stored_objects(path: Path) -> list[dict] | None:
-    """The objects embedded in an already rendered scene, or None when it must be redrawn."""
+    """The objects embedded in an already rendered scene, or None when it must be redrawn.
+
+    The PNG stores them with sorted keys; they come back in :func:`_describe`'s key order, so a
+    resumed build writes manifests byte-identical to a clean one.
+    """
     try:
         with Image.open(path) as image:
-            return json.loads(image.info[SCENE_KEY])
-    except (OSError, KeyError, ValueError):
+            stored = json.loads(image.info[SCENE_KEY])
+    except (OSError, KeyError, ValueError, RecursionError):
         return None
+    if not isinstance(stored, list) or not all(isinstance(o, dict) and set(o) == set(OBJECT_KEYS) for o in stored):
+        return None
+    return [{key: obj[key] for key in OBJECT_KEYS} for obj in stored]
 
 
 def ensure_scene(config: ScenesConfig, split: str, index: int, path: Path) -> list[dict]:

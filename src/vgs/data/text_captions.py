@@ -32,6 +32,13 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | None]]:
             yield number, None
 
 
+def image_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain image file name (caption files name images in one folder), else None."""
+    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name or (len(name) > 1 and name[1] == ":"):
+        return f"image {name[:60]!r} is not a plain file name (no folders, no absolute paths)"
+    return None
+
+
 def clean_caption(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())
 
@@ -53,6 +60,9 @@ def parse_token_file(path: Path, errors: list[InputError]) -> list[CaptionLine]:
         caption = clean_caption(caption)
         if not caption:
             errors.append(InputError(path, f"empty caption for {key.strip()}", line=number))
+            continue
+        if image_name_problem(image):
+            errors.append(InputError(path, image_name_problem(image), line=number))
             continue
         captions.append(CaptionLine(image, int(index), caption, number))
     return captions
@@ -83,6 +93,9 @@ def parse_csv_file(path: Path, errors: list[InputError]) -> list[CaptionLine]:
         image, caption = fields[0].strip(), clean_caption(",".join(fields[1:]))
         if not caption:
             errors.append(InputError(path, f"empty caption for {image}", line=number))
+            continue
+        if image_name_problem(image):
+            errors.append(InputError(path, image_name_problem(image), line=number))
             continue
         index = counts.get(image, 0)
         counts[image] = index + 1
