@@ -39,7 +39,8 @@ def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
     for name in ([f"{which}.pt"] + (["last.pt"] if which == "best" else [])):
         if (folder / name).is_file():
             return folder / name
-    raise VGSError(f"{run}: no checkpoint found (expected {folder / (which + '.pt')}); is this a run folder?")
+    raise VGSError(f"{run}: no checkpoint found (expected {folder / (which + '.pt')} or an exported "
+                   "model.safetensors); is this a run folder?")
 
 
 @dataclass
@@ -118,25 +119,94 @@ class Model:
         return self.config.features.hop_ms / 1000 * self.net.audio.downsample
 
 
+DEVICE_HELP = "cpu, cuda, cuda:N or mps"
+
+
 def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or None (cuda when available); a one-line error otherwise."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise VGSError(f"--device: expected {DEVICE_HELP}, got {device!r}") from exc
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise VGSError(f"--device: expected {DEVICE_HELP}, got {device!r}")
+    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
+        raise VGSError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise VGSError(f"--device {device}: MPS is not available here; use --device cpu")
+    return target
 
 
-def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
-    """Load a run folder or checkpoint file for inference (weights only; no code is executed)."""
+def run_folder(run: str | Path) -> Path:
+    """The folder a run path belongs to: the run folder itself, an exported folder, or a checkpoint's run."""
+    run = Path(run)
+    if run.is_dir():
+        return run
+    if run.parent.name == "checkpoints":
+        return run.parent.parent
+    return run.parent
+
+
+def resolve_data(config: Config, run: str | Path) -> Config:
+    """Make ``config.data`` point at an existing folder when one can be found from here.
+
+    Runs store an absolute path; older runs stored it relative to the folder training ran in, so a
+    relative path is tried from the current folder, then from the run folder and each folder above it.
+    When nothing exists the value is left as is (commands that need the data say so and suggest --data).
+    """
+    if not config.data:
+        return config
+    stored = Path(config.data).expanduser()
+    if stored.is_absolute():
+        return config
+    if stored.is_dir():
+        config.data = str(stored.resolve())
+        return config
+    base = run_folder(run).resolve()
+    for folder in (base, *base.parents):
+        if (folder / stored).is_dir():
+            config.data = str(folder / stored)
+            break
+    return config
+
+
+def require_data(config: Config, run: str | Path | None = None) -> Path:
+    """The data set folder of a config, or a one-line error suggesting ``--data``."""
+    where = f"{run}: " if run is not None else ""
+    if not config.data:
+        raise VGSError(f"{where}the run's config names no data set folder; pass --data DIR")
+    data = Path(config.data)
+    if not data.is_dir():
+        raise VGSError(f"{where}data set folder {config.data!r} (from the run's config) not found from here; "
+                       f"pass --data DIR")
+    return data
+
+
+def _read_model(run: str | Path, checkpoint: str) -> tuple[Path, dict, dict]:
+    """(weights file, config dict, state_dict) from a run folder, checkpoint file or exported folder."""
+    from .export import is_exported, read_exported_config, read_exported_weights, weights_path
+
+    if is_exported(run):
+        return weights_path(run), read_exported_config(run), read_exported_weights(run)
     path = resolve_checkpoint(run, checkpoint)
     payload = load_checkpoint(path)
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
-    config = from_dict(Config, payload["config"], f"{path}: config").validate()
+    return path, payload["config"], payload["model"]
+
+
+def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
+    """Load a run folder, checkpoint file or exported folder for inference (weights only; no code is executed)."""
+    target = _device(device)
+    path, config_dict, state = _read_model(run, checkpoint)
+    config = resolve_data(from_dict(Config, config_dict, f"{path}: config").validate(), run)
     net = _build_for_loading(config)
     try:
-        net.load_state_dict(payload["model"])
+        net.load_state_dict(state)
     except RuntimeError as exc:
         raise VGSError(f"{path}: weights do not match the saved config ({first_line(exc, 200)})") from exc
-    target = _device(device)
     return Model(net.to(target).eval(), config, target, path)
 
 
@@ -163,14 +233,17 @@ def build_untrained(config: Config, device: str | None = None) -> Model:
 
 
 def run_config(run: str | Path) -> Config:
-    """The config of a run folder (``config.yaml``) or checkpoint file."""
+    """The config of a run folder (``config.yaml``), exported folder (``config.json``) or checkpoint file."""
     from .config import load_config
+    from .export import is_exported, read_exported_config
 
     run = Path(run)
     if run.is_dir() and (run / "config.yaml").is_file():
-        return load_config(run / "config.yaml")
+        return resolve_data(load_config(run / "config.yaml"), run)
+    if is_exported(run):
+        return resolve_data(from_dict(Config, read_exported_config(run), f"{run}: config").validate(), run)
     payload = load_checkpoint(resolve_checkpoint(run))
-    return from_dict(Config, payload["config"]).validate()
+    return resolve_data(from_dict(Config, payload["config"]).validate(), run)
 
 
 @dataclass
@@ -208,6 +281,7 @@ def open_evaluation(run: str | Path, data: str | Path | None = None, split: str 
         config = model.config
     if data is not None:
         config.data = str(data)
+    require_data(config, run)
     dataset = open_split(config, split, model.net.image, device=str(model.device), progress=progress)
     if untrained:
         mean, std = feature_statistics(dataset, seed=config.train.seed)
@@ -230,4 +304,4 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
 
 
 __all__ = ["Model", "Evaluation", "load", "build_untrained", "open_evaluation", "evaluate_run", "run_config",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "resolve_data", "require_data", "run_folder"]

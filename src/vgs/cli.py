@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _reproduce_parser(sub)
     _serve_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -588,6 +589,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                           audio_encoders=tuple(x for x in args.audio_encoders.split(",") if x))
     run_grid(options)
     print((args.out / "table.md").read_text())
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run's model as model.safetensors + config.json (no optimizer state)",
+                       description="Export the weights of a run (or checkpoint, or exported folder) as safetensors "
+                       "plus the run's config as JSON: the format other tools read and the one a shipped model uses. "
+                       "`vgs.load(DIR)` and every command that takes a run accept the folder.")
+    p.add_argument("run", type=Path, help="run folder, checkpoint file or exported folder")
+    p.add_argument("--out", required=True, type=Path, help="folder to write model.safetensors and config.json into")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--half", action="store_true", help="store float32 weights as float16 (half the size; "
+                   "cast back to float32 on load)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half)
+    print(f"exported {args.run} to {out} (model.safetensors, config.json)")
     return 0
 
 
