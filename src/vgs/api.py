@@ -254,6 +254,7 @@ class Evaluation:
     dataset: Any  # vgs.data.loader.PairDataset
     encoded: Any  # vgs.evaluate.EncodedSplit
     untrained: bool
+    skipped: list[str] | None = None  # why captions of the split were left out (bad lines, unreadable audio)
 
     def score(self, protocol: str = "pairs100", draws: int = 10, seed: int = 0) -> dict:
         if protocol == "pairs100":
@@ -263,14 +264,46 @@ class Evaluation:
         else:
             raise VGSError(f"--protocol: expected pairs100 or full, got {protocol!r}")
         result.update({"data": str(self.model.config.data), "untrained": self.untrained,
+                       "skipped_captions": len(self.skipped or []),
                        "checkpoint": None if self.untrained else str(self.model.checkpoint)})
         return result
 
 
+def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
+    """One reason per caption of ``split`` that ``dataset`` left out: bad manifest lines, unreadable audio."""
+    import json
+
+    from .data.manifest import load_split
+    from .features import cache_folder
+
+    manifest = load_split(config.data, split, strict=False)
+    reasons = list(manifest.problems)
+    audio_problems = cache_folder(manifest.root, config.features) / f"{split}.problems.json"
+    known = [str(r) for r in json.loads(audio_problems.read_text()) if r] if audio_problems.is_file() else []
+    missing = len(manifest.rows) - len(dataset)
+    reasons += (known + ["audio not featurized"] * missing)[:missing] if missing > 0 else []
+    return reasons
+
+
+def _report_skipped(reasons: list[str], split: str, strict: bool) -> None:
+    if not reasons:
+        return
+    message = f"{split}: {len(reasons)} caption(s) could not be used; first: {reasons[0]}"
+    if strict:
+        raise VGSError(message + " (--strict; without it they are skipped)")
+    import sys
+
+    print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+
+
 def open_evaluation(run: str | Path, data: str | Path | None = None, split: str = "test", untrained: bool = False,
                     checkpoint: str = "best", batch_size: int = 64, device: str | None = None,
-                    progress: bool = True) -> Evaluation:
-    """Load a run (or its untrained twin), open ``split`` and encode every image and caption once."""
+                    progress: bool = True, strict: bool = False) -> Evaluation:
+    """Load a run (or its untrained twin), open ``split`` and encode every image and caption once.
+
+    Captions that cannot be used (bad manifest lines, unreadable audio) are skipped with a warning
+    on stderr and counted in the result's ``skipped_captions``; ``strict`` makes them an error.
+    """
     from .data.pipeline import feature_statistics, open_split
 
     if untrained:
@@ -283,19 +316,21 @@ def open_evaluation(run: str | Path, data: str | Path | None = None, split: str 
         config.data = str(data)
     require_data(config, run)
     dataset = open_split(config, split, model.net.image, device=str(model.device), progress=progress)
+    skipped = skipped_captions(config, split, dataset)
+    _report_skipped(skipped, split, strict)
     if untrained:
         mean, std = feature_statistics(dataset, seed=config.train.seed)
         model.net.audio.input_norm.set_statistics(mean.to(model.device), std.to(model.device))
     encoded = encode_split(model.net, dataset, batch_size=batch_size, device=str(model.device), progress=progress)
-    return Evaluation(model, dataset, encoded, untrained)
+    return Evaluation(model, dataset, encoded, untrained, skipped)
 
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "test", protocol: str = "pairs100",
                  draws: int = 10, seed: int = 0, untrained: bool = False, checkpoint: str = "best",
                  batch_size: int = 64, json_out: str | Path | None = None, device: str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, strict: bool = False) -> dict:
     """Evaluate a run on a split with the ``pairs100`` or ``full`` protocol; optionally write JSON."""
-    evaluation = open_evaluation(run, data, split, untrained, checkpoint, batch_size, device, progress)
+    evaluation = open_evaluation(run, data, split, untrained, checkpoint, batch_size, device, progress, strict)
     result = evaluation.score(protocol, draws, seed)
     result["split"] = split
     if json_out:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
+from .progress import tqdm
 
 from .api import Model
 from .data.manifest import Manifest

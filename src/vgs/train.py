@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import tqdm
 
 from .config import Config, from_dict, save_config, to_dict
 from .data.loader import Batch, BucketBatchSampler, PairDataset, collate
