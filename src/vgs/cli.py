@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reproduce_parser(sub)
     _serve_parser(sub)
     _export_parser(sub)
+    _export_data_parser(sub)
     return parser
 
 
@@ -225,12 +226,23 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-root", required=True, type=Path, help="the SpokenCOCO folder (holding wavs/)")
     p.add_argument("--images", required=True, type=Path, help="the COCO images folder (holding train2014/, val2014/)")
     _add_build_options(p)
+
+    p = sources.add_parser("hf", help="a Hugging Face datasets folder (save_to_disk), e.g. from `vgs export-data`",
+                           description="Import a DatasetDict folder written by save_to_disk (columns id, image_id, "
+                           "speaker, text, duration, image: Image, audio: Audio, words/objects: JSON strings) into "
+                           "the vgs layout. Offline; needs the 'datasets' package.")
+    p.add_argument("--from", dest="hf_folder", required=True, type=Path, help="the save_to_disk folder")
+    p.add_argument("--out", required=True, type=Path, help="data set folder to create")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="processes for the feature cache (default 2)")
+    p.add_argument("--no-features", action="store_true", help="do not precompute the audio feature cache")
     prepare.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.build import exit_status, run_builder
 
+    if args.source == "hf":
+        return _import_hf(args)
     jobs = _prepare_jobs(args)
     written, report = run_builder(args.out, jobs, copy_images=args.copy_images, audio_format=args.audio_format,
                                   workers=args.workers)
@@ -241,6 +253,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not args.no_features:
         _cache_features(args.out, written, args.workers)
     return exit_status(report)
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from .data.hf import import_hf
+
+    written = import_hf(args.hf_folder, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} pairs" for split, n in written.items()))
+    if not args.no_features:
+        _cache_features(args.out, written, args.workers)
+    return 0
 
 
 def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
@@ -794,6 +816,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half)
     print(f"exported {args.run} to {out} (model.safetensors, config.json)")
+    return 0
+
+
+def _export_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-data", help="write a data set folder as a Hugging Face datasets folder (save_to_disk)",
+                       description="Export every split of a vgs data set to a DatasetDict folder (Image and Audio "
+                       "features, words/objects as JSON strings), readable with datasets.load_from_disk; "
+                       "`vgs prepare hf --from DIR` imports it back. Offline; needs the 'datasets' package.")
+    p.add_argument("data", type=Path, help="data set folder (with <split>.jsonl manifests)")
+    p.add_argument("--out", required=True, type=Path, help="folder for save_to_disk")
+    p.set_defaults(func=cmd_export_data)
+
+
+def cmd_export_data(args: argparse.Namespace) -> int:
+    from .data.hf import export_hf
+
+    written = export_hf(args.data, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} rows" for split, n in written.items()))
     return 0
 
 
