@@ -346,3 +346,20 @@ def test_path_traversal_never_reaches_the_filesystem(client, served, wav, attack
     # text is spoken, never opened
     spoken = client.post("/api/search/text", json={"text": attack, "k": 2})
     assert spoken.status_code in (200, 422) and not any(leak in spoken.text for leak in LEAKS)
+
+
+def test_speak_returns_the_speech_of_a_typed_query(client) -> None:
+    response = client.post("/api/speak", json={"text": "a red circle"})
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+    audio, rate = sf.read(io.BytesIO(response.content))
+    assert rate == 16000 and 0.3 < len(audio) / rate < 5
+    assert_clean_4xx(client.post("/api/speak", json={"text": "  "}), 422)
+    assert_clean_4xx(client.post("/api/speak", json={"text": "x", "voice": "nope"}), 422)
+
+
+def test_docs_need_no_network(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<script" not in page.text and "cdn" not in page.text.lower() and "https://" not in page.text
+    assert "/api/search/audio" in page.text and "SearchOut" in page.text
+    assert "script-src" not in page.headers["content-security-policy"] or "'none'" in page.headers["content-security-policy"]

@@ -202,3 +202,73 @@ def test_errors_are_shown(page, server) -> None:
     page.set_input_files("#audio-file", files=[{"name": "bad.wav", "mimeType": "audio/wav", "buffer": garbage}])
     page.wait_for_function("() => document.querySelector('#message').textContent.includes('unreadable')")
     assert page.locator("#message.error").count() == 1
+
+
+def test_docs_work_offline(browser, server) -> None:
+    """/docs renders the API reference with the network blocked: no CDN, no scripts."""
+    base = server[0]
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def only_local(route) -> None:  # noqa: ANN001
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(base + "/docs")
+    text = page.inner_text("body")
+    for expected in ("/api/search/audio", "/api/search/text", "/api/localize/text", "/api/speak", "SearchOut", "422"):
+        assert expected in text, expected
+    assert page.locator("script").count() == 0 and not outside, outside
+    assert page.locator("a[href='/openapi.json']").count() == 1
+    context.close()
+
+
+def test_failed_upload_clears_stale_results(page, tiny_scenes) -> None:
+    page.click("#tab-upload")
+    page.set_input_files("#audio-file", str(tiny_scenes / "audio" / "test_00002_0.wav"))
+    check_results(page, 12)
+    page.click("#grid .hit >> nth=0")
+    page.wait_for_selector("#detail:not([hidden])")
+    garbage = b"RIFF" + b"\x00" * 40 + b"not audio at all" * 50
+    page.set_input_files("#audio-file", files=[{"name": "bad.wav", "mimeType": "audio/wav", "buffer": garbage}])
+    page.wait_for_selector("#message.error")
+    assert page.locator("#grid .hit").count() == 0  # no stale results
+    assert page.eval_on_selector("#query-info", "e => e.hidden") and page.eval_on_selector("#detail", "e => e.hidden")
+    message = page.inner_text("#message")
+    assert "object at 0x" not in message and "_io." not in message and "Traceback" not in message, message
+
+
+def test_typed_query_can_be_heard(page) -> None:
+    page.click("#tab-text")
+    page.fill("#text-input", "a red circle")
+    with page.expect_response("**/api/speak") as answer:
+        page.click("#text-button")
+    assert answer.value.status == 200 and answer.value.headers["content-type"] == "audio/wav"
+    check_results(page, 12)
+    page.wait_for_function("() => { const a = document.querySelector('#query-audio'); "
+                           "return !a.hidden && a.src.startsWith('blob:'); }")
+    assert "red circle" in page.inner_text("#query-text")
+    assert page.eval_on_selector("#legend", "e => !e.hidden")
+
+
+def test_heatmaps_share_one_scale_and_names_are_not_cut(page) -> None:
+    scaled = page.evaluate("""() => vgs.onOneScale([
+        {label: "loud", heatmap: {rows: 1, cols: 2, values: [[0, 1]], low: 0, high: 1}},
+        {label: "silent", heatmap: {rows: 1, cols: 2, values: [[0, 1]], low: 0, high: 0.1}}])""")
+    assert scaled[0]["heatmap"]["values"] == [[0, 1]]
+    assert max(scaled[1]["heatmap"]["values"][0]) == pytest.approx(0.1)  # a quiet window stays cold
+    name = "IMG_20240101_holiday_at_the_seaside_0042.jpg"
+    short = page.evaluate("(n) => vgs.shortName(n)", name)
+    assert short.startswith("IMG_2024") and short.endswith("0042.jpg") and "…" in short and len(short) <= 26
+    page.click("#tab-text")
+    page.fill("#text-input", "a blue square")
+    page.click("#text-button")
+    check_results(page, 12)
+    overflow = page.eval_on_selector_all("#grid .hit .name", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).length")
+    assert overflow == 0  # every label fits on its one line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ from vgs.cli import main
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--images", "40", "--epochs", "2", "--workers", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--num-images", "40", "--epochs", "2", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "untrained" in out and "pointing game" in out
     demo = tmp_path / "demo"
@@ -21,12 +22,18 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
         assert (demo / png).stat().st_size > 5000
         assert png in report
     assert "Pointing game" in report and "localize-" in report
+    # one self-contained file: every image is embedded, nothing is fetched from beside it or the network
+    assert re.findall(r'src="([^"]{0,22})', report) and all(src.startswith("data:image/png;base64,")
+                                                             for src in re.findall(r'src="([^"]{0,22})', report))
+    assert "http://" not in report and "https://" not in report
     results = json.loads((demo / "results.json").read_text())
     assert set(results["recall"]) == {"trained", "untrained", "trained (full)"}
     assert 0 <= results["localization"]["pointing_game"] <= 1
     # re-running resumes: nothing is rebuilt or retrained
-    assert main(["demo", "--out", str(demo), "--images", "40", "--epochs", "2", "--workers", "1"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert main(["demo", "--out", str(demo), "--images", "40", "--epochs", "2", "--workers", "1"]) == 0  # old spelling
+    captured = capsys.readouterr()
+    assert "--images N (a count) is deprecated; use --num-images N" in captured.err
+    assert "resuming" in captured.out
 
 
 @pytest.mark.slow

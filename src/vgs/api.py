@@ -24,6 +24,7 @@ from .features import compute_features, pad_features
 from .images import load_image, to_tensor
 from .io import load_checkpoint, write_json
 from .models.dual import DualEncoder
+from .pretrained import resolve_model
 from .similarity import PackedFrames
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
@@ -39,7 +40,8 @@ def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
     for name in ([f"{which}.pt"] + (["last.pt"] if which == "best" else [])):
         if (folder / name).is_file():
             return folder / name
-    raise VGSError(f"{run}: no checkpoint found (expected {folder / (which + '.pt')}); is this a run folder?")
+    raise VGSError(f"{run}: no checkpoint found (expected {folder / (which + '.pt')} or an exported "
+                   "model.safetensors); is this a run folder?")
 
 
 @dataclass
@@ -118,25 +120,96 @@ class Model:
         return self.config.features.hop_ms / 1000 * self.net.audio.downsample
 
 
+DEVICE_HELP = "cpu, cuda, cuda:N or mps"
+
+
 def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or None (cuda when available); a one-line error otherwise."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise VGSError(f"--device: expected {DEVICE_HELP}, got {device!r}") from exc
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise VGSError(f"--device: expected {DEVICE_HELP}, got {device!r}")
+    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
+        raise VGSError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise VGSError(f"--device {device}: MPS is not available here; use --device cpu")
+    return target
 
 
-def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
-    """Load a run folder or checkpoint file for inference (weights only; no code is executed)."""
+def run_folder(run: str | Path) -> Path:
+    """The folder a run path belongs to: the run folder itself, an exported folder, or a checkpoint's run."""
+    run = Path(run)
+    if run.is_dir():
+        return run
+    if run.parent.name == "checkpoints":
+        return run.parent.parent
+    return run.parent
+
+
+def resolve_data(config: Config, run: str | Path) -> Config:
+    """Make ``config.data`` point at an existing folder when one can be found from here.
+
+    Runs store an absolute path; older runs stored it relative to the folder training ran in, so a
+    relative path is tried from the current folder, then from the run folder and each folder above it.
+    When nothing exists the value is left as is (commands that need the data say so and suggest --data).
+    """
+    if not config.data:
+        return config
+    stored = Path(config.data).expanduser()
+    if stored.is_absolute():
+        return config
+    if stored.is_dir():
+        config.data = str(stored.resolve())
+        return config
+    base = run_folder(run).resolve()
+    for folder in (base, *base.parents):
+        if (folder / stored).is_dir():
+            config.data = str(folder / stored)
+            break
+    return config
+
+
+def require_data(config: Config, run: str | Path | None = None) -> Path:
+    """The data set folder of a config, or a one-line error suggesting ``--data``."""
+    where = f"{run}: " if run is not None else ""
+    if not config.data:
+        raise VGSError(f"{where}the run's config names no data set folder; pass --data DIR")
+    data = Path(config.data)
+    if not data.is_dir():
+        raise VGSError(f"{where}data set folder {config.data!r} (from the run's config) not found from here; "
+                       f"pass --data DIR")
+    return data
+
+
+def _read_model(run: str | Path, checkpoint: str) -> tuple[Path, dict, dict]:
+    """(weights file, config dict, state_dict) from a run folder, checkpoint file or exported folder."""
+    from .export import is_exported, read_exported_config, read_exported_weights, weights_path
+
+    if is_exported(run):
+        return weights_path(run), read_exported_config(run), read_exported_weights(run)
     path = resolve_checkpoint(run, checkpoint)
     payload = load_checkpoint(path)
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
-    config = _checkpoint_config(payload, path)
+    return path, payload["config"], payload["model"]
+
+
+def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
+    """Load a run folder, checkpoint file, exported folder or shipped model's name (``"flickr8k"``)
+    for inference (weights only; no code is executed)."""
+    run = resolve_model(run)
+    target = _device(device)
+    path, config_dict, state = _read_model(run, checkpoint)
+    config = resolve_data(_saved_config(config_dict, path), run)
     net = _build_for_loading(config)
     try:
-        net.load_state_dict(payload["model"])
+        net.load_state_dict(state)
     except RuntimeError as exc:
         raise VGSError(f"{path}: weights do not match the saved config ({first_line(exc, 200)})") from exc
-    target = _device(device)
     return Model(net.to(target).eval(), config, target, path)
 
 
@@ -163,22 +236,25 @@ def build_untrained(config: Config, device: str | None = None) -> Model:
 
 
 def run_config(run: str | Path) -> Config:
-    """The config of a run folder (``config.yaml``) or checkpoint file."""
+    """The config of a run folder (``config.yaml``), exported folder (``config.json``) or checkpoint file."""
     from .config import load_config
+    from .export import is_exported, read_exported_config
 
-    run = Path(run)
+    run = resolve_model(run)
     if run.is_dir() and (run / "config.yaml").is_file():
-        return load_config(run / "config.yaml", saved_run=True)
+        return resolve_data(load_config(run / "config.yaml", saved_run=True), run)
+    if is_exported(run):
+        return resolve_data(_saved_config(read_exported_config(run), run), run)
     path = resolve_checkpoint(run)
-    return _checkpoint_config(load_checkpoint(path), path)
+    return resolve_data(_saved_config(load_checkpoint(path).get("config"), path), run)
 
 
-def _checkpoint_config(payload: dict, path: Path) -> Config:
-    """The checkpoint's config, type- and range-checked before anything is built from it."""
-    if not isinstance(payload.get("config"), dict):
+def _saved_config(data: Any, path: Path) -> Config:
+    """A saved run's config (checkpoint or export), type- and range-checked before anything is built from it."""
+    if not isinstance(data, dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' entry")
     try:
-        return run_config_from_dict(payload["config"], "config")
+        return run_config_from_dict(data, "config")
     except VGSError as exc:
         raise VGSError(f"{path}: config: {exc}" if not str(exc).startswith("config") else f"{path}: {exc}") from exc
 
@@ -191,6 +267,7 @@ class Evaluation:
     dataset: Any  # vgs.data.loader.PairDataset
     encoded: Any  # vgs.evaluate.EncodedSplit
     untrained: bool
+    skipped: list[str] | None = None  # why captions of the split were left out (bad lines, unreadable audio)
 
     def score(self, protocol: str = "pairs100", draws: int = 10, seed: int = 0) -> dict:
         if protocol == "pairs100":
@@ -200,14 +277,46 @@ class Evaluation:
         else:
             raise VGSError(f"--protocol: expected pairs100 or full, got {protocol!r}")
         result.update({"data": str(self.model.config.data), "untrained": self.untrained,
+                       "skipped_captions": len(self.skipped or []),
                        "checkpoint": None if self.untrained else str(self.model.checkpoint)})
         return result
 
 
+def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
+    """One reason per caption of ``split`` that ``dataset`` left out: bad manifest lines, unreadable audio."""
+    import json
+
+    from .data.manifest import load_split
+    from .features import cache_folder
+
+    manifest = load_split(config.data, split, strict=False)
+    reasons = list(manifest.problems)
+    audio_problems = cache_folder(manifest.root, config.features) / f"{split}.problems.json"
+    known = [str(r) for r in json.loads(audio_problems.read_text()) if r] if audio_problems.is_file() else []
+    missing = len(manifest.rows) - len(dataset)
+    reasons += (known + ["audio not featurized"] * missing)[:missing] if missing > 0 else []
+    return reasons
+
+
+def _report_skipped(reasons: list[str], split: str, strict: bool) -> None:
+    if not reasons:
+        return
+    message = f"{split}: {len(reasons)} caption(s) could not be used; first: {reasons[0]}"
+    if strict:
+        raise VGSError(message + " (--strict; without it they are skipped)")
+    import sys
+
+    print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+
+
 def open_evaluation(run: str | Path, data: str | Path | None = None, split: str = "test", untrained: bool = False,
                     checkpoint: str = "best", batch_size: int = 64, device: str | None = None,
-                    progress: bool = True) -> Evaluation:
-    """Load a run (or its untrained twin), open ``split`` and encode every image and caption once."""
+                    progress: bool = True, strict: bool = False) -> Evaluation:
+    """Load a run (or its untrained twin), open ``split`` and encode every image and caption once.
+
+    Captions that cannot be used (bad manifest lines, unreadable audio) are skipped with a warning
+    on stderr and counted in the result's ``skipped_captions``; ``strict`` makes them an error.
+    """
     from .data.pipeline import feature_statistics, open_split
 
     if untrained:
@@ -218,20 +327,23 @@ def open_evaluation(run: str | Path, data: str | Path | None = None, split: str 
         config = model.config
     if data is not None:
         config.data = str(data)
+    require_data(config, run)
     dataset = open_split(config, split, model.net.image, device=str(model.device), progress=progress)
+    skipped = skipped_captions(config, split, dataset)
+    _report_skipped(skipped, split, strict)
     if untrained:
         mean, std = feature_statistics(dataset, seed=config.train.seed)
         model.net.audio.input_norm.set_statistics(mean.to(model.device), std.to(model.device))
     encoded = encode_split(model.net, dataset, batch_size=batch_size, device=str(model.device), progress=progress)
-    return Evaluation(model, dataset, encoded, untrained)
+    return Evaluation(model, dataset, encoded, untrained, skipped)
 
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "test", protocol: str = "pairs100",
                  draws: int = 10, seed: int = 0, untrained: bool = False, checkpoint: str = "best",
                  batch_size: int = 64, json_out: str | Path | None = None, device: str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, strict: bool = False) -> dict:
     """Evaluate a run on a split with the ``pairs100`` or ``full`` protocol; optionally write JSON."""
-    evaluation = open_evaluation(run, data, split, untrained, checkpoint, batch_size, device, progress)
+    evaluation = open_evaluation(run, data, split, untrained, checkpoint, batch_size, device, progress, strict)
     result = evaluation.score(protocol, draws, seed)
     result["split"] = split
     if json_out:
@@ -240,4 +352,4 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
 
 
 __all__ = ["Model", "Evaluation", "load", "build_untrained", "open_evaluation", "evaluate_run", "run_config",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "resolve_data", "require_data", "run_folder"]

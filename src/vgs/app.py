@@ -351,6 +351,15 @@ async def _reply(scope, receive, send, status: int, detail: str) -> None:  # noq
 # ----------------------------------------------------------------------------- heatmaps
 
 
+def _wav(audio: np.ndarray, rate: int) -> bytes:
+    """Mono float audio -> 16-bit PCM WAV bytes."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(audio, dtype=np.float32), rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
 def heatmap_out(grid: torch.Tensor) -> HeatmapOut:
     """An ``H x W`` map -> min-max normalized values (3 decimals), its range and its peak."""
     values = grid.detach().double().cpu().numpy()
@@ -398,18 +407,25 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
         voice: str = Field(DEFAULT_VOICE, max_length=64, pattern=VOICE_PATTERN,
                            description="TTS voice id ENGINE:NAME[:rRATE][:pPITCH]")
 
+    class SpeakIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: str = Field(min_length=1, max_length=limits.max_text_chars, description="text for the TTS to speak")
+        voice: str = Field(DEFAULT_VOICE, max_length=64, pattern=VOICE_PATTERN,
+                           description="TTS voice id ENGINE:NAME[:rRATE][:pPITCH]")
+
     class TextLocalizeIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
         image: int = Field(description="position of the image in the index")
         text: str = Field(min_length=1, max_length=limits.max_text_chars)
         voice: str = Field(DEFAULT_VOICE, max_length=64, pattern=VOICE_PATTERN)
 
-    app = FastAPI(title="vgs", version=__version__,
+    app = FastAPI(title="vgs", version=__version__, docs_url=None, redoc_url=None,  # /docs below works offline
                   description="Search a photo collection by voice: spoken (or typed, then spoken) queries are matched "
                               "to images by a visually grounded speech model, which also shows where each word lands "
                               "in an image (matchmap heatmaps).")
     app.add_middleware(_BodyGuard, routes={"/api/search/audio": "multipart", "/api/localize/audio": "multipart",
-                                           "/api/search/text": "json", "/api/localize/text": "json"},
+                                           "/api/search/text": "json", "/api/localize/text": "json",
+                                           "/api/speak": "json"},
                        max_upload=limits.max_upload_bytes, body_seconds=limits.body_seconds)
     app.add_middleware(_HostGuard, allowed=allowed_hosts)  # outermost: checked first
     app.state.model, app.state.index, app.state.limits, app.state.images = model, index, limits, images
@@ -559,6 +575,12 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
     async def page() -> HTMLResponse:
         return HTMLResponse(static["index.html"][0], headers=PAGE_HEADERS)
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_reference() -> HTMLResponse:
+        from .apidocs import DOCS_HEADERS, render_api_reference
+
+        return HTMLResponse(render_api_reference(app.openapi()), headers=DOCS_HEADERS)
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str) -> Response:
         if name not in STATIC_FILES or name not in static:  # a fixed set, read at start-up: no path is looked up
@@ -593,6 +615,13 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
         speech, cut = await run_in_threadpool(speak, body.text, body.voice)
         hits = await run_in_threadpool(search, speech.audio, body.k)
         return SearchOut(query=text_query(speech, body.voice, body.text, cut), hits=hits, elapsed_ms=_ms(started))
+
+    @app.post("/api/speak", tags=["search"], response_class=Response, responses={
+                  200: {"content": {"audio/wav": {}}, "description": "16 kHz mono 16-bit WAV"}, **_errors(400, 413, 415, 422)},
+              summary="The speech the TTS makes of a text: what a typed query searches with")
+    async def speak_text(body: SpeakIn) -> Response:
+        speech = await run_in_threadpool(speak, body.text, body.voice)
+        return Response(_wav(speech.audio, speech.sample_rate), media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/localize/audio", response_model=LocalizeOut, tags=["localize"],
               responses=_errors(400, 404, 413, 415, 422),

@@ -8,13 +8,101 @@ skipped items (see the data set's ``build_report.json``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .errors import VGSError
 
-EPILOG = "Docs: README.md. Every subcommand has --help."
+EPILOG = ("Docs: README.md. Every subcommand has --help. Conventions: the run (a run folder, checkpoint or exported "
+          "model) is the first positional argument; an index to read is --index DIR; what a command writes is --out; "
+          "--images is always a folder and counts are --num-*; --json prints JSON to stdout.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``vgs search: error: argument -k: expected ... (see --help)``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warn (on stderr, one line) that an old spelling still works but will go."""
+    print(f"vgs: warning: {old} is deprecated; use {new}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- numeric option types
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number_in(low: float, high: float = math.inf, low_open: bool = True) -> Callable[[str], float]:
+    """A finite float with ``low < value`` (or ``<=`` when not ``low_open``) and ``value <= high``."""
+    sign = ">" if low_open else ">="
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            bound = f"a finite number {sign} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {value}")
+    return value
+
+
+POSITIVE = int_at_least(1)
+NON_NEGATIVE = int_at_least(0)
+POSITIVE_NUMBER = number_in(0.0)
+NON_NEGATIVE_NUMBER = number_in(0.0, low_open=False)
+
+
+def parse_voice(text: str):  # noqa: ANN201
+    """A TTS voice from a full id (``espeak:en-us+f2:r175:p50``) or a short one (``en-us+f2``, ``flite:slt``).
+
+    A short id without an engine is an espeak-ng voice; rate and pitch default to 175 and 50.
+    """
+    from .tts import ENGINES, Voice
+
+    text = str(text).strip()
+    if text.split(":", 1)[0] not in ENGINES:
+        text = f"espeak:{text}"
+    return Voice.from_id(text)
+
+
+def _add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    if checkpoint:
+        group.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                           help="which checkpoint of a run folder (default best; ignored for a file or exported model)")
+    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
 
 
 def _add_voice_options(parser: argparse.ArgumentParser) -> None:
@@ -53,18 +141,18 @@ def _voice_config(args: argparse.Namespace):  # noqa: ANN202
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="data set folder to create (or resume)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for speech synthesis and features (default 2)")
+    parser.add_argument("--workers", type=POSITIVE, default=2, help="processes for speech synthesis and features (default 2)")
     parser.add_argument("--copy-images", action="store_true", help="copy images into the data set instead of linking them")
     parser.add_argument("--audio-format", choices=("wav", "flac"), default="wav", help="audio file format (default wav)")
     parser.add_argument("--no-features", action="store_true", help="do not precompute the audio feature cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vgs", description="Visually grounded speech: learn to match spoken captions "
+    parser = Parser(prog="vgs", description="Visually grounded speech: learn to match spoken captions "
                                      "to images from image/speech pairs alone; search photos by voice; localize words.",
                                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"vgs {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     _prepare_parser(sub)
     _voices_parser(sub)
@@ -77,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _reproduce_parser(sub)
     _serve_parser(sub)
+    _export_parser(sub)
+    _export_data_parser(sub)
     return parser
 
 
@@ -94,15 +184,16 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
                              description="Build a data set folder in the vgs format: <split>.jsonl manifests, audio/, "
                              "images/, and the audio feature cache. Re-running resumes; skipped items are listed in "
                              "build_report.json and make the exit status 3.")
-    sources = prepare.add_subparsers(dest="source", metavar="SOURCE")
+    sources = prepare.add_subparsers(dest="source", metavar="SOURCE", parser_class=Parser)
     sources.required = True
 
     p = sources.add_parser("scenes", help="the built-in synthetic scenes with spoken captions (no downloads)",
                            description="Synthetic scenes of 1-4 coloured shapes with 5 spoken captions each, and "
                            "ground-truth boxes and word times for localization.")
-    p.add_argument("--images", type=int, default=None, help="training images (default: the built-in size)")
-    p.add_argument("--dev-images", type=int, default=None, help="dev images")
-    p.add_argument("--test-images", type=int, default=None, help="test images")
+    p.add_argument("--num-images", type=POSITIVE, default=None, help="training images (default: the built-in size)")
+    p.add_argument("--num-dev-images", "--dev-images", dest="dev_images", type=POSITIVE, default=None, help="dev images")
+    p.add_argument("--num-test-images", "--test-images", dest="test_images", type=POSITIVE, default=None, help="test images")
+    p.add_argument("--images", dest="images_count", type=POSITIVE, default=None, help=argparse.SUPPRESS)  # deprecated
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     _add_build_options(p)
     _add_voice_options(p)
@@ -113,8 +204,8 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", required=True, type=Path, help="Flickr8k.token.txt or Kaggle captions.txt")
     p.add_argument("--split-lists", type=Path, default=None, help="folder with Flickr_8k.{train,dev,test}Images.txt "
                    "(default: beside --captions; without lists a seeded 75/12.5/12.5 split)")
-    p.add_argument("--voices-per-caption", type=int, default=1, help="speak each training caption in this many voices")
-    p.add_argument("--limit-images", type=int, default=None, help="keep only the first N images of each split")
+    p.add_argument("--voices-per-caption", type=POSITIVE, default=1, help="speak each training caption in this many voices")
+    p.add_argument("--limit-images", type=POSITIVE, default=None, help="keep only the first N images of each split")
     p.add_argument("--seed", type=int, default=0, help="seed for the voice choice and the fallback split")
     _add_build_options(p)
     _add_voice_options(p)
@@ -157,12 +248,23 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-root", required=True, type=Path, help="the SpokenCOCO folder (holding wavs/)")
     p.add_argument("--images", required=True, type=Path, help="the COCO images folder (holding train2014/, val2014/)")
     _add_build_options(p)
+
+    p = sources.add_parser("hf", help="a Hugging Face datasets folder (save_to_disk), e.g. from `vgs export-data`",
+                           description="Import a DatasetDict folder written by save_to_disk (columns id, image_id, "
+                           "speaker, text, duration, image: Image, audio: Audio, words/objects: JSON strings) into "
+                           "the vgs layout. Offline; needs the 'datasets' package.")
+    p.add_argument("--from", dest="hf_folder", required=True, type=Path, help="the save_to_disk folder")
+    p.add_argument("--out", required=True, type=Path, help="data set folder to create")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="processes for the feature cache (default 2)")
+    p.add_argument("--no-features", action="store_true", help="do not precompute the audio feature cache")
     prepare.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.build import exit_status, run_builder
 
+    if args.source == "hf":
+        return _import_hf(args)
     jobs = _prepare_jobs(args)
     written, report = run_builder(args.out, jobs, copy_images=args.copy_images, audio_format=args.audio_format,
                                   workers=args.workers)
@@ -175,12 +277,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return exit_status(report)
 
 
+def _import_hf(args: argparse.Namespace) -> int:
+    from .data.hf import import_hf
+
+    written = import_hf(args.hf_folder, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} pairs" for split, n in written.items()))
+    if not args.no_features:
+        _cache_features(args.out, written, args.workers)
+    return 0
+
+
 def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
     """A callable ``report -> jobs`` for the chosen source."""
     if args.source == "scenes":
         from .data.scenes import ScenesConfig, scenes_jobs
 
-        kwargs = {k: v for k, v in (("images", args.images), ("dev_images", args.dev_images),
+        kwargs = {k: v for k, v in (("images", _count(args, "num_images")), ("dev_images", args.dev_images),
                                     ("test_images", args.test_images)) if v is not None}
         config = ScenesConfig(seed=args.seed, voices=_voice_config(args), **kwargs)
         return lambda report: scenes_jobs(config, args.out, report)
@@ -214,6 +326,14 @@ def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
     return lambda report: importers.spokencoco_jobs(source, report)
 
 
+def _count(args: argparse.Namespace, name: str) -> int | None:
+    """``--num-images``, or the deprecated ``--images N`` (a count, where --images is otherwise a folder)."""
+    if getattr(args, "images_count", None) is not None:
+        deprecated("--images N (a count)", "--num-images N")
+        return getattr(args, name) if getattr(args, name) is not None else args.images_count
+    return getattr(args, name)
+
+
 def _cache_features(out: Path, written: dict[str, int], workers: int) -> None:
     from .data.manifest import load_split
     from .features import AudioFeatureConfig, build_feature_cache
@@ -231,6 +351,7 @@ def _voices_parser(sub: argparse._SubParsersAction) -> None:
                        description="List TTS engines and voices, and the voice pool that `prepare` would use.")
     _add_voice_options(p)
     p.add_argument("--all", action="store_true", help="list every voice, not only English ones")
+    p.add_argument("--long", action="store_true", help="one line per voice with language, gender and pool share")
     p.set_defaults(func=cmd_voices)
 
 
@@ -242,13 +363,32 @@ def cmd_voices(args: argparse.Namespace) -> int:
     rows = list_voices(config)
     if not args.all:
         rows = [r for r in rows if r.get("kind") == "variant" or str(r.get("language") or "en").startswith("en")]
-    width = max((len(str(r.get("name", ""))) for r in rows), default=10)
-    for row in rows:
-        extra = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("engine", "name"))
-        print(f"{row.get('engine', ''):9s} {str(row.get('name', '')):{width}s}  {extra}")
+    if args.long:
+        width = max((len(str(r.get("name", ""))) for r in rows), default=10)
+        for row in rows:
+            extra = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("engine", "name"))
+            print(f"{row.get('engine', ''):9s} {str(row.get('name', '')):{width}s}  {extra}")
+    else:
+        _print_compact_voices(rows)
     pool = voice_pool(config)
     print(f"voice pool: {len(pool)} voices, e.g. " + ", ".join(v.id for v in pool[:4]))
+    print("--voice takes a short id (en-us+f2, flite:slt) or a full one (espeak:en-us+f2:r175:p50); "
+          "--long lists every voice with its details")
     return 0
+
+
+def _print_compact_voices(rows: list[dict]) -> None:
+    """One wrapped line per engine (and one for espeak's variants), as short voice ids."""
+    import textwrap
+
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        engine, name = str(row.get("engine", "")), str(row.get("name", ""))
+        key = f"{engine} variants (append to a voice)" if row.get("kind") == "variant" else engine
+        groups.setdefault(key, []).append(name if engine == "espeak" else f"{engine}:{name}")
+    for key, names in groups.items():
+        print(textwrap.fill(", ".join(names), width=100, initial_indent=f"{key} ({len(names)}): ",
+                            subsequent_indent="    "))
 
 
 # ----------------------------------------------------------------------------- train
@@ -271,16 +411,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common settings (each is also a config field)")
-    g.add_argument("--epochs", type=int, help="train.epochs")
-    g.add_argument("--batch-size", type=int, help="train.batch_size")
-    g.add_argument("--lr", type=float, help="train.lr: peak learning rate")
+    g.add_argument("--epochs", type=POSITIVE, help="train.epochs")
+    g.add_argument("--batch-size", type=int_at_least(2), help="train.batch_size")
+    g.add_argument("--lr", type=POSITIVE_NUMBER, help="train.lr: peak learning rate")
     g.add_argument("--seed", type=int, help="train.seed: same seed, same run")
     g.add_argument("--image-encoder", help="model.image_encoder: vgg16, vgg19, resnet50, efficientnet-lite0, small-cnn")
     g.add_argument("--audio-encoder", help="model.audio_encoder: conv5, conv6, resdavenet, lstm, gru")
     g.add_argument("--loss", help="train.loss: hinge_sampled (paper Eq. 2), hinge_all, infonce")
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
-    g.add_argument("--max-minutes", type=float, help="train.max_minutes: stop after this much training time")
+    g.add_argument("--max-minutes", type=NON_NEGATIVE_NUMBER, help="train.max_minutes: stop after this much training time")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set train.warmup_steps=200 --set model.embed_dim=512")
 
@@ -337,16 +477,20 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="data set folder (default: the run's)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--protocol", choices=("pairs100", "full"), default="pairs100", help="evaluation protocol")
-    p.add_argument("--draws", type=int, default=10, help="pairs100: number of random draws (default 10)")
+    p.add_argument("--draws", type=POSITIVE, default=10, help="pairs100: number of random draws (default 10)")
     p.add_argument("--seed", type=int, default=0, help="pairs100: seed of the draws")
     p.add_argument("--untrained", action="store_true", help="score the same architecture without training (the paper's (R) rows)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
-    p.add_argument("--json", type=Path, help="write the result as JSON here")
-    p.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    p.add_argument("--out", type=Path, help="write the result as JSON to this file")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE", help="print the result as JSON "
+                   "instead of the table (the old `--json FILE` still writes FILE; use --out FILE)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="encoding batch size")
+    p.add_argument("--strict", action="store_true", help="fail when a caption of the split cannot be used "
+                   "(default: skip it, with a count and the first reason on stderr)")
     p.add_argument("--localization", action="store_true", help="also score the pointing game on data with ground truth "
                    "(the scenes): the share of object words whose heatmap peak falls inside the named object")
-    p.add_argument("--max-captions", type=int, default=None, help="localization: score at most this many captions")
+    p.add_argument("--max-captions", type=POSITIVE, default=None, help="localization: score at most this many captions")
     p.add_argument("--plots", type=Path, help="write recall.png (against the untrained baseline) and retrievals.png here")
+    _add_model_options(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -391,21 +535,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import format_table
     from .io import write_json
 
+    if args.json not in (None, True):
+        deprecated(f"--json {args.json} (a file)", f"--out {args.json}")
+        args.out, args.json = args.out or Path(args.json), None
     evaluation = open_evaluation(args.run, data=args.data, split=args.split, untrained=args.untrained,
-                                 checkpoint=args.checkpoint, batch_size=args.batch_size)
+                                 checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device,
+                                 strict=args.strict)
     result = evaluation.score(args.protocol, args.draws, args.seed)
     result["split"] = args.split
     rows = {("untrained" if args.untrained else "trained"): result}
     if args.plots is not None:
         rows.update(_evaluation_plots(args, evaluation, result))
-    print(format_table(rows))
+    if not args.json:
+        print(format_table(rows))
     if args.localization:
         result["localization"] = _pointing(args)
         loc = result["localization"]
-        print(f"pointing game: {loc['pointing_game']:.3f} over {loc['object_words']} object words "
-              f"(random map: {loc['random_baseline']:.3f})")
+        if not args.json:
+            print(f"pointing game: {loc['pointing_game']:.3f} over {loc['object_words']} object words "
+                  f"(random map: {loc['random_baseline']:.3f})")
+    if args.out:
+        write_json(args.out, result)
     if args.json:
-        write_json(args.json, result)
+        import json
+
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -417,11 +571,12 @@ def _evaluation_plots(args: argparse.Namespace, evaluation, result: dict) -> dic
 
     baseline = result
     if not args.untrained:
-        twin = open_evaluation(args.run, data=args.data, split=args.split, untrained=True, batch_size=args.batch_size)
+        twin = open_evaluation(args.run, data=args.data, split=args.split, untrained=True, batch_size=args.batch_size,
+                               device=args.device)
         baseline = twin.score(args.protocol, args.draws, args.seed)
     recall_vs_baseline(result, baseline, args.plots / "recall.png", f"{args.split} recall ({args.protocol})")
     retrieval_examples(evaluation.model, evaluation.dataset, evaluation.encoded, args.plots / "retrievals.png")
-    print(f"plots: {args.plots / 'recall.png'}, {args.plots / 'retrievals.png'}")
+    print(f"plots: {args.plots / 'recall.png'}, {args.plots / 'retrievals.png'}", file=sys.stderr if args.json else sys.stdout)
     return {} if args.untrained else {"untrained": baseline}
 
 
@@ -430,7 +585,7 @@ def _pointing(args: argparse.Namespace) -> dict:
     from .data.manifest import load_split
     from .localize import pointing_game
 
-    model = build_untrained(run_config(args.run)) if args.untrained else load(args.run, args.checkpoint)
+    model = build_untrained(run_config(args.run), args.device) if args.untrained else load(args.run, args.checkpoint, args.device)
     data = args.data or model.config.data
     return pointing_game(model, load_split(data, args.split, strict=False), max_captions=args.max_captions).to_dict()
 
@@ -446,8 +601,8 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, help="run folder or checkpoint")
     p.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--captions", type=Path, help="a manifest (.jsonl) whose spoken captions to index")
-    p.add_argument("--out", required=True, type=Path, help="index folder")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--out", required=True, type=Path, help="index folder to create or add to")
+    _add_model_options(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -457,7 +612,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     if args.images is None and args.captions is None:
         raise VGSError("index: give --images DIR and/or --captions MANIFEST")
-    summary = build_index(load(args.run, args.checkpoint), args.out, args.images, args.captions)
+    summary = build_index(load(args.run, args.checkpoint, args.device), args.out, args.images, args.captions)
     print(f"{args.out}: {summary['images']} images ({summary['images_added']} added), "
           f"{summary['captions']} captions ({summary['captions_added']} added)")
     for problem in summary["problems"][:20]:
@@ -469,17 +624,21 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index by voice, by text (spoken by the TTS), or by image",
                        description="Two-stage search: FAISS proposes candidates by pooled embedding, the model's "
                        "matchmap similarity re-ranks them.")
-    p.add_argument("index", type=Path, help="index folder (from `vgs index`)")
+    p.add_argument("run", type=Path, nargs="?", help="run folder, checkpoint or exported model (default: the one the "
+                   "index was built with)")
+    p.add_argument("--index", dest="index_dir", type=Path, help="index folder (from `vgs index`)")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--audio", type=Path, help="a spoken query (wav/flac/ogg) -> images")
     query.add_argument("--text", help="text to speak with the TTS, then search -> images")
     query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions")
-    p.add_argument("-k", type=int, default=10, help="results to return (default 10)")
-    p.add_argument("--run", type=Path, help="run folder or checkpoint (default: the one the index was built with)")
-    p.add_argument("--candidates", type=int, default=500, help="first-stage candidates re-ranked by matchmap (default 500)")
+    p.add_argument("-k", type=POSITIVE, default=10, help="results to return (default 10)")
+    p.add_argument("--run", dest="run_option", type=Path, help=argparse.SUPPRESS)  # deprecated: the run is positional
+    p.add_argument("--candidates", type=POSITIVE, default=500, help="first-stage candidates re-ranked by matchmap (default 500)")
     p.add_argument("--exhaustive", action="store_true", help="score every indexed item with the matchmap (no first stage)")
-    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice id (see `vgs voices`)")
+    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice, e.g. en-us+f2 or "
+                   "espeak:en-us+f2:r175:p50 (see `vgs voices`)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_model_options(p)
     p.set_defaults(func=cmd_search)
 
 
@@ -488,15 +647,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from .search import open_index
 
-    model, index = open_index(args.index, args.run)
+    index_dir, run = _search_paths(args)
+    model, index = open_index(index_dir, run, args.device)
     if args.image is not None:
         hits = index.search_image(model, model.encode_images([args.image]), args.k, args.candidates, args.exhaustive)
     else:
         audio = args.audio
         if args.text is not None:
-            from .tts import Voice, synthesize
+            from .tts import synthesize
 
-            audio = synthesize(args.text, Voice.from_id(args.voice)).audio
+            audio = synthesize(args.text, parse_voice(args.voice)).audio
         hits = index.search_audio(model, model.encode_audio([audio]), args.k, args.candidates, args.exhaustive)
     if args.json:
         print(json.dumps([hit.to_dict() for hit in hits], indent=2))
@@ -505,6 +665,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             what = hit.text or hit.id if args.image is not None else hit.path
             print(f"{rank:3d}. {hit.score:7.4f}  {what}")
     return 0
+
+
+def _search_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(index folder, run or None) from ``[RUN] --index DIR``, also taking the old ``INDEX [--run RUN]``."""
+    run, index_dir = args.run, args.index_dir
+    if args.run_option is not None:
+        deprecated("search --run RUN", "vgs search RUN --index DIR")
+    if index_dir is None:
+        if run is None or not (run / "index.json").is_file():
+            raise VGSError("search: give the index folder with --index DIR (from `vgs index`)")
+        deprecated("vgs search INDEX (positional)", "vgs search --index INDEX")
+        index_dir, run = run, None
+    return index_dir, run or args.run_option
 
 
 def _localize_parser(sub: argparse._SubParsersAction) -> None:
@@ -520,9 +693,10 @@ def _localize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--words", type=Path, help="JSON file of word times: [{\"word\", \"start\", \"end\"}] in seconds")
     p.add_argument("--manifest", type=Path, help="take image, audio and word times from this manifest...")
     p.add_argument("--id", help="...for the row with this id")
-    p.add_argument("--window", type=float, default=0.5, help="segment length in seconds when word times are unknown")
-    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice id")
+    p.add_argument("--window", type=POSITIVE_NUMBER, default=0.5, help="segment length in seconds when word times are unknown")
+    p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice, e.g. en-us+f2 (see `vgs voices`)")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    _add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
 
@@ -543,9 +717,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
             raise VGSError(f"{args.manifest}: no row with id {args.id!r}")
         image, audio, words = manifest.image_path(row), manifest.audio_path(row), row.get("words")
     if args.text is not None:
-        from .tts import Voice, synthesize
+        from .tts import synthesize
 
-        speech = synthesize(args.text, Voice.from_id(args.voice))
+        speech = synthesize(args.text, parse_voice(args.voice))
         audio, words = speech.audio, [w.to_dict() for w in speech.words or []] or None
     if args.words is not None:
         try:
@@ -557,7 +731,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         validate_row({"id": "q", "image": "i", "image_id": "i", "audio": "a", "speaker": "s", "words": words}, args.words, 1)
     if image is None or audio is None:
         raise VGSError("localize: give --image and --audio (or --text), or --manifest with --id")
-    records = localize(load(args.run), image, audio, args.out, words=words, window=args.window)
+    records = localize(load(args.run, args.checkpoint, args.device), image, audio, args.out, words=words, window=args.window)
     for record in records:
         print(f"{record['label']:>16s}  {record['start']:5.2f}-{record['end']:5.2f}s  peak {record['peak']}  {record['png']}")
     return 0
@@ -575,23 +749,53 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, type=Path, help="index folder (from `vgs index`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; browsers allow the "
                    "microphone only on localhost or HTTPS)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted upload in MiB (default 5)")
-    p.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest accepted query in seconds (default 20)")
-    p.add_argument("--threads", type=int, help="torch threads for inference")
+    p.add_argument("--port", type=port, default=8000, help="port 1-65535 (default 8000)")
+    p.add_argument("--max-upload-mb", type=number_in(0.0, 1024.0), default=5.0, help="largest accepted upload in MiB "
+                   "(default 5, at most 1024)")
+    p.add_argument("--max-audio-seconds", type=number_in(0.0, 600.0), default=20.0, help="longest accepted query in "
+                   "seconds (default 20, at most 600)")
+    p.add_argument("--threads", type=int_at_least(1), help="torch threads for inference")
     p.add_argument("--allowed-hosts", default="", help="comma-separated host names the server may be reached by "
                    "besides 127.0.0.1, localhost and --host (e.g. photos.example.org); '*' allows any (not advised: "
                    "DNS rebinding lets web pages read the collection)")
+    _add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import AppLimits, serve
 
+    check_port_free(args.host, args.port)  # before loading the model, so a taken port fails at once
+    run = args.run
+    if run is not None and args.checkpoint != "best":
+        from .api import resolve_checkpoint
+        from .export import is_exported
+
+        run = run if is_exported(run) else resolve_checkpoint(run, args.checkpoint)
     limits = AppLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds)
     hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
-    serve(args.run, args.index, host=args.host, port=args.port, limits=limits, threads=args.threads, allowed_hosts=hosts)
+    serve(run, args.index, host=args.host, port=args.port, limits=limits, threads=args.threads, device=args.device,
+          allowed_hosts=hosts)
     return 0
+
+
+def check_port_free(host: str, port_number: int) -> None:
+    """A one-line error when ``host:port`` cannot be bound (taken, or an address not of this machine)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port_number, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise VGSError(f"--host {host}: not a usable address ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
+            raise VGSError(f"--port {port_number}: cannot listen on {host}:{port_number} ({reason}); "
+                           f"choose another --port or stop what uses it") from exc
 
 
 # ----------------------------------------------------------------------------- demo
@@ -604,17 +808,18 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                        "retrievals, localization maps and the pointing-game score. Re-running resumes.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--data", type=Path, help="scenes data folder (default OUT/data)")
-    p.add_argument("--images", type=int, help="scenes training images (default: the built-in size)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the scenes preset's)")
+    p.add_argument("--num-images", type=POSITIVE, help="scenes training images (default: the built-in size)")
+    p.add_argument("--images", dest="images_count", type=POSITIVE, help=argparse.SUPPRESS)  # deprecated
+    p.add_argument("--epochs", type=POSITIVE, help="training epochs (default: the scenes preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
-    p.add_argument("--workers", type=int, default=2, help="processes for speech synthesis and features")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="processes for speech synthesis and features")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .report import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=args.out, data=args.data, images=args.images, epochs=args.epochs, seed=args.seed,
+    run_demo(DemoOptions(out=args.out, data=args.data, images=_count(args, "num_images"), epochs=args.epochs, seed=args.seed,
                          workers=args.workers))
     return 0
 
@@ -630,11 +835,11 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                        "finished cells.")
     p.add_argument("--data", required=True, type=Path, help="data set folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (one run folder per cell)")
-    p.add_argument("--budget", type=float, default=60.0, help="total training minutes for the grid (default 60)")
+    p.add_argument("--budget", type=POSITIVE_NUMBER, default=60.0, help="total training minutes for the grid (default 60)")
     p.add_argument("--recipe", choices=("paper", "ours"), default="paper",
                    help="paper: Adam 1e-4, batch 4, sampled hinge; ours: the library defaults")
     p.add_argument("--split", default="dev", help="evaluation split (default dev)")
-    p.add_argument("--draws", type=int, default=10, help="pairs100 draws (default 10)")
+    p.add_argument("--draws", type=POSITIVE, default=10, help="pairs100 draws (default 10)")
     p.add_argument("--image-encoders", default=",".join(("vgg16", "vgg19", "resnet50", "efficientnet-lite0")),
                    help="comma-separated subset of the image encoders")
     p.add_argument("--audio-encoders", default="conv5,conv6,lstm,gru", help="comma-separated subset of the audio encoders")
@@ -658,6 +863,48 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                           audio_encoders=tuple(x for x in args.audio_encoders.split(",") if x))
     run_grid(options)
     print((args.out / "table.md").read_text())
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run's model as model.safetensors + config.json (no optimizer state)",
+                       description="Export the weights of a run (or checkpoint, or exported folder) as safetensors "
+                       "plus the run's config as JSON: the format other tools read and the one a shipped model uses. "
+                       "`vgs.load(DIR)` and every command that takes a run accept the folder.")
+    p.add_argument("run", type=Path, help="run folder, checkpoint file or exported folder")
+    p.add_argument("--out", required=True, type=Path, help="folder to write model.safetensors and config.json into")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--half", action="store_true", help="store float32 weights as float16 (half the size; "
+                   "cast back to float32 on load)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half)
+    print(f"exported {args.run} to {out} (model.safetensors, config.json)")
+    return 0
+
+
+def _export_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-data", help="write a data set folder as a Hugging Face datasets folder (save_to_disk)",
+                       description="Export every split of a vgs data set to a DatasetDict folder (Image and Audio "
+                       "features, words/objects as JSON strings), readable with datasets.load_from_disk; "
+                       "`vgs prepare hf --from DIR` imports it back. Offline; needs the 'datasets' package.")
+    p.add_argument("data", type=Path, help="data set folder (with <split>.jsonl manifests)")
+    p.add_argument("--out", required=True, type=Path, help="folder for save_to_disk")
+    p.set_defaults(func=cmd_export_data)
+
+
+def cmd_export_data(args: argparse.Namespace) -> int:
+    from .data.hf import export_hf
+
+    written = export_hf(args.data, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} rows" for split, n in written.items()))
     return 0
 
 

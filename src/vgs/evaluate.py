@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import tqdm
 
 from .data.loader import BucketBatchSampler, PairDataset, collate
 from .models.dual import DualEncoder

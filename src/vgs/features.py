@@ -22,7 +22,7 @@ import librosa
 import numpy as np
 import scipy.fft
 import torch
-from tqdm import tqdm
+from .progress import tqdm
 
 from .audio import load_audio
 from .data.manifest import Manifest

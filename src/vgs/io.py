@@ -25,6 +25,19 @@ from .errors import VGSError, first_line
 CHECKPOINT_FORMAT = "vgs-checkpoint/1"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it over ``path`` on success.
@@ -40,6 +53,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
+            os.chmod(handle.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; honour the umask like open()
             if durable:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)

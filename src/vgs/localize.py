@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
+from .progress import tqdm
 
 from .api import Model
 from .data.manifest import Manifest
@@ -78,8 +78,12 @@ def upsample(heatmaps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(heatmaps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Draw ``heatmap`` (``H x W``, image-sized) over ``image`` (``H x W x 3`` uint8); write a PNG atomically."""
+def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str = "",
+                 scale: tuple[float, float] | None = None) -> None:
+    """Draw ``heatmap`` (``H x W``, image-sized) over ``image`` (``H x W x 3`` uint8) with a colour bar; write a PNG.
+
+    ``scale`` (low, high) puts several maps of one query on one colour scale; default: this map's range.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,10 +91,13 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title
 
     from .io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(3.2, 3.4), dpi=100)
+    fig, ax = plt.subplots(figsize=(3.8, 3.4), dpi=100)
     ax.imshow(image)
-    span = float(heatmap.max() - heatmap.min()) or 1.0
-    ax.imshow((heatmap - heatmap.min()) / span, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    low, high = scale if scale is not None else (float(heatmap.min()), float(heatmap.max()))
+    shown = ax.imshow(heatmap, cmap="jet", alpha=0.45, vmin=low, vmax=high if high > low else low + 1e-6)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("match score", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     ax.plot([x], [y], marker="+", color="white", markersize=14, markeredgewidth=2)
     ax.set_title(title, fontsize=10)
@@ -123,9 +130,11 @@ def localize(model: Model, image_path: str | Path, audio: str | Path | np.ndarra
     pixels = np.asarray(image)
     full = upsample(maps, pixels.shape[0], pixels.shape[1]).numpy()
     records = []
+    scale = (float(full[:-1].min()), float(full[:-1].max())) if len(segments) else None  # one scale for the words
     for k, (segment, heatmap) in enumerate(zip(labels, full)):
         name = f"{k:02d}-{_slug(segment.label)}.png" if k < len(segments) else "caption.png"
-        save_overlay(pixels, heatmap, out / name, f"{segment.label} ({segment.start:.2f}-{segment.end:.2f}s)")
+        save_overlay(pixels, heatmap, out / name, f"{segment.label} ({segment.start:.2f}-{segment.end:.2f}s)",
+                     scale=scale if k < len(segments) else None)
         y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         records.append({"label": segment.label, "start": segment.start, "end": segment.end, "png": str(out / name),
                         "peak": [int(x), int(y)]})

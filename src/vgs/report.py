@@ -84,15 +84,24 @@ def _table_html(results: dict[str, dict]) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def embedded_image(path: Path, css_class: str = "", alt: str | None = None) -> str:
+    """An ``<img>`` holding the PNG itself (base64), so the page can be mailed or attached on its own."""
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    klass = f' class="{css_class}"' if css_class else ""
+    return f'<img{klass} src="data:image/png;base64,{data}" alt="{html.escape(alt or path.name)}">'
+
+
 def write_report(out: Path, results: dict[str, dict], pointing: dict | None, pointing_random: float | None,
                  localization: list[dict], config_text: str, minutes: float) -> Path:
-    """Assemble ``report.html`` from the results and the PNGs beside it."""
+    """Assemble one self-contained ``report.html``: the PNGs beside it are embedded as data URIs."""
     def img(name: str) -> str:
-        return f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' if (out / name).exists() else ""
+        return embedded_image(out / name) if (out / name).exists() else ""
 
     loc_html = ""
     for record in localization:
-        pngs = "".join(f'<img class="small" src="{html.escape(str(Path(p).relative_to(out)))}">' for p in record["pngs"])
+        pngs = "".join(embedded_image(Path(p), "small", str(Path(p).relative_to(out))) for p in record["pngs"])
         loc_html += f"<h4>{html.escape(record['text'])}</h4><div>{pngs}</div>"
     pointing_html = ""
     if pointing:

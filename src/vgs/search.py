@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
+from .progress import tqdm
 
 from .api import Model
 from .audio import load_audio
@@ -140,8 +140,8 @@ class IndexWriter:
                     batch_paths.append(path)
                 except InputError as exc:
                     problems.append(str(exc))
-            bar.update(len(todo[c0: c0 + self.chunk]))
             if not tensors:
+                bar.update(len(todo[c0: c0 + self.chunk]))
                 continue
             regions = self.model.encode_images(torch.stack(tensors)).flatten(2).transpose(1, 2)  # n x R x D
             name = f"chunk-{len(self.meta['image_chunks']):05d}"
@@ -151,6 +151,7 @@ class IndexWriter:
             self.meta["image_chunks"].append(name)
             self._save_meta()  # the chunk is durable before it is listed
             added += len(batch_paths)
+            bar.update(len(todo[c0: c0 + self.chunk]))  # after encoding: the bar tracks the real work
         bar.close()
         return added, problems
 
@@ -180,8 +181,8 @@ class IndexWriter:
                     kept.append(row)
                 except InputError as exc:
                     problems.append(str(exc))
-            bar.update(len(rows[c0: c0 + self.chunk]))
             if not kept:
+                bar.update(len(rows[c0: c0 + self.chunk]))
                 continue
             packed = self.model.encode_audio(signals)
             name = f"chunk-{len(self.meta['caption_chunks']):05d}"
@@ -197,6 +198,7 @@ class IndexWriter:
             self.meta["caption_chunks"].append(name)
             self._save_meta()
             added += len(kept)
+            bar.update(len(rows[c0: c0 + self.chunk]))  # after encoding: the bar tracks the real work
         bar.close()
         return added, problems
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import tqdm
 
 from .config import Config, from_dict, save_config, to_dict
 from .data.loader import Batch, BucketBatchSampler, PairDataset, collate
@@ -405,6 +405,8 @@ def _set_python_state(state: list) -> None:
 
 def train(config: Config, out: str | Path, resume: bool = False, progress: bool = True) -> TrainState:
     """Train a model as configured; write the run folder ``out``. Returns the final state."""
+    if config.data:  # stored absolute, so the run folder works from any folder (vgs.api.resolve_data)
+        config.data = str(Path(config.data).expanduser().resolve())
     trainer = Trainer(config, out, resume=resume, progress=progress)
     if trainer.rank == 0:
         print(f"training {describe(config)} on {len(trainer.train_set)} pairs "

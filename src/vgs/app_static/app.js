@@ -115,10 +115,11 @@
         samples = samples.slice(0, max);
         note = ` (only its first ${state.limits.max_audio_seconds} s)`;
       }
-      if (samples.length < RATE / 20) { say(`the ${what} is too short; speak for at least a second`, true); return; }
+      if (samples.length < RATE / 20) { clearResults(); say(`the ${what} is too short; speak for at least a second`, true); return; }
       wav = encodeWav(samples);
     } else {
       if (blob.size > state.limits.max_upload_bytes) {
+        clearResults();
         say(`this browser cannot decode the ${what}, and it is too large to send as it is`, true);
         return;
       }
@@ -129,14 +130,14 @@
     await runSearch(note);
   }
 
-  function showQueryAudio(blob) {
+  function showQueryAudio(blob, keepText = false) {
     const player = $("query-audio");
     if (player.dataset.url) URL.revokeObjectURL(player.dataset.url);
     const url = URL.createObjectURL(blob);
     player.dataset.url = url;
     player.src = url;
     player.hidden = false;
-    $("query-text").textContent = "";
+    if (!keepText) $("query-text").textContent = "";
     $("query-info").hidden = false;
   }
 
@@ -228,13 +229,49 @@
       const n = result.hits.length;
       say(`${n} image${n === 1 ? "" : "s"} for ${result.query.duration.toFixed(1)} s of speech${note}, in ${Math.round(result.elapsed_ms)} ms. Click one to see where each ${q.kind === "text" ? "word" : "stretch of speech"} lands.`);
     } catch (err) {
-      if (serial === state.serial) say(err.message, true);
+      if (serial === state.serial) { clearResults(); say(err.message, true); }
     }
+  }
+
+  // A failed query leaves nothing of the previous one on screen: no old results, no empty player.
+  function clearResults() {
+    closeDetail();
+    $("grid").replaceChildren();
+    const player = $("query-audio");
+    if (player.dataset.url) URL.revokeObjectURL(player.dataset.url);
+    delete player.dataset.url;
+    player.removeAttribute("src");
+    player.hidden = true;
+    $("query-text").textContent = "";
+    $("query-info").hidden = true;
+    $("legend").hidden = true;
+  }
+
+  // The speech a typed query was searched with, in the player beside the text.
+  async function speakQuery(text, voice, serial) {
+    try {
+      const response = await fetch("/api/speak", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text, voice }),
+      });
+      if (!response.ok || serial !== state.serial) return;
+      const blob = await response.blob();
+      if (serial === state.serial) showQueryAudio(blob, true);
+    } catch (err) {
+      /* the search reports problems; the player is a bonus */
+    }
+  }
+
+  // Long file names keep their start and their end: "IMG_2024…_0042.jpg" (the full name is the tooltip).
+  function shortName(name, max = 26) {
+    if (name.length <= max) return name;
+    const tail = Math.floor((max - 1) / 2);
+    return `${name.slice(0, max - 1 - tail)}…${name.slice(name.length - tail)}`;
   }
 
   function showResults(result) {
     const grid = $("grid");
     grid.replaceChildren();
+    $("legend").hidden = result.hits.length === 0;
     if (result.query.kind === "text" && result.query.words) {
       $("query-text").textContent = `“${result.query.text}”`;
     }
@@ -252,7 +289,8 @@
       rank.textContent = `#${hit.rank} · ${hit.score.toFixed(3)}`;
       const name = document.createElement("span");
       name.className = "name";
-      name.textContent = hit.name;
+      name.textContent = shortName(hit.name);
+      name.title = hit.name;
       meta.append(rank, name);
       card.append(frame, meta);
       card.addEventListener("click", () => openDetail(hit, card));
@@ -384,6 +422,20 @@
     detail.scrollIntoView({ behavior: "smooth", block: "nearest" });
   }
 
+  // Each heatmap arrives min-max normalized with its raw range (low, high); put a query's words or
+  // windows on one shared scale, so a silent window stays cold instead of lighting up on its own range.
+  function onOneScale(segments) {
+    if (!segments.length) return segments;
+    const low = Math.min(...segments.map((s) => s.heatmap.low));
+    const high = Math.max(...segments.map((s) => s.heatmap.high));
+    const span = high - low || 1;
+    return segments.map((s) => {
+      const h = s.heatmap;
+      const values = h.values.map((row) => row.map((v) => (h.low + v * (h.high - h.low) - low) / span));
+      return { ...s, heatmap: { ...h, values, low, high } };
+    });
+  }
+
   function showSegments(result, hit) {
     const words = result.segment_kind === "word";
     $("detail-hint").textContent = words
@@ -400,7 +452,7 @@
       $("detail-caption").textContent = caption;
     };
     const entries = [{ label: "whole query", start: 0, end: result.query.duration, heatmap: result.whole, whole: true }]
-      .concat(result.segments);
+      .concat(onOneScale(result.segments));
     entries.forEach((segment) => {
       const button = document.createElement("button");
       button.type = "button";
@@ -455,7 +507,9 @@
       $("query-audio").hidden = true;
       $("query-text").textContent = `“${text}”`;
       $("query-info").hidden = false;
-      await runSearch();
+      const search = runSearch();
+      speakQuery(text, state.query.voice, state.serial);
+      await search;
     });
     $("k").addEventListener("change", () => { if (state.query) runSearch(); });
     $("show-heatmaps").addEventListener("change", (event) => document.body.classList.toggle("hide-heat", !event.target.checked));
@@ -475,6 +529,6 @@
   }
 
   // exposed for tests and the console
-  window.vgs = { encodeWav, decodeTo16k, state };
+  window.vgs = { encodeWav, decodeTo16k, state, onOneScale, shortName };
   init();
 })();

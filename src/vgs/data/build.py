@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import soundfile as sf
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..audio import SAMPLE_RATE, audio_problem, load_audio, save_audio
 from ..errors import InputError, VGSError

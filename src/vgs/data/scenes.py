@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, PngImagePlugin
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import VGSError
 from ..io import write_bytes, write_json

@@ -1,0 +1,105 @@
+"""Exported models: a folder with ``model.safetensors`` and ``config.json``.
+
+The format every other tool reads, and the one a shipped pretrained model uses::
+
+    DIR/
+      model.safetensors   the DualEncoder's state_dict (float32 or float16), no optimizer state;
+                          header metadata {"format": "vgs-model/1"}
+      config.json         the run's full Config as JSON (the same fields as RUN/config.yaml)
+
+``vgs.load(DIR)`` (and every command that takes a run) accepts such a folder, or the
+``.safetensors`` file inside it.  float16 weights are cast back to float32 on load.
+Loading never unpickles anything: safetensors holds raw tensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import VGSError, first_line
+from .io import write_bytes, write_json
+
+EXPORT_FORMAT = "vgs-model/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """True for an exported folder (or its ``model.safetensors`` file)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return True
+    return path.is_dir() and (path / WEIGHTS_FILE).is_file()
+
+
+def exported_folder(path: str | os.PathLike) -> Path:
+    """The folder of an exported model given the folder or its weights file."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def read_exported_config(path: str | os.PathLike) -> dict:
+    """``config.json`` of an exported model as a dict (validated later by the caller)."""
+    config_path = exported_folder(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise VGSError(f"{config_path}: config file not found (an exported model is model.safetensors + config.json)")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise VGSError(f"{config_path}: not valid JSON ({first_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise VGSError(f"{config_path}: expected a JSON object of config sections, got {type(data).__name__}")
+    return data
+
+
+def read_exported_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """``model.safetensors`` as a float32 state_dict on the CPU."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = exported_folder(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VGSError(f"{weights}: not a loadable safetensors file ({first_line(exc)})") from exc
+    return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}
+
+
+def weights_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.is_file() else path / WEIGHTS_FILE
+
+
+def export_model(state_dict: dict[str, Any], config: Any, out: str | os.PathLike, half: bool = False) -> Path:
+    """Write ``out/model.safetensors`` (+ ``config.json``) from a state_dict and a ``Config``."""
+    import torch
+    from safetensors.torch import save
+
+    from .config import to_dict
+
+    out = Path(out)
+    tensors = {}
+    for name, value in state_dict.items():
+        tensor = value.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+        if half and tensor.dtype == torch.float32:
+            tensor = tensor.half()
+        tensors[name] = tensor
+    write_bytes(out / WEIGHTS_FILE, save(tensors, metadata={"format": EXPORT_FORMAT}))
+    write_json(out / CONFIG_FILE, to_dict(config))
+    return out
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", half: bool = False) -> Path:
+    """Export a run folder's (or checkpoint file's) model weights and config; no optimizer or RNG state."""
+    from .api import load
+
+    model = load(run, checkpoint, device="cpu")
+    return export_model(model.net.state_dict(), model.config, out, half=half)
+
+
+__all__ = ["EXPORT_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "is_exported", "export_model", "export_run",
+           "read_exported_config", "read_exported_weights"]
