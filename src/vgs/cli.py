@@ -103,6 +103,8 @@ def _add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True)
         group.add_argument("--checkpoint", choices=("best", "last"), default="best",
                            help="which checkpoint of a run folder (default best; ignored for a file or exported model)")
     group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    group.add_argument("--model", metavar="NAME", help="a model shipped with the package instead of a run "
+                       "(e.g. flickr8k; list: `vgs models`)")
 
 
 def _add_voice_options(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _cross_voice_parser(sub)
+    _models_parser(sub)
     _index_parser(sub)
     _search_parser(sub)
     _localize_parser(sub)
@@ -473,7 +476,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                        description="Recall@1/5/10 speech->image and image->speech. 'pairs100' is the paper's protocol "
                        "(100 pairs, repeated over --draws draws, mean and std); 'full' ranks every image against every "
                        "caption of the split (the Flickr8k standard), with median ranks.")
-    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("run", type=Path, nargs="?", help="(or --model NAME) run folder or checkpoint file")
     p.add_argument("--data", type=Path, help="data set folder (default: the run's)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--protocol", choices=("pairs100", "full"), default="pairs100", help="evaluation protocol")
@@ -499,16 +502,16 @@ def _cross_voice_parser(sub: argparse._SubParsersAction) -> None:
                        description="The cross-voice protocol: score one run on several data sets that share images and "
                        "caption texts but not voices (build them with `vgs prepare respeak`). Prints one row per set: "
                        "S->I and I->S R@10 for each protocol, and the pairs100 S->I ratio to the first set.")
-    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("run", type=Path, nargs="?", help="(or --model NAME) run folder or checkpoint file")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=DATA_DIR", required=True,
                    help="a data set to score, named (repeat; the first is the reference)")
     p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
     p.add_argument("--protocol", default="pairs100,full", help="protocols, comma separated (default pairs100,full)")
     p.add_argument("--draws", type=int, default=10, help="pairs100: number of random draws (default 10)")
     p.add_argument("--seed", type=int, default=0, help="pairs100: seed of the draws")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     p.add_argument("--json", type=Path, help="write every row's full results as JSON here")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    _add_model_options(p)
     p.set_defaults(func=cmd_cross_voice)
 
 
@@ -520,7 +523,7 @@ def cmd_cross_voice(args: argparse.Namespace) -> int:
         raise VGSError(f"--draws: expected at least 1, got {args.draws}")
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     rows = cross_voice(args.run, parse_sets(args.sets), split=args.split, protocols=protocols, draws=args.draws,
-                       seed=args.seed, checkpoint=args.checkpoint)
+                       seed=args.seed, checkpoint=args.checkpoint, device=args.device)
     table = format_cross_voice(rows)
     print(table)
     if args.json:
@@ -598,7 +601,7 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
                        description="Encode images into a search index folder. Resumable; re-running with another "
                        "--images folder adds its images. --captions adds a manifest's spoken captions, for "
                        "image->speech search.")
-    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("run", type=Path, nargs="?", help="(or --model NAME) run folder or checkpoint")
     p.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--captions", type=Path, help="a manifest (.jsonl) whose spoken captions to index")
     p.add_argument("--out", required=True, type=Path, help="index folder to create or add to")
@@ -685,7 +688,7 @@ def _localize_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write PNG overlays of the matchmap on the image: one per spoken word when word "
                        "times are known (--words, --manifest/--id, or --text spoken by the TTS), otherwise one per "
                        "--window seconds of audio; plus one for the whole caption.")
-    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("run", type=Path, nargs="?", help="(or --model NAME) run folder or checkpoint")
     p.add_argument("--image", type=Path, help="the image")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--audio", type=Path, help="the spoken caption")
@@ -869,6 +872,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- export
 
 
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the models shipped with the package (use with --model NAME)",
+                       description="List the pretrained models that ship with this installation, with their model cards.")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .pretrained import pretrained_models, pretrained_path
+
+    names = pretrained_models()
+    if not names:
+        print("no shipped models in this installation")
+    for name in names:
+        card = pretrained_path(name) / "MODEL_CARD.md"
+        summary = next((line.strip() for line in card.read_text(encoding="utf-8").splitlines()[1:] if line.strip()), "") \
+            if card.is_file() else ""
+        print(f"{name}  {pretrained_path(name)}\n    {summary}")
+    return 0
+
+
 def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a run's model as model.safetensors + config.json (no optimizer state)",
                        description="Export the weights of a run (or checkpoint, or exported folder) as safetensors "
@@ -911,11 +934,33 @@ def cmd_export_data(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 
+# Commands that cannot run without a model (search and serve default to the index's).
+NEEDS_RUN = ("evaluate", "cross-voice", "index", "localize")
+
+
+def resolve_model_option(args: argparse.Namespace) -> None:
+    """``--model NAME`` -> ``args.run`` (a shipped model's folder); ``vgs index --model NAME PHOTOS`` reads
+    the positional as the photo folder.  One-line errors when both or neither are given."""
+    if getattr(args, "model", None):
+        from .pretrained import pretrained_path
+
+        folder = pretrained_path(args.model)
+        if args.run is not None:
+            if args.command == "index" and args.images is None:
+                args.images = args.run
+            else:
+                raise VGSError(f"give a run ({args.run}) or --model {args.model}, not both")
+        args.run = folder
+    if args.command in NEEDS_RUN and getattr(args, "run", "") is None:
+        raise VGSError("give a run folder, checkpoint or exported model, or --model NAME (see `vgs models`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = os.environ.get("VGS_DEBUG")
     try:
+        resolve_model_option(args)
         return int(args.func(args) or 0)
     except VGSError as exc:
         if debug:

@@ -338,10 +338,10 @@ def scenes_jobs(config: ScenesConfig, out: Path, report: BuildReport, progress: 
     config.validate()
     out = Path(out)
     _check_stamp(config, out)
-    pool = [voice for voice in voice_pool(config.voices) if voice.engine == "espeak"]
-    if not pool:
-        raise VGSError("scenes need word timings, which only espeak gives; the voice pool has no espeak voice "
-                       "(see `vgs voices`)")
+    pool = voice_pool(config.voices)
+    if not any(voice.engine == "espeak" for voice in pool):
+        raise VGSError("scenes need word timings for localization, which only espeak gives; the voice pool has no "
+                       "espeak voice (see `vgs voices`)")
     counts = {"train": config.images, "dev": config.dev_images, "test": config.test_images}
     todo = [(split, i) for split, n in counts.items() for i in range(n)]
     jobs = []
