@@ -45,7 +45,7 @@ evaluate() {  # RUN [OUT]: the cross-voice table of one run
     for effect in noise10 reverb0.6 speed0.9 speed1.1; do sets+=(--set "$base $effect=$DATA/x-$base-$effect"); done
   done
   mkdir -p "$out"
-  $VGS cross-voice "$run" "${sets[@]}" --json "$out/cross_voice.json" --markdown "$out/cross_voice.md"
+  $VGS cross-voice "$run" "${sets[@]}" --out "$out/cross_voice.json" --markdown "$out/cross_voice.md"
 }
 
 case "${1:-all}" in

@@ -102,6 +102,7 @@ def test_new_runs_store_an_absolute_data_path(tiny_run) -> None:
     (["serve", "--index", "x", "--port", "65536"], "--port: expected a port 1-65535, got 65536"),
     (["serve", "--index", "x", "--max-upload-mb", "1e9"], "--max-upload-mb: expected a finite number > 0 and <= 1024"),
     (["evaluate", "r", "--draws", "0"], "--draws: expected an integer >= 1"),
+    (["cross-voice", "r", "--set", "a=b", "--draws", "0"], "--draws: expected an integer >= 1"),
     (["prepare", "scenes", "--out", "x", "--num-images", "-1"], "--num-images: expected an integer >= 1"),
     (["train", "--out", "x", "--lr", "inf"], "--lr: expected a finite number > 0"),
 ])
@@ -113,7 +114,7 @@ def test_numeric_options_are_validated_in_one_line(argv, message, capsys) -> Non
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["index", "search", "localize", "evaluate", "serve"])
+@pytest.mark.parametrize("command", ["index", "search", "localize", "evaluate", "serve", "cross-voice"])
 def test_model_commands_take_checkpoint_and_device(command, capsys) -> None:
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -507,9 +507,11 @@ def _cross_voice_parser(sub: argparse._SubParsersAction) -> None:
                    help="a data set to score, named (repeat; the first is the reference)")
     p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
     p.add_argument("--protocol", default="pairs100,full", help="protocols, comma separated (default pairs100,full)")
-    p.add_argument("--draws", type=int, default=10, help="pairs100: number of random draws (default 10)")
+    p.add_argument("--draws", type=POSITIVE, default=10, help="pairs100: number of random draws (default 10)")
     p.add_argument("--seed", type=int, default=0, help="pairs100: seed of the draws")
-    p.add_argument("--json", type=Path, help="write every row's full results as JSON here")
+    p.add_argument("--out", type=Path, help="write every row's full results as JSON to this file")
+    p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE", help="print every row's full "
+                   "results as JSON instead of the table (the old `--json FILE` still writes FILE; use --out FILE)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     _add_model_options(p)
     p.set_defaults(func=cmd_cross_voice)
@@ -519,15 +521,22 @@ def cmd_cross_voice(args: argparse.Namespace) -> int:
     from .crossvoice import cross_voice, format_cross_voice, parse_sets
     from .io import write_json, write_text
 
-    if args.draws < 1:
-        raise VGSError(f"--draws: expected at least 1, got {args.draws}")
+    if args.json not in (None, True):
+        deprecated(f"--json {args.json} (a file)", f"--out {args.json}")
+        args.out, args.json = args.out or Path(args.json), None
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     rows = cross_voice(args.run, parse_sets(args.sets), split=args.split, protocols=protocols, draws=args.draws,
                        seed=args.seed, checkpoint=args.checkpoint, device=args.device)
     table = format_cross_voice(rows)
-    print(table)
+    result = {"run": str(args.run), "split": args.split, "rows": rows}
     if args.json:
-        write_json(args.json, {"run": str(args.run), "split": args.split, "rows": rows})
+        import json
+
+        print(json.dumps(result, indent=2))
+    else:
+        print(table)
+    if args.out:
+        write_json(args.out, result)
     if args.markdown:
         write_text(args.markdown, table + "\n")
     return 0
