@@ -25,6 +25,12 @@ testsets() {  # the dev split again: in-pool engines, unseen espeak-ng voices, t
       --out "$DATA/x-espeak-unseen"
   $VGS prepare respeak "$DATA/f8k-ef" --engines flite --out "$DATA/x-flite"
   $VGS prepare respeak "$DATA/f8k-ef" --engines festival --out "$DATA/x-festival"
+  # festival's ked_diphone alone: its speaker is in no flite voice (festival's kal and slt share speakers with flite's)
+  if [ ! -f "$DATA/x-festival-ked/dev.jsonl" ]; then
+    mkdir -p "$DATA/x-festival-ked" && cp -al "$DATA/x-festival/audio" "$DATA/x-festival-ked/"
+    cp -a "$DATA/x-festival/images" "$DATA/x-festival-ked/"
+    grep ked_diphone "$DATA/x-festival/dev.jsonl" > "$DATA/x-festival-ked/dev.jsonl"
+  fi
   for base in espeak festival; do
     for effect in noise:10 reverb:0.6 speed:0.9 speed:1.1; do
       $VGS prepare respeak "$DATA/x-$base" --keep-audio --corrupt "$effect" --out "$DATA/x-$base-${effect/:/}"
@@ -39,8 +45,9 @@ train() {
 
 evaluate() {  # RUN [OUT]: the cross-voice table of one run
   local run=$1 out=${2:-$1/cross_voice}
-  local sets=(--set "espeak in-pool=$DATA/x-espeak" --set "espeak unseen voices=$DATA/x-espeak-unseen"
-              --set "flite=$DATA/x-flite" --set "festival (held out)=$DATA/x-festival")
+  local sets=(--set "in-pool dev (espeak+flite)=$DATA/f8k-ef" --set "espeak in-pool=$DATA/x-espeak" --set "espeak unseen voices=$DATA/x-espeak-unseen"
+              --set "flite=$DATA/x-flite" --set "festival (held out)=$DATA/x-festival"
+              --set "festival ked_diphone only=$DATA/x-festival-ked")
   for base in espeak festival; do
     for effect in noise10 reverb0.6 speed0.9 speed1.1; do sets+=(--set "$base $effect=$DATA/x-$base-$effect"); done
   done

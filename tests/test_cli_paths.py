@@ -220,9 +220,11 @@ def test_old_spellings_still_work_with_a_warning(demo_tree, capsys) -> None:
 def test_evaluate_reports_skipped_captions_and_strict(tiny_run, tiny_scenes, tmp_path, capsys) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "images", "audio"):
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         (data / name).symlink_to(tiny_scenes / name)
-    (data / "audio").unlink()
+    (data / "images").mkdir()  # linked files, not a linked folder (a folder linked out of the data set is refused)
+    for image in (tiny_scenes / "images").iterdir():
+        (data / "images" / image.name).symlink_to(image)
     (data / "audio").mkdir()
     for wav in (tiny_scenes / "audio").glob("test_*.wav"):
         (data / "audio" / wav.name).symlink_to(wav)

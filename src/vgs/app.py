@@ -620,7 +620,7 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                   200: {"content": {"audio/wav": {}}, "description": "16 kHz mono 16-bit WAV"}, **_errors(400, 413, 415, 422)},
               summary="The speech the TTS makes of a text: what a typed query searches with")
     async def speak_text(body: SpeakIn) -> Response:
-        speech = await run_in_threadpool(speak, body.text, body.voice)
+        speech, _ = await run_in_threadpool(speak, body.text, body.voice)
         return Response(_wav(speech.audio, speech.sample_rate), media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/localize/audio", response_model=LocalizeOut, tags=["localize"],

@@ -9,6 +9,7 @@ truncated files raise :class:`~vgs.errors.InputError` naming the file.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -109,7 +110,8 @@ def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE, max_s
     except InputError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
-        raise InputError(label, f"unreadable audio ({first_line(exc, 160)}); expected WAV/FLAC/OGG") from exc
+        reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the upload", first_line(exc, 160))  # no Python internals
+        raise InputError(label, f"unreadable audio ({reason}); expected WAV/FLAC/OGG") from exc
     if mono.shape[0] == 0:
         raise InputError(label, "audio holds no samples (empty or truncated file)")
     if not np.all(np.isfinite(mono)):

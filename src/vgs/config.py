@@ -401,13 +401,35 @@ def run_config_from_dict(data: Any, where: str = "config") -> Config:
     return from_dict(Config, data, where).validate()
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NESTING = 32
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of flow collections (PyYAML takes seconds on thousands: refuse first)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def load_config(path: str | Path, saved_run: bool = False) -> Config:
     """Read a YAML config; ``saved_run``: it is a run's own ``config.yaml`` (see :data:`LEGACY_DEFAULTS`)."""
     path = Path(path)
     if not path.is_file():
         raise VGSError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise VGSError(f"{path}: {path.stat().st_size} bytes is too large for a config (at most {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        depth = _nesting_depth(text)
+        if depth > MAX_CONFIG_NESTING:
+            raise VGSError(f"{path}: brackets nested {depth} deep; a config nests at most {MAX_CONFIG_NESTING}")
+        data = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested 1000s deep
         raise VGSError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     try:

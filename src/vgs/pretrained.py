@@ -34,8 +34,6 @@ def pretrained_path(name: str) -> Path:
 def resolve_model(run: str | Path) -> Path:
     """``run`` as a path: an existing run folder, checkpoint or export, else a shipped model's name."""
     path = Path(run)
-    if path.exists() or isinstance(run, Path) or "/" in str(run) or "\\" in str(run):
-        return path
-    if str(run) in pretrained_models():
+    if not path.exists() and str(run) in pretrained_models():
         return PRETRAINED_DIR / str(run)
     return path
