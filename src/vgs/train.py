@@ -36,6 +36,7 @@ from .errors import VGSError
 from .evaluate import encode_split, mean_recall, pairs_protocol
 from .io import load_checkpoint, save_checkpoint, write_text
 from .loss import ContrastiveLoss, voice_info_nce
+from .models.audio import frame_mask
 from .models.dual import DualEncoder
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "skipped_steps", "minutes",
@@ -92,7 +93,7 @@ def build_model(config: Config) -> DualEncoder:
 
 def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``B x D x T'`` frame embeddings and ``B`` lengths -> ``B x D`` unit-length means over the real frames."""
-    mask = (torch.arange(frames.shape[-1], device=frames.device)[None, :] < lengths[:, None]).to(frames.dtype)
+    mask = frame_mask(lengths, frames.shape[-1]).to(frames.dtype)
     mean = (frames * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True).clamp_min(1.0)
     return torch.nn.functional.normalize(mean, dim=1)
 
