@@ -100,6 +100,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (GPU; slow to start on CPU)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads (0 = all cores)
+    init_from: str = ""  # start from these weights (run folder, checkpoint, export or shipped name); "" = fresh
 
     def validate(self) -> None:
         _choice("train.loss", self.loss, LOSSES)

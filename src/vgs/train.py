@@ -32,7 +32,7 @@ from .progress import tqdm
 from .config import Config, from_dict, save_config, to_dict
 from .data.loader import Batch, BucketBatchSampler, PairDataset, collate
 from .data.pipeline import describe, feature_statistics, open_split, resolve_image_normalization
-from .errors import VGSError
+from .errors import VGSError, first_line
 from .evaluate import encode_split, mean_recall, pairs_protocol
 from .io import load_checkpoint, save_checkpoint, write_text
 from .loss import ContrastiveLoss, voice_info_nce
@@ -166,6 +166,8 @@ class Trainer:
             self._resume()
         elif (self.out / "checkpoints" / "last.pt").exists():
             raise VGSError(f"{self.out}: a run already exists here; pass --resume to continue it or choose another --out")
+        elif config.train.init_from:
+            self._warm_start(config.train.init_from)
         if self.rank == 0:
             save_config(config, self.out / "config.yaml")
         self.writer = self._tensorboard()
@@ -225,6 +227,29 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng"]["cuda"]])
         if self.rank == 0:
             print(f"resumed {path}: epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, step {self.state.global_step}")
+
+    def _warm_start(self, source: str) -> None:
+        """Fine-tune: the model (and, from a checkpoint, the learned temperature) start from ``source``;
+        the optimizer, schedule and step count start fresh. The input statistics stay this data's."""
+        from .api import _read_model
+        from .pretrained import resolve_model
+
+        path, _, state = _read_model(resolve_model(source), "best")
+        state = {k: v for k, v in state.items() if not k.startswith("audio.input_norm.")}
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise VGSError(f"train.init_from: {path}: weights do not fit this model ({first_line(exc, 200)})") from exc
+        missing = [k for k in missing if not k.startswith("audio.input_norm.")]
+        if missing or unexpected:
+            raise VGSError(f"train.init_from: {path}: weights do not fit this model "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if path.suffix == ".pt":
+            loss_state = load_checkpoint(path, map_location=self.device).get("loss")
+            if isinstance(loss_state, dict):
+                self.loss_fn.load_state_dict(loss_state)
+        if self.rank == 0:
+            print(f"initialized from {path}")
 
     # ------------------------------------------------------------------ one step
 
