@@ -241,3 +241,49 @@ def test_evaluate_reports_skipped_captions_and_strict(tiny_run, tiny_scenes, tmp
     assert main(["evaluate", str(tiny_run), "--data", str(data), "--draws", "1", "--strict"]) == 1
     err = capsys.readouterr().err
     assert "1 caption(s) could not be used" in err and "--strict" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_skips_an_unreadable_image_and_keeps_the_message(tiny_run, tiny_scenes, tmp_path, capsys) -> None:
+    """One bad photo no longer aborts `vgs evaluate`: its captions are skipped and counted; --strict fails."""
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
+        (data / name).symlink_to(tiny_scenes / name)
+    (data / "audio").mkdir()
+    for wav in (tiny_scenes / "audio").glob("test_*.wav"):
+        (data / "audio" / wav.name).symlink_to(wav)
+    (data / "images").mkdir()
+    for image in (tiny_scenes / "images").iterdir():
+        (data / "images" / image.name).symlink_to(image)
+    rows = [json.loads(line) for line in (tiny_scenes / "test.jsonl").read_text().splitlines() if line.strip()]
+    bad = rows[0]["image"]
+    (data / bad).unlink()
+    (data / bad).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    captions_of_bad = sum(row["image"] == bad for row in rows)
+    out = tmp_path / "result.json"
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--protocol", "full", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped test: {captions_of_bad} caption(s) could not be used; first: " in err
+    assert Path(bad).name in err
+    result = json.loads(out.read_text())
+    assert result["skipped_captions"] == captions_of_bad and result["captions"] == len(rows) - captions_of_bad
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--draws", "1", "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "could not be used" in err and Path(bad).name in err and len(err.strip().splitlines()) == 1
+
+
+def test_close_bars_ends_live_bars_before_an_error_line() -> None:
+    import io
+
+    from tqdm import tqdm as raw_tqdm
+
+    from vgs.progress import close_bars
+
+    stream = io.StringIO()
+    bar = raw_tqdm(total=10, file=stream, desc="work")
+    bar.update(3)
+    close_bars()
+    assert bar.disable or getattr(bar, "_instances", None) is None or bar not in raw_tqdm._instances
+    assert stream.getvalue().endswith("\n")  # the bar's line is finished: the next message starts on its own line

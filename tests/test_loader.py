@@ -40,3 +40,15 @@ def test_few_pairs_fall_back_to_plain_batches() -> None:
     groups[1] = 0  # one repeated caption text, as synthetic captions sometimes have
     plain = BucketBatchSampler(np.arange(50) + 10, 8, seed=0).all_batches()
     assert BucketBatchSampler(np.arange(50) + 10, 8, seed=0, groups=groups).all_batches() == plain
+
+
+def test_unreadable_images_are_named_and_left_out(tmp_path) -> None:
+    """The image-file path (trunk not cached) checks evaluation images up front, like the trunk cache does."""
+    from PIL import Image
+
+    from vgs.data.pipeline import unreadable_images
+
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    problems = unreadable_images({"g": str(tmp_path / "good.png"), "b": str(tmp_path / "bad.jpg")}, "test", progress=False)
+    assert list(problems) == ["b"] and "bad.jpg" in problems["b"]

@@ -283,7 +283,8 @@ class Evaluation:
 
 
 def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
-    """One reason per caption of ``split`` that ``dataset`` left out: bad manifest lines, unreadable audio."""
+    """One reason per caption of ``split`` that ``dataset`` left out: bad manifest lines, unreadable audio,
+    unreadable images."""
     import json
 
     from .data.manifest import load_split
@@ -293,9 +294,10 @@ def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
     reasons = list(manifest.problems)
     audio_problems = cache_folder(manifest.root, config.features) / f"{split}.problems.json"
     known = [str(r) for r in json.loads(audio_problems.read_text()) if r] if audio_problems.is_file() else []
-    missing = len(manifest.rows) - len(dataset)
+    image_skips = list(getattr(dataset, "image_skips", []))
+    missing = len(manifest.rows) - len(dataset) - len(image_skips)
     reasons += (known + ["audio not featurized"] * missing)[:missing] if missing > 0 else []
-    return reasons
+    return reasons + image_skips
 
 
 def _report_skipped(reasons: list[str], split: str, strict: bool) -> None:
@@ -304,9 +306,9 @@ def _report_skipped(reasons: list[str], split: str, strict: bool) -> None:
     message = f"{split}: {len(reasons)} caption(s) could not be used; first: {reasons[0]}"
     if strict:
         raise VGSError(message + " (--strict; without it they are skipped)")
-    import sys
+    from .progress import message as show
 
-    print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+    show(f"warning: skipped {message}")
 
 
 def open_evaluation(run: str | Path, data: str | Path | None = None, split: str = "test", untrained: bool = False,

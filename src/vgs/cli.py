@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import VGSError
+from .progress import close_bars
 
 EPILOG = ("Docs: README.md. Every subcommand has --help. Conventions: the run (a run folder, checkpoint or exported "
           "model) is the first positional argument; an index to read is --index DIR; what a command writes is --out; "
@@ -974,12 +975,14 @@ def main(argv: list[str] | None = None) -> int:
     except VGSError as exc:
         if debug:
             raise
+        close_bars()
         print(f"vgs {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        close_bars()
         print(f"vgs {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: still one line (VGS_DEBUG=1 shows the traceback)
@@ -987,6 +990,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .errors import first_line
 
+        close_bars()
         print(f"vgs {args.command}: error: unexpected {type(exc).__name__}: {first_line(exc)} "
               "(set VGS_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return 2

@@ -294,11 +294,12 @@ def default_workers() -> int:
 
 
 def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, identity: dict, image_config,
-                      batch_size: int = 32, device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, list[str]]:
+                      batch_size: int = 32, device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
     """Encode each distinct image of a split once with a frozen ``trunk``; resumable.
 
-    ``identity`` names the trunk and its weights (it keys the cache folder).
-    Returns ``(features, image_ids)`` with features ``N x C x H x W`` float16.
+    ``identity`` names the trunk and its weights (it keys the cache folder). Unreadable images are
+    left out and reported, like unreadable audio. Returns ``(features, image_ids, problems)``: features
+    ``N x C x H x W`` float16 for the readable images, their ids, and ``{image_id: reason}`` for the rest.
     """
     from .images import load_image_tensor
 
@@ -306,8 +307,10 @@ def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, id
     settings = _as_json({"trunk": identity, "image": asdict(image_config), "manifest_sha256": sha256_file(manifest.path)})
     ids_path = folder / f"{split}.ids.json"
     meta_path = folder / f"{split}.settings.json"
+    problems_path = folder / f"{split}.image_problems.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and ids_path.exists():
-        return load_npy(folder / f"{split}.npy", mmap=False), json.loads(ids_path.read_text())
+        problems = json.loads(problems_path.read_text()) if problems_path.exists() else {}
+        return load_npy(folder / f"{split}.npy", mmap=False), json.loads(ids_path.read_text()), problems
     first_row = {}
     for row in manifest.rows:
         first_row.setdefault(row["image_id"], row)
@@ -316,26 +319,57 @@ def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, id
     parts.mkdir(parents=True, exist_ok=True)
     chunk = batch_size * 8
     trunk = trunk.to(device).eval()
-    bar = tqdm(total=len(image_ids), desc=f"image features {split}", unit="img", disable=not progress)
-    for c0 in range(0, len(image_ids), chunk):
-        part = parts / f"{c0 // chunk:05d}.npy"
-        ids = image_ids[c0: c0 + chunk]
-        if not part.exists():
-            outputs = []
-            for b0 in range(0, len(ids), batch_size):
-                pixels = torch.stack([load_image_tensor(manifest.image_path(first_row[i]), image_config) for i in ids[b0: b0 + batch_size]])
-                with torch.no_grad():
-                    outputs.append(trunk(pixels.to(device)).float().cpu().numpy().astype(np.float16))
-                bar.update(len(pixels))
-            save_npy(part, np.concatenate(outputs))
-        else:
-            bar.update(len(ids))
-    bar.close()
-    features = np.concatenate([load_npy(parts / f"{k:05d}.npy") for k in range(math.ceil(len(image_ids) / chunk))])
+    with tqdm(total=len(image_ids), desc=f"image features {split}", unit="img", disable=not progress) as bar:
+        for c0 in range(0, len(image_ids), chunk):
+            part = parts / f"{c0 // chunk:05d}"
+            if not part.with_suffix(".json").exists():
+                _encode_image_chunk(image_ids[c0: c0 + chunk], first_row, manifest, trunk, image_config, batch_size,
+                                    device, part, bar)
+            else:
+                bar.update(len(image_ids[c0: c0 + chunk]))
+    infos = [json.loads((parts / f"{k:05d}.json").read_text()) for k in range(math.ceil(len(image_ids) / chunk))]
+    empty = np.zeros((0, *trunk_output_shape(infos)), dtype=np.float16)
+    features = np.concatenate([empty] + [load_npy(parts / f"{k:05d}.npy") for k, info in enumerate(infos) if info["ids"]])
+    kept = [image_id for info in infos for image_id in info["ids"]]
+    problems = {image_id: reason for info in infos for image_id, reason in info["problems"].items()}
+    if not kept:
+        first = next(iter(problems.items()))
+        raise VGSError(f"{manifest.path}: none of the {len(problems)} images could be read; first: {first[0]}: {first[1]}")
     save_npy(folder / f"{split}.npy", features)
-    write_json(ids_path, image_ids)
+    write_json(problems_path, problems)
+    write_json(ids_path, kept)
     write_json(meta_path, settings)
     for path in parts.iterdir():
         path.unlink()
     parts.rmdir()
-    return features, image_ids
+    return features, kept, problems
+
+
+def trunk_output_shape(infos: list[dict]) -> tuple[int, ...]:
+    """``C x H x W`` of the trunk as recorded by the first chunk that encoded an image (``(0,)`` if none did)."""
+    return next((tuple(info["shape"]) for info in infos if info["ids"]), (0,))
+
+
+def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, trunk: torch.nn.Module, image_config,
+                        batch_size: int, device: str, part: Path, bar) -> None:
+    """Encode one chunk of images into ``part.npy`` (``n x C x H x W`` float16) + ``part.json`` (ids kept,
+    problems, shape); an image that cannot be read is recorded, not fatal."""
+    from .images import load_image_tensor
+
+    kept, problems, outputs = [], {}, []
+    for b0 in range(0, len(ids), batch_size):
+        pixels = []
+        for image_id in ids[b0: b0 + batch_size]:
+            try:
+                pixels.append(load_image_tensor(manifest.image_path(first_row[image_id]), image_config))
+                kept.append(image_id)
+            except VGSError as exc:
+                problems[image_id] = str(exc)
+        if pixels:
+            with torch.no_grad():
+                outputs.append(trunk(torch.stack(pixels).to(device)).float().cpu().numpy().astype(np.float16))
+        bar.update(len(ids[b0: b0 + batch_size]))
+    if outputs:
+        save_npy(part.with_suffix(".npy"), np.concatenate(outputs))
+    shape = list(outputs[0].shape[1:]) if outputs else []
+    write_json(part.with_suffix(".json"), {"ids": kept, "problems": problems, "shape": shape})

@@ -110,4 +110,20 @@ def tqdm(*args: Any, **kwargs: Any) -> Any:
 
 tqdm.write = _tqdm.write  # type: ignore[attr-defined]  # tqdm.write(...) keeps working
 
-__all__ = ["tqdm", "PlainProgress", "interactive"]
+
+def close_bars() -> None:
+    """Close every live terminal bar (ending its line), so that a message printed next cannot be
+    drawn over by a bar that an exception left open."""
+    for bar in list(getattr(_tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a half-built bar; the message matters more
+            pass
+
+
+def message(text: str) -> None:
+    """Print ``text`` on stderr as a whole line, above any live progress bar."""
+    _tqdm.write(text, file=sys.stderr)
+
+
+__all__ = ["tqdm", "PlainProgress", "interactive", "close_bars", "message"]

@@ -28,9 +28,13 @@ class CachedImages:
 
     is_features = True
 
-    def __init__(self, features: np.ndarray, ids: Sequence[str]):
+    def __init__(self, features: np.ndarray, ids: Sequence[str], problems: dict[str, str] | None = None):
         self.features = features
         self.index = {image_id: k for k, image_id in enumerate(ids)}
+        self.problems = dict(problems or {})  # image_id -> why it is not here
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.index
 
     def get(self, image_id: str, rng: np.random.Generator | None = None) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.features[self.index[image_id]]))
@@ -41,10 +45,15 @@ class ImageFiles:
 
     is_features = False
 
-    def __init__(self, paths: dict[str, str], config: ImageConfig, augment: bool = False):
+    def __init__(self, paths: dict[str, str], config: ImageConfig, augment: bool = False,
+                 problems: dict[str, str] | None = None):
         self.paths = paths
         self.config = config
         self.augment = augment
+        self.problems = dict(problems or {})  # image_id -> why it is not here
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.paths
 
     def get(self, image_id: str, rng: np.random.Generator | None = None) -> torch.Tensor:
         flip = bool(self.augment and rng is not None and rng.random() < 0.5)
@@ -78,7 +87,11 @@ class PairDataset(Dataset):
     def __init__(self, manifest: Manifest, audio: AudioFeatureStore, images: CachedImages | ImageFiles,
                  seed: int = 0, spec_augment: bool = False, voice_augment: VoiceAugment | None = None):
         self.root = manifest.root  # image and audio paths in rows are relative to this folder
-        self.rows = [row for row in manifest.rows if row["id"] in audio.index]
+        with_audio = [row for row in manifest.rows if row["id"] in audio.index]
+        self.rows = [row for row in with_audio if row["image_id"] in images]
+        # one reason per caption left out because its image could not be read
+        self.image_skips = [f"{row['id']}: image {row['image_id']}: {images.problems.get(row['image_id'], 'not available')}"
+                            for row in with_audio if row["image_id"] not in images]
         self.audio = audio
         self.audio_rows = np.array([audio.index[row["id"]] for row in self.rows], dtype=np.int64)
         self.images = images

@@ -10,8 +10,10 @@ import torch
 from ..augment import VoiceAugment
 from ..config import Config
 from ..errors import VGSError
+from ..images import check_image
 from ..features import build_feature_cache, build_image_cache
 from ..models.image import ImageEncoder
+from ..progress import tqdm
 from .loader import CachedImages, ImageFiles, PairDataset
 from .manifest import Manifest, load_split
 
@@ -51,8 +53,12 @@ def open_split(config: Config, split: str, image_encoder: ImageEncoder | None = 
     if train and config.augment.enabled and config.features.kind == "logmel":
         augment = VoiceAugment(config.augment, config.features.n_mels, config.features.fmin, config.features.sample_rate,
                                config.features.hop_ms / 1000)
-    return PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment,
-                       voice_augment=augment)
+    dataset = PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment,
+                          voice_augment=augment)
+    if len(dataset) == 0:
+        raise VGSError(f"{manifest.path}: no caption has both readable audio and a readable image"
+                       + (f"; first image problem: {dataset.image_skips[0]}" if dataset.image_skips else ""))
+    return dataset
 
 
 def _open_images(config: Config, manifest: Manifest, split: str, image_encoder: ImageEncoder | None, train: bool,
@@ -61,11 +67,26 @@ def _open_images(config: Config, manifest: Manifest, split: str, image_encoder: 
     if uses_image_cache(config):
         if image_encoder is None:
             raise VGSError("an image encoder is needed to build the trunk-feature cache")
-        features, ids = build_image_cache(manifest, split, image_encoder.trunk, trunk_identity(config, image_encoder.trunk),
-                                          config.image, device=device, progress=progress)
-        return CachedImages(features, ids)
+        features, ids, problems = build_image_cache(manifest, split, image_encoder.trunk,
+                                                    trunk_identity(config, image_encoder.trunk), config.image,
+                                                    device=device, progress=progress)
+        return CachedImages(features, ids, problems)
     paths = {row["image_id"]: str(manifest.image_path(row)) for row in manifest.rows}
-    return ImageFiles(paths, config.image, augment=train and config.train.augment_images)
+    problems = {} if train else unreadable_images(paths, split, progress)
+    readable = {image_id: path for image_id, path in paths.items() if image_id not in problems}
+    return ImageFiles(readable, config.image, augment=train and config.train.augment_images, problems=problems)
+
+
+def unreadable_images(paths: dict[str, str], split: str, progress: bool) -> dict[str, str]:
+    """``{image_id: reason}`` for the images that do not decode (each is decoded once, fully).
+    Training leaves this to the first epoch, which decodes every image anyway and names a bad file."""
+    problems = {}
+    for image_id, path in tqdm(paths.items(), desc=f"check images {split}", unit="img", disable=not progress):
+        try:
+            check_image(path)
+        except VGSError as exc:
+            problems[image_id] = str(exc)
+    return problems
 
 
 def feature_statistics(dataset: PairDataset, max_items: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
