@@ -104,3 +104,44 @@ def test_augment_config_validation() -> None:
     for bad in (dict(noise_prob=1.5), dict(stretch=(1.2, 0.9)), dict(snr_db=(float("nan"), 3.0)), dict(eq_db=-1.0)):
         with pytest.raises(VGSError, match="augment"):
             AugmentConfig(**bad).validate()
+
+
+@pytest.mark.parametrize("snr_db", [5.0, 15.0])
+def test_feature_noise_matches_waveform_noise_through_the_front_end(snr_db) -> None:
+    """White noise mixed into features looks like white noise mixed into the waveform at the same SNR:
+    the pre-emphasis tilt (+32 dB across the bands) and the SNR's reference are the front end's."""
+    from vgs.augment import add_noise
+    from vgs.features import AudioFeatureConfig, compute_features
+
+    config = AudioFeatureConfig(trim_db=0.0)
+    t = np.arange(32000) / 16000
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 3 * t))  # syllable-rate loudness changes
+    voiced = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 30))  # a 120 Hz voice, falling harmonics
+    speech = (0.1 * envelope * voiced).astype(np.float32)
+    clean = compute_features(speech, config)
+    waveform = np.mean([compute_features(add_noise(speech, snr_db, np.random.default_rng(s)), config)
+                        for s in range(3)], axis=0)
+    augment = VoiceAugment(AugmentConfig(), config.n_mels, config.fmin, config.sample_rate, 0.01, config.preemphasis)
+    feature = []
+    for s in range(3):
+        rng = np.random.default_rng(s)
+        power = augment.add_noise(10.0 ** (clean.astype(np.float64) / 10), snr_db, _WhiteOnly(rng))
+        x = 10 * np.log10(power)
+        feature.append(np.maximum(x - x.max(), -80.0))
+    gap = np.abs(np.mean(feature, axis=0).mean(axis=0) - waveform.mean(axis=0))  # per band, dB
+    assert np.median(gap) < 1.5 and gap.max() < 4.0, np.round(gap, 1)
+    flat = VoiceAugment(AugmentConfig(), config.n_mels, config.fmin, config.sample_rate, 0.01, preemphasis=0.0)
+    assert np.ptp(10 * np.log10(flat.white)) < 1e-9 and np.ptp(10 * np.log10(augment.white)) > 25
+
+
+class _WhiteOnly:
+    """An rng whose ``random()`` always picks white noise (the shape choice draws ``random() < 0.5``)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def random(self) -> float:
+        return 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.rng, name)

@@ -52,7 +52,7 @@ def open_split(config: Config, split: str, image_encoder: ImageEncoder | None = 
     augment = None
     if train and config.augment.enabled and config.features.kind == "logmel":
         augment = VoiceAugment(config.augment, config.features.n_mels, config.features.fmin, config.features.sample_rate,
-                               config.features.hop_ms / 1000)
+                               config.features.hop_ms / 1000, config.features.preemphasis)
     dataset = PairDataset(manifest, audio, images, seed=config.train.seed, spec_augment=train and config.train.spec_augment,
                           voice_augment=augment)
     if len(dataset) == 0:
