@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -117,3 +118,22 @@ def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path) -> Non
     state = train(config, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert state.skipped_steps == 0 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_init_from_starts_from_another_runs_weights(tiny_scenes, tiny_run, tmp_path) -> None:
+    """train.init_from: the model (and the learned temperature) start from the source; mismatches are refused."""
+    source = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    config = tiny_config(tiny_scenes, **{"train.epochs": 4, "train.lr": 3e-3, "model.image_stride": 16,
+                                         "train.init_from": str(tiny_run)})
+    trainer = Trainer(config, tmp_path / "ft", progress=False)
+    own = trainer.model.state_dict()
+    for key, value in source["model"].items():
+        if not key.startswith("audio.input_norm."):
+            assert torch.equal(own[key], value), key
+    assert torch.equal(trainer.loss_fn.logit_scale.detach(), source["loss"]["logit_scale"])
+    assert not torch.equal(source["loss"]["logit_scale"], torch.tensor(math.log(1 / 0.07)))  # it was learned
+    assert trainer.state.global_step == 0  # a fresh schedule, not a resume
+
+    wider = tiny_config(tiny_scenes, **{"model.embed_dim": 32, "train.init_from": str(tiny_run)})
+    with pytest.raises(VGSError, match="train.init_from: .*do not fit"):
+        Trainer(wider, tmp_path / "bad", progress=False)
