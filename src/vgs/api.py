@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 
 from .audio import load_audio
-from .config import Config, from_dict, run_config_from_dict
+from .config import Config, load_config, run_config_from_dict
 from .errors import VGSError, first_line
 from .evaluate import encode_split, full_protocol, pairs_protocol
 from .features import compute_features, pad_features
 from .images import load_image, to_tensor
 from .io import load_checkpoint, write_json
 from .models.dual import DualEncoder
+from .models.factory import build_model, pixel_config
 from .pretrained import resolve_model
 from .similarity import PackedFrames
 
@@ -55,14 +56,16 @@ class Model:
 
     # -------------------------------------------------------------- inputs to tensors
 
-    def _pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+    def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Images (paths, bytes, PIL, or ``3 x S x S`` tensors) -> ``B x 3 x S x S`` encoder input on the model's device."""
+        config = pixel_config(self.config)
         tensors = []
         for image in images:
             if isinstance(image, torch.Tensor):
                 tensors.append(image)
             else:
                 pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-                tensors.append(to_tensor(pil, self.config.image))
+                tensors.append(to_tensor(pil, config))
         return torch.stack(tensors).to(self.device)
 
     def audio_features(self, audio: Sequence[AudioInput]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +85,7 @@ class Model:
         out = []
         for b0 in range(0, len(images), batch_size):
             pixels = images[b0: b0 + batch_size]
-            pixels = pixels.to(self.device) if isinstance(pixels, torch.Tensor) else self._pixels(pixels)
+            pixels = pixels.to(self.device) if isinstance(pixels, torch.Tensor) else self.pixels(pixels)
             out.append(self.net.encode_images(pixels).float())
         return torch.cat(out)
 
@@ -205,7 +208,7 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     target = _device(device)
     path, config_dict, state = _read_model(run, checkpoint)
     config = resolve_data(_saved_config(config_dict, path), run)
-    net = _build_for_loading(config)
+    net = build_model(config, pretrained=False)  # the checkpoint holds every weight: nothing is fetched
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
@@ -213,31 +216,14 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     return Model(net.to(target).eval(), config, target, path)
 
 
-def _build_for_loading(config: Config) -> DualEncoder:
-    """The architecture without fetching ImageNet weights (the checkpoint holds all weights)."""
-    from .data.pipeline import resolve_image_normalization
-
-    resolve_image_normalization(config)
-    model_config = from_dict(type(config.model), {**_asdict(config.model), "pretrained": False, "image_weights": None})
-    return DualEncoder(model_config, config.features)
-
-
-def _asdict(obj: Any) -> dict:
-    from .config import to_dict
-
-    return to_dict(obj)
-
-
 def build_untrained(config: Config, device: str | None = None) -> Model:
     """The configured architecture as initialised before training (pretrained trunk, random rest)."""
-    from .train import build_model
-
-    return Model(build_model(config).to(_device(device)).eval(), config, _device(device))
+    target = _device(device)
+    return Model(build_model(config).to(target).eval(), config, target)
 
 
 def run_config(run: str | Path) -> Config:
     """The config of a run folder (``config.yaml``), exported folder (``config.json``) or checkpoint file."""
-    from .config import load_config
     from .export import is_exported, read_exported_config
 
     run = resolve_model(run)
@@ -287,7 +273,7 @@ def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
     import json
 
     from .data.manifest import load_split
-    from .features import cache_folder
+    from .data.cache import cache_folder
 
     manifest = load_split(config.data, split, strict=False)
     reasons = list(manifest.problems)

@@ -339,7 +339,8 @@ def _count(args: argparse.Namespace, name: str) -> int | None:
 
 def _cache_features(out: Path, written: dict[str, int], workers: int) -> None:
     from .data.manifest import load_split
-    from .features import AudioFeatureConfig, build_feature_cache
+    from .data.cache import build_feature_cache
+    from .features import AudioFeatureConfig
 
     for split in written:
         store = build_feature_cache(load_split(out, split, strict=False), split, AudioFeatureConfig(), workers=workers)
@@ -413,13 +414,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    from .models.factory import AUDIO_ENCODERS, IMAGE_ENCODERS
+
     g = p.add_argument_group("common settings (each is also a config field)")
     g.add_argument("--epochs", type=POSITIVE, help="train.epochs")
     g.add_argument("--batch-size", type=int_at_least(2), help="train.batch_size")
     g.add_argument("--lr", type=POSITIVE_NUMBER, help="train.lr: peak learning rate")
     g.add_argument("--seed", type=int, help="train.seed: same seed, same run")
-    g.add_argument("--image-encoder", help="model.image_encoder: vgg16, vgg19, resnet50, efficientnet-lite0, small-cnn")
-    g.add_argument("--audio-encoder", help="model.audio_encoder: conv5, conv6, resdavenet, lstm, gru")
+    g.add_argument("--image-encoder", help=f"model.image_encoder: {', '.join(IMAGE_ENCODERS)} (see `vgs models`)")
+    g.add_argument("--audio-encoder", help=f"model.audio_encoder: {', '.join(AUDIO_ENCODERS)} (see `vgs models`)")
     g.add_argument("--loss", help="train.loss: hinge_sampled (paper Eq. 2), hinge_all, infonce")
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
@@ -434,23 +437,12 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr":
 
 
 def config_from_args(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN201
-    """Defaults (or ``base``) < preset < --config < flags < --set."""
-    from .config import Config, apply_preset, load_config, parse_overrides, set_value
+    """Defaults (or ``base``) < preset < --config < flags < --set: :func:`vgs.config.compose_config`."""
+    from .config import compose_config
 
-    config = base or Config()
-    if getattr(args, "preset", None):
-        apply_preset(config, args.preset)
-    if getattr(args, "config", None):
-        config = load_config(args.config)
-    for attr, key in FLAG_FIELDS.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            set_value(config, key, value)
-    for key, value in parse_overrides(getattr(args, "overrides", []) or []):
-        set_value(config, key, value)
-    if getattr(args, "data", None) is not None:
-        config.data = str(args.data)
-    return config.validate()
+    flags = {key: getattr(args, attr, None) for attr, key in FLAG_FIELDS.items()}
+    return compose_config(base, getattr(args, "preset", None), getattr(args, "config", None), flags,
+                          getattr(args, "overrides", None), getattr(args, "data", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -882,12 +874,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _models_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the models shipped with the package (use with --model NAME)",
-                       description="List the pretrained models that ship with this installation, with their model cards.")
+    p = sub.add_parser("models", help="list the models shipped with the package (use with --model NAME) and the encoders",
+                       description="List the pretrained models that ship with this installation, with their model cards, "
+                       "then the image and audio encoders a config can name (model.image_encoder, model.audio_encoder).")
     p.set_defaults(func=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .models.factory import list_models
     from .pretrained import pretrained_models, pretrained_path
 
     names = pretrained_models()
@@ -898,6 +892,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         summary = next((line.strip() for line in card.read_text(encoding="utf-8").splitlines()[1:] if line.strip()), "") \
             if card.is_file() else ""
         print(f"{name}  {pretrained_path(name)}\n    {summary}")
+    for branch, encoders in list_models().items():
+        print(f"{branch} encoders (model.{branch}_encoder):")
+        for encoder, description in encoders.items():
+            print(f"  {encoder:20s} {description}")
     return 0
 
 

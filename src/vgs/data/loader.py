@@ -1,6 +1,6 @@
 """PyTorch datasets and batching for image/caption pairs.
 
-Audio comes from the feature cache (:class:`~vgs.features.AudioFeatureStore`); images
+Audio comes from the feature cache (:class:`~vgs.data.cache.AudioFeatureStore`); images
 either from the trunk-feature cache (:class:`CachedImages`, a frozen trunk) or from
 files (:class:`ImageFiles`).  :class:`BucketBatchSampler` groups captions of similar
 length, so a 3-second caption does not pay for 1024 frames, and is deterministic
@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..augment import VoiceAugment
-from ..features import AudioFeatureStore, pad_features
+from ..features import pad_features
 from ..images import ImageConfig, load_image_tensor
+from .cache import AudioFeatureStore
 from .manifest import Manifest
 
 
