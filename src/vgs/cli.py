@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import VGSError
+from .errors import VGSError, first_line
 
 EPILOG = ("Docs: README.md. Every subcommand has --help. Conventions: the run (a run folder, checkpoint or exported "
           "model) is the first positional argument; an index to read is --index DIR; what a command writes is --out; "
@@ -553,7 +553,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_table(rows))
     if args.localization:
-        result["localization"] = _pointing(args)
+        result["localization"] = _pointing(args, evaluation.model)
         loc = result["localization"]
         if not args.json:
             print(f"pointing game: {loc['pointing_game']:.3f} over {loc['object_words']} object words "
@@ -584,14 +584,13 @@ def _evaluation_plots(args: argparse.Namespace, evaluation, result: dict) -> dic
     return {} if args.untrained else {"untrained": baseline}
 
 
-def _pointing(args: argparse.Namespace) -> dict:
-    from .api import build_untrained, load, run_config
+def _pointing(args: argparse.Namespace, model) -> dict:  # noqa: ANN001 - the evaluation's vgs.api.Model
+    """The pointing game of the model the evaluation scored (for --untrained: with the split's input statistics)."""
     from .data.manifest import load_split
     from .localize import pointing_game
 
-    model = build_untrained(run_config(args.run), args.device) if args.untrained else load(args.run, args.checkpoint, args.device)
-    data = args.data or model.config.data
-    return pointing_game(model, load_split(data, args.split, strict=False), max_captions=args.max_captions).to_dict()
+    manifest = load_split(model.config.data, args.split, strict=False)
+    return pointing_game(model, manifest, max_captions=args.max_captions).to_dict()
 
 
 # ----------------------------------------------------------------------------- index / search / localize
@@ -730,9 +729,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
             words = json.loads(args.words.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, 5000-digit numbers
             raise VGSError(f"{args.words}: expected a JSON list of {{word, start, end}} ({exc})") from exc
-        from .data.manifest import validate_row
+        from .data.manifest import validate_words
 
-        validate_row({"id": "q", "image": "i", "image_id": "i", "audio": "a", "speaker": "s", "words": words}, args.words, 1)
+        validate_words(words, args.words)
     if image is None or audio is None:
         raise VGSError("localize: give --image and --audio (or --text), or --manifest with --id")
     records = localize(load(args.run, args.checkpoint, args.device), image, audio, args.out, words=words, window=args.window)
@@ -983,8 +982,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line (VGS_DEBUG=1 shows the traceback)
         if debug:
             raise
-        from .errors import first_line
-
         print(f"vgs {args.command}: error: unexpected {type(exc).__name__}: {first_line(exc)} "
               "(set VGS_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return 2
