@@ -26,7 +26,7 @@ from .io import load_checkpoint, write_json
 from .models.dual import DualEncoder
 from .models.factory import build_model, pixel_config
 from .pretrained import resolve_model
-from .similarity import PackedFrames
+from .similarity import PackedFrames, matchmap
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 AudioInput = str | Path | bytes | np.ndarray
@@ -74,7 +74,7 @@ class Model:
         for item in audio:
             signal = item if isinstance(item, np.ndarray) else load_audio(item, self.config.features.sample_rate)
             feats.append(compute_features(signal, self.config.features))
-        batch, lengths = pad_features(feats, multiple=16)
+        batch, lengths = pad_features(feats, multiple=self.net.audio.downsample)
         return batch.to(self.device), lengths.to(self.device)
 
     # -------------------------------------------------------------- encoders
@@ -92,31 +92,44 @@ class Model:
     @torch.no_grad()
     def encode_audio(self, audio: Sequence[AudioInput], batch_size: int = 32) -> PackedFrames:
         """Spoken captions (paths, bytes or 16 kHz arrays) -> packed ``sum(T') x D`` frame embeddings."""
-        frames, lengths = [], []
+        parts = []
         for b0 in range(0, len(audio), batch_size):
             feats, feat_lengths = self.audio_features(audio[b0: b0 + batch_size])
             emb, out_lengths = self.net.encode_audio(feats, feat_lengths)
-            packed = PackedFrames.from_padded(emb.float(), out_lengths)
-            frames.append(packed.frames)
-            lengths.append(packed.lengths)
-        all_lengths = torch.cat(lengths)
-        owner = torch.repeat_interleave(torch.arange(len(all_lengths), device=all_lengths.device), all_lengths)
-        return PackedFrames(torch.cat(frames), owner, all_lengths)
+            parts.append(PackedFrames.from_padded(emb.float(), out_lengths))
+        return PackedFrames.cat(parts)
+
+    # -------------------------------------------------------------- scores (the one place they are computed)
+
+    @property
+    def embed_dim(self) -> int:
+        """``D``, the size of region and frame embeddings."""
+        return self.net.config.embed_dim
+
+    @property
+    def similarity_kind(self) -> str:
+        """The score the model was trained with: ``misa``, ``sima`` or ``sisa``."""
+        return self.net.config.similarity
+
+    @torch.no_grad()
+    def scores(self, image_embeddings: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
+        """``N x D x H x W`` region embeddings and ``M`` packed captions -> ``N x M`` scores (CPU) of the model's kind."""
+        return self.net.similarity(image_embeddings.to(self.device), captions.to(self.device)).cpu()
 
     @torch.no_grad()
     def similarity(self, images: Sequence[ImageInput] | torch.Tensor, audio: Sequence[AudioInput] | PackedFrames) -> torch.Tensor:
         """``N`` images x ``M`` captions -> ``N x M`` scores. Accepts raw inputs or embeddings."""
-        image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.net.config.embed_dim \
+        image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.embed_dim \
             else self.encode_images(images)
         packed = audio if isinstance(audio, PackedFrames) else self.encode_audio(audio)
-        return self.net.similarity(image_emb, packed).cpu()
+        return self.scores(image_emb, packed)
 
     @torch.no_grad()
     def matchmap(self, image: ImageInput, audio: AudioInput) -> torch.Tensor:
         """One image and one caption -> ``H x W x T'`` matchmap."""
         image_emb = self.encode_images([image])[0]
         packed = self.encode_audio([audio])
-        return self.net.matchmap(image_emb, packed.caption(0)).cpu()
+        return matchmap(image_emb, packed.caption(0)).cpu()
 
     def frame_seconds(self) -> float:
         """Seconds of audio per output frame of the audio encoder."""

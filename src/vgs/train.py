@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +330,7 @@ class Trainer:
             self.sampler.set_epoch(epoch, self.state.batch_in_epoch)
             self.train_set.set_epoch(epoch)
             # A private generator: creating the loader must not consume the global RNG (exact resume).
-            loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate, num_workers=loader_workers,
+            loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=partial(collate, multiple=self.model.audio.downsample), num_workers=loader_workers,
                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed + epoch))
             self.model.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not self.progress,

@@ -136,7 +136,8 @@ class Batch:
                        for t in (self.audio, self.lengths, self.images, self.image_index, self.index, self.caption_index)))
 
 
-def collate(items: list[dict], multiple: int = 16) -> Batch:
+def collate(items: list[dict], multiple: int) -> Batch:
+    """Dataset items -> a :class:`Batch`; audio ``B x F x T`` padded to a multiple of the audio encoder's ``downsample``."""
     audio, lengths = pad_features([item["audio"] for item in items], multiple)
     images = torch.stack([item["image"] for item in items]).float()
     return Batch(audio, lengths, images, torch.tensor([item["image_index"] for item in items]),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..similarity import DEFAULT_CHUNK_BYTES, PackedFrames, matchmap, similarity_matrix
+from ..similarity import DEFAULT_CHUNK_BYTES, PackedFrames, similarity_matrix
 from .audio import AudioEncoder
 from .image import ImageEncoder
 
@@ -59,11 +59,6 @@ class DualEncoder(nn.Module):
                    audio_lengths: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
         """``N x D x H x W`` and ``M x D x T'`` (or packed) embeddings -> ``N x M`` scores (the configured kind)."""
         return similarity_matrix(image_embeddings, audio_embeddings, audio_lengths, self.config.similarity, chunk_bytes)
-
-    @staticmethod
-    def matchmap(image_embedding: torch.Tensor, audio_embedding: torch.Tensor) -> torch.Tensor:
-        """``D x H x W`` and ``D x T'`` -> ``H x W x T'``."""
-        return matchmap(image_embedding, audio_embedding)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
