@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from .progress import tqdm
 
 from .data.loader import BucketBatchSampler, PairDataset, collate
