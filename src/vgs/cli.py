@@ -413,16 +413,27 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    from .models.factory import AUDIO_ENCODERS, IMAGE_ENCODERS
+class EncoderNames:
+    """The names in one encoder registry (``image`` or ``audio``), read only when help is printed,
+    so that `vgs` starts without importing torch."""
 
+    def __init__(self, branch: str):
+        self.branch = branch
+
+    def __str__(self) -> str:
+        from .models.factory import list_models
+
+        return ", ".join(list_models()[self.branch])
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common settings (each is also a config field)")
     g.add_argument("--epochs", type=POSITIVE, help="train.epochs")
     g.add_argument("--batch-size", type=int_at_least(2), help="train.batch_size")
     g.add_argument("--lr", type=POSITIVE_NUMBER, help="train.lr: peak learning rate")
     g.add_argument("--seed", type=int, help="train.seed: same seed, same run")
-    g.add_argument("--image-encoder", help=f"model.image_encoder: {', '.join(IMAGE_ENCODERS)} (see `vgs models`)")
-    g.add_argument("--audio-encoder", help=f"model.audio_encoder: {', '.join(AUDIO_ENCODERS)} (see `vgs models`)")
+    g.add_argument("--image-encoder", help="model.image_encoder: %(names)s (see `vgs models`)").names = EncoderNames("image")
+    g.add_argument("--audio-encoder", help="model.audio_encoder: %(names)s (see `vgs models`)").names = EncoderNames("audio")
     g.add_argument("--loss", help="train.loss: hinge_sampled (paper Eq. 2), hinge_all, infonce")
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
