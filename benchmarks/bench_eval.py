@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_share_line, machine_line, result_line, table  # noqa: E402
 
 from vgs.config import Config  # noqa: E402
+from vgs.data.cache import build_feature_cache  # noqa: E402
 from vgs.data.loader import CachedImages, ImageFiles, PairDataset  # noqa: E402
 from vgs.data.manifest import Manifest, load_split  # noqa: E402
 from vgs.data.pipeline import feature_statistics, uses_image_cache  # noqa: E402
 from vgs.evaluate import encode_split, full_protocol, image_to_speech, mean_recall, speech_to_image  # noqa: E402
-from vgs.features import build_feature_cache, compute_features  # noqa: E402
+from vgs.features import compute_features  # noqa: E402
 from vgs.images import load_image_tensor  # noqa: E402
 from vgs.io import write_jsonl  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402

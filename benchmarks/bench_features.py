@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_share_line, machine_line, median, result_line, table  # noqa: E402
 
 from vgs.audio import load_audio  # noqa: E402
+from vgs.data.cache import build_feature_cache  # noqa: E402
 from vgs.data.manifest import Manifest, load_split  # noqa: E402
-from vgs.features import AudioFeatureConfig, build_feature_cache, compute_features  # noqa: E402
+from vgs.features import AudioFeatureConfig, compute_features  # noqa: E402
 from vgs.io import write_jsonl  # noqa: E402
 from vgs.tts import VoicePoolConfig, pick_voice, synthesize_many, voice_pool  # noqa: E402
 

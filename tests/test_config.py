@@ -77,3 +77,44 @@ def test_saved_runs_keep_the_behaviour_they_were_trained_with(tmp_path) -> None:
     partial.write_text("model:\n  embed_dim: 256\n")
     user = load_config(partial)  # a user's file gets today's defaults
     assert user.augment.enabled and user.features.trim_db > 0 and user.train.voice_pairs
+
+
+def test_compose_config_layers_each_win_over_the_one_before(tmp_path) -> None:
+    from vgs.config import PRESETS, compose_config
+
+    path = tmp_path / "partial.yaml"
+    path.write_text("train: {lr: 0.01, epochs: 7}\nmodel: {embed_dim: 96}\n")
+    assert compose_config().train.lr == Config().train.lr  # defaults
+    preset = compose_config(preset="scenes")
+    assert preset.train.lr == PRESETS["scenes"]["train.lr"] and preset.model.embed_dim == 256
+    filed = compose_config(preset="scenes", config_file=path)
+    assert (filed.train.lr, filed.train.epochs, filed.model.embed_dim) == (0.01, 7, 96)  # the file wins...
+    assert filed.model.audio_channels == PRESETS["scenes"]["model.audio_channels"]  # ...and keeps what it does not set
+    flagged = compose_config(preset="scenes", config_file=path, flags={"train.lr": 0.02, "train.seed": None}, data="d")
+    assert (flagged.train.lr, flagged.train.epochs, flagged.train.seed, flagged.data) == (0.02, 7, 0, "d")
+    final = compose_config(preset="scenes", config_file=path, flags={"train.lr": 0.02}, overrides=["train.lr=0.03"])
+    assert (final.train.lr, final.train.epochs, final.model.embed_dim) == (0.03, 7, 96)
+    base = Config(data="saved")
+    base.train.epochs = 11
+    assert compose_config(base=base, flags={"train.lr": 0.5}).train.epochs == 11  # a resumed run's own config
+
+
+def test_cli_preset_then_partial_config_file_keeps_the_preset(tmp_path) -> None:
+    """`vgs train --preset scenes --config partial.yaml` used to replace the preset with the file."""
+    from vgs.cli import build_parser, config_from_args
+
+    path = tmp_path / "partial.yaml"
+    path.write_text("train:\n  epochs: 2\n")
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), "--preset", "scenes", "--config", str(path)])
+    config = config_from_args(args)
+    assert config.train.epochs == 2
+    assert (config.model.image_stride, config.model.embed_dim, config.train.lr) == (16, 256, 2e-3)  # the preset's
+
+
+def test_config_file_errors_name_the_file(tmp_path) -> None:
+    from vgs.config import compose_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {lr: abc}\n")
+    with pytest.raises(VGSError, match=r"bad.yaml: train.lr: expected a number"):
+        compose_config(preset="scenes", config_file=path)

@@ -11,7 +11,8 @@ import soundfile as sf
 
 from vgs.data.manifest import read_manifest, write_manifest
 from vgs.errors import VGSError
-from vgs.features import AudioFeatureConfig, build_feature_cache, compute_features, pad_features
+from vgs.data.cache import build_feature_cache
+from vgs.features import AudioFeatureConfig, compute_features, pad_features
 
 
 def davenet_reference(y: np.ndarray) -> np.ndarray:
@@ -64,10 +65,10 @@ def test_cache_built_once_and_rebuilt_when_settings_change(tmp_path, monkeypatch
     store = build_feature_cache(manifest, "train", workers=1, progress=False)
     assert len(store) == 3 and store.get("u2").shape == (46, 40)
     calls = []
-    import vgs.features as features
+    import vgs.data.cache as cache
 
-    original = features.features_from_file
-    monkeypatch.setattr(features, "features_from_file", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = cache.features_from_file
+    monkeypatch.setattr(cache, "features_from_file", lambda *a, **k: calls.append(1) or original(*a, **k))
     build_feature_cache(manifest, "train", workers=1, progress=False)
     assert calls == []  # reused
     build_feature_cache(manifest, "train", AudioFeatureConfig(n_mels=24), workers=1, progress=False)

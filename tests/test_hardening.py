@@ -394,10 +394,10 @@ def test_1_concurrent_audio_decodes_are_bounded(app_parts, monkeypatch, tiny_sce
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    import vgs.audio
+    import vgs.query
     from vgs.app import AppLimits, create_app
 
-    real, active, peak, lock = vgs.audio.load_audio, [0], [0], threading.Lock()
+    real, active, peak, lock = vgs.query.load_audio, [0], [0], threading.Lock()
 
     def slow_load(*args, **kwargs):  # noqa: ANN002, ANN003
         with lock:
@@ -410,7 +410,7 @@ def test_1_concurrent_audio_decodes_are_bounded(app_parts, monkeypatch, tiny_sce
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(vgs.audio, "load_audio", slow_load)
+    monkeypatch.setattr(vgs.query, "load_audio", slow_load)
     client = _client(create_app(*app_parts, AppLimits(max_decodes=2)))
     wav = (tiny_scenes / "audio" / "test_00000_0.wav").read_bytes()
 
@@ -446,19 +446,20 @@ def test_2_images_snap_to_few_sizes_decode_under_a_pixel_budget_and_cache_in_byt
 
     from PIL import Image
 
-    import vgs.app
-    from vgs.app import THUMBNAIL_SIZES, AppLimits, create_app
+    import vgs.query
+    from vgs.app import AppLimits, create_app
+    from vgs.query import THUMBNAIL_SIZES
 
     model, index, names = _image_index(indexed, tmp_path)
     jpeg, png = names.index("a.jpg"), names.index("b.png")
     decodes: list[tuple[int, int]] = []
-    real = vgs.app._thumbnail_bytes
+    real = vgs.query._thumbnail_bytes
 
     def counting(index, i, size, max_pixels):  # noqa: ANN001
         decodes.append((i, size))
         return real(index, i, size, max_pixels)
 
-    monkeypatch.setattr(vgs.app, "_thumbnail_bytes", counting)
+    monkeypatch.setattr(vgs.query, "_thumbnail_bytes", counting)
     # budget 1 Mpx: the 3 Mpx JPEG is decoded at half scale (draft), the 3 Mpx PNG cannot be reduced: 413
     app = create_app(model, index, AppLimits(max_image_pixels=1_000_000, image_cache_bytes=200_000))
     client = _client(app)
@@ -468,7 +469,7 @@ def test_2_images_snap_to_few_sizes_decode_under_a_pixel_budget_and_cache_in_byt
         assert response.status_code == 200, response.text
         assert max(Image.open(io.BytesIO(response.content)).size) <= size
     assert len(decodes) == len({max(s for s in THUMBNAIL_SIZES if s <= size) for size in sizes}) == 5  # old: 10
-    assert app.state.images.bytes <= 200_000
+    assert app.state.service.thumbnails.bytes <= 200_000
     assert client.get(f"/api/images/{png}", params={"size": 256}).status_code == 413
 
 

@@ -5,29 +5,36 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vgs.config import ModelConfig
-from vgs.features import AudioFeatureConfig
-from vgs.models import DualEncoder, build_audio_encoder
-from vgs.models.image import ImageEncoder
+from vgs.config import Config, ModelConfig
+from vgs.models import build_audio_encoder, build_image_encoder, build_model
+
+
+def dual(**model) -> "torch.nn.Module":
+    return build_model(Config(model=ModelConfig(**model)))
+
+
+def audio_encoder(name: str) -> "torch.nn.Module":
+    return build_audio_encoder(ModelConfig(audio_encoder=name, embed_dim=24, audio_channels=32, rnn_hidden=16,
+                                           rnn_subsample=4), 40)
 
 
 @pytest.mark.parametrize("name,size,hw", [("efficientnet-lite0", 224, 7), ("small-cnn", 128, 8),
                                           ("vgg16", 224, 14), ("vgg19", 224, 14), ("resnet50", 224, 7)])
 def test_image_encoder_shapes(name: str, size: int, hw: int) -> None:
-    encoder = ImageEncoder(name, embed_dim=32, pretrained=name == "efficientnet-lite0").eval()
+    encoder = build_image_encoder(name, embed_dim=32, pretrained=name == "efficientnet-lite0").eval()
     with torch.no_grad():
         out = encoder(torch.randn(2, 3, size, size))
     assert out.shape == (2, 32, hw, hw)
 
 
 def test_vgg19_head_is_3x3_and_vgg16_1x1() -> None:
-    assert ImageEncoder("vgg19", 8, pretrained=False).head.kernel_size == (3, 3)
-    assert ImageEncoder("vgg16", 8, pretrained=False).head.kernel_size == (1, 1)
+    assert build_image_encoder("vgg19", 8, pretrained=False).head.kernel_size == (3, 3)
+    assert build_image_encoder("vgg16", 8, pretrained=False).head.kernel_size == (1, 1)
 
 
 @pytest.mark.parametrize("name", ["conv5", "conv6", "resdavenet", "lstm", "gru"])
 def test_audio_encoder_shapes_and_lengths(name: str) -> None:
-    encoder = build_audio_encoder(name, input_dim=40, embed_dim=24, channels=32, hidden=16).eval()
+    encoder = audio_encoder(name).eval()
     lengths = torch.tensor([160, 97, 33])
     out, out_lengths = encoder(torch.randn(3, 40, 160), lengths)
     assert out.shape[:2] == (3, 24)
@@ -40,7 +47,7 @@ def test_audio_encoder_shapes_and_lengths(name: str) -> None:
 @pytest.mark.parametrize("name", ["conv5", "conv6", "resdavenet", "lstm", "gru"])
 def test_padding_does_not_change_frames(name: str) -> None:
     """An utterance encodes the same alone and in a batch with a longer one (eval mode)."""
-    encoder = build_audio_encoder(name, input_dim=40, embed_dim=24, channels=32, hidden=16).eval()
+    encoder = audio_encoder(name).eval()
     short = torch.randn(1, 40, 70)
     alone, alone_len = encoder(short, torch.tensor([70]))
     batch = torch.cat([torch.nn.functional.pad(short, (0, 90)), torch.randn(1, 40, 160)])
@@ -51,8 +58,8 @@ def test_padding_does_not_change_frames(name: str) -> None:
 
 
 def test_dual_encoder_similarity_and_cached_path() -> None:
-    model = DualEncoder(ModelConfig(image_encoder="small-cnn", pretrained=False, audio_encoder="conv5", embed_dim=16,
-                                    audio_channels=32, freeze_trunk=True), AudioFeatureConfig()).eval()
+    model = dual(image_encoder="small-cnn", pretrained=False, audio_encoder="conv5", embed_dim=16, audio_channels=32,
+                 freeze_trunk=True).eval()
     images = torch.randn(3, 3, 128, 128)
     with torch.no_grad():
         direct = model.encode_images(images)
@@ -65,8 +72,7 @@ def test_dual_encoder_similarity_and_cached_path() -> None:
 
 
 def test_frozen_trunk_gets_no_gradient() -> None:
-    model = DualEncoder(ModelConfig(image_encoder="small-cnn", pretrained=False, embed_dim=8, audio_channels=32,
-                                    freeze_trunk=True), AudioFeatureConfig())
+    model = dual(image_encoder="small-cnn", pretrained=False, embed_dim=8, audio_channels=32, freeze_trunk=True)
     assert all(not p.requires_grad for p in model.image.trunk.parameters())
     assert all(p.requires_grad for p in model.image.head.parameters())
     model.train()
@@ -79,7 +85,7 @@ def test_weights_from_a_local_file(tmp_path) -> None:
 
     reference = models.vgg16(weights=None)
     torch.save(reference.state_dict(), tmp_path / "vgg16.pth")
-    encoder = ImageEncoder("vgg16", 8, pretrained=True, weights_file=str(tmp_path / "vgg16.pth"))
+    encoder = build_image_encoder("vgg16", 8, pretrained=True, weights_file=str(tmp_path / "vgg16.pth"))
     torch.testing.assert_close(encoder.trunk[0].weight, reference.features[0].weight)
 
 
@@ -89,10 +95,10 @@ def test_missing_weights_offline_gives_a_clear_error(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(VGSError, match="--image-weights"):
-        ImageEncoder("resnet50", 8, pretrained=True)
+        build_image_encoder("resnet50", 8, pretrained=True)
     torch.save({"not": "weights"}, tmp_path / "bad.pth")
     with pytest.raises(VGSError, match="state_dict"):
-        ImageEncoder("vgg16", 8, pretrained=True, weights_file=str(tmp_path / "bad.pth"))
+        build_image_encoder("vgg16", 8, pretrained=True, weights_file=str(tmp_path / "bad.pth"))
 
 
 def test_utterance_norm_ignores_level_colouring_and_padding() -> None:
@@ -112,11 +118,37 @@ def test_utterance_norm_ignores_level_colouring_and_padding() -> None:
 
 
 def test_dual_encoder_uses_the_configured_audio_norm() -> None:
-    from vgs.config import ModelConfig
-    from vgs.features import AudioFeatureConfig
-    from vgs.models.dual import DualEncoder
-
     for mode, expected in (("utterance", True), ("global", False)):
-        config = ModelConfig(image_encoder="small-cnn", audio_encoder="resdavenet", embed_dim=16, audio_channels=32,
-                             pretrained=False, freeze_trunk=False, audio_norm=mode)
-        assert DualEncoder(config, AudioFeatureConfig()).audio.input_norm.per_utterance is expected
+        model = dual(image_encoder="small-cnn", audio_encoder="resdavenet", embed_dim=16, audio_channels=32,
+                     pretrained=False, freeze_trunk=False, audio_norm=mode)
+        assert model.audio.input_norm.per_utterance is expected
+
+
+def test_registries_drive_validation_help_and_listing() -> None:
+    from vgs.cli import build_parser
+    from vgs.errors import VGSError
+    from vgs.models import AUDIO_ENCODERS, IMAGE_ENCODERS, list_models
+
+    listed = list_models()
+    assert list(listed["image"]) == list(IMAGE_ENCODERS) and list(listed["audio"]) == list(AUDIO_ENCODERS)
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert all(name in train_help for name in (*IMAGE_ENCODERS, *AUDIO_ENCODERS))
+    with pytest.raises(VGSError, match="model.image_encoder: expected one of " + ", ".join(IMAGE_ENCODERS)):
+        ModelConfig(image_encoder="alexnet").validate()
+    with pytest.raises(VGSError, match="model.image_stride"):
+        build_image_encoder("small-cnn", 8, pretrained=False, stride=16)
+
+
+def test_the_image_encoder_owns_its_input_normalization() -> None:
+    from vgs.images import IMAGENET_MEAN
+    from vgs.models.factory import IMAGE_ENCODERS, pixel_config
+
+    config = Config()
+    config.model.image_encoder = "efficientnet-lite0"
+    assert pixel_config(config).mean == IMAGE_ENCODERS["efficientnet-lite0"].normalization[0]
+    assert config.image.mean == IMAGENET_MEAN  # decided, not written into the config
+    config.model.image_encoder = "vgg16"
+    assert pixel_config(config).mean == IMAGENET_MEAN
+    config.image.mean = (0.5, 0.5, 0.5)  # a saved run's (or a user's) own values are kept
+    config.model.image_encoder = "efficientnet-lite0"
+    assert pixel_config(config).mean == (0.5, 0.5, 0.5)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import vgs
+import vgs.tts  # vgs.tts.synthesize below: the package does not import its submodules
 from vgs.cli import main
 from vgs.errors import VGSError
 from vgs.pretrained import pretrained_models, pretrained_path

@@ -130,3 +130,37 @@ def test_pointing_game_needs_ground_truth(tiny_run, tmp_path) -> None:
     write_manifest(tmp_path / "x.jsonl", [{"id": "a", "image": "i.png", "image_id": "i", "audio": "a.wav", "speaker": "s"}])
     with pytest.raises(VGSError, match="ground truth"):
         pointing_game(load(tiny_run), read_manifest(tmp_path / "x.jsonl"), progress=False)
+
+
+def test_evaluate_localization_scores_the_model_it_evaluated(tiny_run, monkeypatch, capsys) -> None:
+    """`vgs evaluate --localization` loads the trained model once, and the untrained pointing game plays the
+    model whose recall it reports (with the split's input statistics, which open_evaluation sets)."""
+    import vgs.api as api
+    import vgs.localize as localize
+
+    loads, played = [], []
+    real_load, real_game = api.load, localize.pointing_game
+    monkeypatch.setattr(api, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(localize, "pointing_game", lambda model, *a, **k: played.append(model) or real_game(model, *a, **k))
+    for flags in ([], ["--untrained"]):
+        assert main(["evaluate", str(tiny_run), "--split", "test", "--draws", "1", "--localization",
+                     "--max-captions", "4", "--json", *flags]) == 0
+        assert "pointing_game" in json.loads(capsys.readouterr().out)["localization"]
+    assert len(loads) == 1  # the trained run, loaded once
+    untrained_norm = played[1].net.audio.input_norm
+    assert untrained_norm.mean.abs().sum() > 0 and not torch.all(untrained_norm.std == 1)
+
+
+def test_localize_word_times_are_checked_as_word_times(tmp_path, capsys) -> None:
+    from vgs.data.manifest import validate_words
+
+    assert validate_words([{"word": "red", "start": 0.1, "end": 0.4}], "w.json")
+    with pytest.raises(VGSError, match=r"w.json: field 'words': words\[1\]: expected"):
+        validate_words([{"word": "red", "start": 0.1, "end": 0.4}, {"word": "x", "start": 2, "end": 1}], "w.json")
+    with pytest.raises(VGSError, match="expected a list of word times"):
+        validate_words({"word": "red"}, "w.json")
+    path = tmp_path / "words.json"
+    path.write_text(json.dumps([{"word": "red", "start": -1, "end": 0.4}]))
+    assert main(["localize", str(tmp_path / "no-run"), "--words", str(path), "--image", "i.png", "--audio", "a.wav",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "words.json: field 'words': words[0]" in capsys.readouterr().err

@@ -17,15 +17,16 @@ import torch
 from PIL import Image
 
 from .audio import load_audio
-from .config import Config, from_dict, run_config_from_dict
+from .config import Config, load_config, run_config_from_dict
 from .errors import VGSError, first_line
 from .evaluate import encode_split, full_protocol, pairs_protocol
 from .features import compute_features, pad_features
 from .images import load_image, to_tensor
 from .io import load_checkpoint, write_json
 from .models.dual import DualEncoder
+from .models.factory import build_model, pixel_config
 from .pretrained import resolve_model
-from .similarity import PackedFrames
+from .similarity import PackedFrames, matchmap
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 AudioInput = str | Path | bytes | np.ndarray
@@ -55,14 +56,16 @@ class Model:
 
     # -------------------------------------------------------------- inputs to tensors
 
-    def _pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+    def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Images (paths, bytes, PIL, or ``3 x S x S`` tensors) -> ``B x 3 x S x S`` encoder input on the model's device."""
+        config = pixel_config(self.config)
         tensors = []
         for image in images:
             if isinstance(image, torch.Tensor):
                 tensors.append(image)
             else:
                 pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-                tensors.append(to_tensor(pil, self.config.image))
+                tensors.append(to_tensor(pil, config))
         return torch.stack(tensors).to(self.device)
 
     def audio_features(self, audio: Sequence[AudioInput]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +74,7 @@ class Model:
         for item in audio:
             signal = item if isinstance(item, np.ndarray) else load_audio(item, self.config.features.sample_rate)
             feats.append(compute_features(signal, self.config.features))
-        batch, lengths = pad_features(feats, multiple=16)
+        batch, lengths = pad_features(feats, multiple=self.net.audio.downsample)
         return batch.to(self.device), lengths.to(self.device)
 
     # -------------------------------------------------------------- encoders
@@ -82,38 +85,51 @@ class Model:
         out = []
         for b0 in range(0, len(images), batch_size):
             pixels = images[b0: b0 + batch_size]
-            pixels = pixels.to(self.device) if isinstance(pixels, torch.Tensor) else self._pixels(pixels)
+            pixels = pixels.to(self.device) if isinstance(pixels, torch.Tensor) else self.pixels(pixels)
             out.append(self.net.encode_images(pixels).float())
         return torch.cat(out)
 
     @torch.no_grad()
     def encode_audio(self, audio: Sequence[AudioInput], batch_size: int = 32) -> PackedFrames:
         """Spoken captions (paths, bytes or 16 kHz arrays) -> packed ``sum(T') x D`` frame embeddings."""
-        frames, lengths = [], []
+        parts = []
         for b0 in range(0, len(audio), batch_size):
             feats, feat_lengths = self.audio_features(audio[b0: b0 + batch_size])
             emb, out_lengths = self.net.encode_audio(feats, feat_lengths)
-            packed = PackedFrames.from_padded(emb.float(), out_lengths)
-            frames.append(packed.frames)
-            lengths.append(packed.lengths)
-        all_lengths = torch.cat(lengths)
-        owner = torch.repeat_interleave(torch.arange(len(all_lengths), device=all_lengths.device), all_lengths)
-        return PackedFrames(torch.cat(frames), owner, all_lengths)
+            parts.append(PackedFrames.from_padded(emb.float(), out_lengths))
+        return PackedFrames.cat(parts)
+
+    # -------------------------------------------------------------- scores (the one place they are computed)
+
+    @property
+    def embed_dim(self) -> int:
+        """``D``, the size of region and frame embeddings."""
+        return self.net.config.embed_dim
+
+    @property
+    def similarity_kind(self) -> str:
+        """The score the model was trained with: ``misa``, ``sima`` or ``sisa``."""
+        return self.net.config.similarity
+
+    @torch.no_grad()
+    def scores(self, image_embeddings: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
+        """``N x D x H x W`` region embeddings and ``M`` packed captions -> ``N x M`` scores (CPU) of the model's kind."""
+        return self.net.similarity(image_embeddings.to(self.device), captions.to(self.device)).cpu()
 
     @torch.no_grad()
     def similarity(self, images: Sequence[ImageInput] | torch.Tensor, audio: Sequence[AudioInput] | PackedFrames) -> torch.Tensor:
         """``N`` images x ``M`` captions -> ``N x M`` scores. Accepts raw inputs or embeddings."""
-        image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.net.config.embed_dim \
+        image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.embed_dim \
             else self.encode_images(images)
         packed = audio if isinstance(audio, PackedFrames) else self.encode_audio(audio)
-        return self.net.similarity(image_emb, packed).cpu()
+        return self.scores(image_emb, packed)
 
     @torch.no_grad()
     def matchmap(self, image: ImageInput, audio: AudioInput) -> torch.Tensor:
         """One image and one caption -> ``H x W x T'`` matchmap."""
         image_emb = self.encode_images([image])[0]
         packed = self.encode_audio([audio])
-        return self.net.matchmap(image_emb, packed.caption(0)).cpu()
+        return matchmap(image_emb, packed.caption(0)).cpu()
 
     def frame_seconds(self) -> float:
         """Seconds of audio per output frame of the audio encoder."""
@@ -205,7 +221,7 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     target = _device(device)
     path, config_dict, state = _read_model(run, checkpoint)
     config = resolve_data(_saved_config(config_dict, path), run)
-    net = _build_for_loading(config)
+    net = build_model(config, pretrained=False)  # the checkpoint holds every weight: nothing is fetched
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
@@ -213,31 +229,14 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     return Model(net.to(target).eval(), config, target, path)
 
 
-def _build_for_loading(config: Config) -> DualEncoder:
-    """The architecture without fetching ImageNet weights (the checkpoint holds all weights)."""
-    from .data.pipeline import resolve_image_normalization
-
-    resolve_image_normalization(config)
-    model_config = from_dict(type(config.model), {**_asdict(config.model), "pretrained": False, "image_weights": None})
-    return DualEncoder(model_config, config.features)
-
-
-def _asdict(obj: Any) -> dict:
-    from .config import to_dict
-
-    return to_dict(obj)
-
-
 def build_untrained(config: Config, device: str | None = None) -> Model:
     """The configured architecture as initialised before training (pretrained trunk, random rest)."""
-    from .train import build_model
-
-    return Model(build_model(config).to(_device(device)).eval(), config, _device(device))
+    target = _device(device)
+    return Model(build_model(config).to(target).eval(), config, target)
 
 
 def run_config(run: str | Path) -> Config:
     """The config of a run folder (``config.yaml``), exported folder (``config.json``) or checkpoint file."""
-    from .config import load_config
     from .export import is_exported, read_exported_config
 
     run = resolve_model(run)
@@ -288,7 +287,7 @@ def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
     import json
 
     from .data.manifest import load_split
-    from .features import cache_folder
+    from .data.cache import cache_folder
 
     manifest = load_split(config.data, split, strict=False)
     reasons = list(manifest.problems)

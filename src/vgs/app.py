@@ -19,6 +19,9 @@ JSON API (described at ``/openapi.json``, browsable at ``/docs``)::
     POST /api/localize/text               JSON: {image, text, voice}            -> Localization
     GET  /api/images/{i}?size=            image i of the index (PNG or JPEG, at most size px)
 
+This module is schemas and routes; :class:`vgs.query.QueryService` answers the queries (model,
+index, locks and caches), so it can be used and tested without HTTP.
+
 Images are named by their integer position in the index only: no path from a request
 ever reaches the filesystem.  Heatmaps come as small grids (the image encoder's ``H x W``
 regions, normalized to [0, 1]) that the page colours and upsamples itself.
@@ -41,10 +44,8 @@ import io
 import ipaddress
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -60,19 +61,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .api import Model
 from .errors import VGSError
-from .images import MAX_PIXELS
-from .search import SearchIndex
+from .localize import Segment, fixed_segments
+from .query import DEFAULT_VOICE, AppLimits, Localized, QueryError, QueryService, SearchHit, printable
+from .search import SearchIndex, open_index
+from .tts import Speech
 
 log = logging.getLogger("vgs.app")
 
-DEFAULT_VOICE = "espeak:en-us:r170:p50"
 # engine:name[:rRATE][:pPITCH] with a plain voice name: no dots or slashes, so no voice id names a file
 VOICE_PATTERN = r"^[a-z]+:[A-Za-z0-9][A-Za-z0-9_+\-]{0,47}(:r[0-9]{2,3})?(:p[0-9]{1,2})?$"
 JSON_BODY_LIMIT = 64 * 1024  # JSON requests are small: text is capped at a few hundred characters
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload
 READ_CHUNK = 64 * 1024
-THUMBNAIL_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # `size` snaps down to one
-TTS_CACHE = 32  # synthesized queries kept (each at most max_audio_seconds of audio)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
@@ -81,30 +81,6 @@ PAGE_HEADERS = {
                                "base-uri 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
-
-
-@dataclass(frozen=True)
-class AppLimits:
-    """What one request may ask for. Larger requests get 413, out-of-range values 422."""
-
-    max_upload_bytes: int = 5 * 1024 * 1024  # an uploaded audio file
-    max_audio_seconds: float = 20.0  # duration of uploaded audio, and of text once spoken
-    max_text_chars: int = 300  # text to be spoken
-    max_k: int = 50  # results per search
-    workers: int = 2  # queries encoded and searched at once (the model is shared read-only)
-    max_decodes: int = 2  # audio uploads decoded at once
-    body_seconds: float = 30.0  # a request body must arrive within this
-    max_image_pixels: int = MAX_PIXELS  # largest original decoded for /api/images (after JPEG draft reduction)
-    image_cache_bytes: int = 64 * 2**20  # encoded thumbnails kept
-
-    def validate(self) -> "AppLimits":
-        if self.max_upload_bytes < 1024 or not 0 < self.max_audio_seconds <= 3600 or self.max_text_chars < 1 \
-                or self.max_k < 1 or not 1 <= self.workers <= 64 or not 1 <= self.max_decodes <= 64 \
-                or not 0 < self.body_seconds <= 3600 or self.max_image_pixels < 32 * 32 or self.image_cache_bytes < 0:
-            raise VGSError(f"bad server limits {self}: expected max_upload_bytes >= 1024, 0 < max_audio_seconds <= 3600, "
-                           "max_text_chars >= 1, max_k >= 1, workers and max_decodes 1-64, 0 < body_seconds <= 3600, "
-                           "max_image_pixels >= 1024, image_cache_bytes >= 0")
-        return self
 
 
 # ----------------------------------------------------------------------------- response models
@@ -378,27 +354,14 @@ def heatmap_out(grid: torch.Tensor) -> HeatmapOut:
 
 def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits(),
                allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
-    """The web page and JSON API over ``index`` (built with ``model``).
+    """The web page and JSON API over ``index`` (built with ``model``): request and response schemas
+    and routes; a :class:`~vgs.query.QueryService` answers the queries.
 
     ``allowed_hosts``: names the Host header may carry (``*``: any); requests naming another get 400.
     """
-    from .audio import load_audio
-    from .localize import Segment, fixed_segments, segment_heatmaps
-    from .similarity import PackedFrames, similarity_matrix
-    from .tts import Voice, available_engines, synthesize
-
-    limits = limits.validate()
-    rate = model.config.features.sample_rate
-    model_seconds = model.config.features.max_frames * model.config.features.hop_ms / 1000  # what the model reads
-    workers = threading.BoundedSemaphore(limits.workers)  # queries in flight; the model is shared read-only
-    decodes = threading.BoundedSemaphore(limits.max_decodes)  # audio decodes in flight (memory)
-    tts_lock = threading.Lock()
-    spoken: "OrderedDict[tuple[str, str], tuple]" = OrderedDict()  # (text, voice) -> (speech, cut): the last few
-    image_lock = threading.Lock()  # one original image decoded at a time (memory)
-    images = _ThumbnailCache(limits.image_cache_bytes)
+    service = QueryService(model, index, limits)
+    limits = service.limits
     static = _static_files()
-    index.faiss_images()  # load (or build) the first-stage index now, not in a request
-    grid = list(index.grid) if index.image_count else [0, 0]
 
     class TextSearchIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -428,37 +391,8 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                                            "/api/speak": "json"},
                        max_upload=limits.max_upload_bytes, body_seconds=limits.body_seconds)
     app.add_middleware(_HostGuard, allowed=allowed_hosts)  # outermost: checked first
-    app.state.model, app.state.index, app.state.limits, app.state.images = model, index, limits, images
-
-    # ------------------------------------------------------------------ errors
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form"))
-            if error.get("type") == "json_invalid":
-                reason = (error.get("ctx") or {}).get("error", "JSON decode error")
-                return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
-            problems.append(FieldProblem(field=where or "body", message=str(error.get("msg", "invalid"))))
-        detail = "; ".join(f"{p.field}: {p.message}" for p in problems) or "invalid request"
-        return JSONResponse(ErrorOut(detail=detail, errors=problems).model_dump(), status_code=422)
-
-    @app.exception_handler(VGSError)
-    async def on_vgs_error(request: Request, exc: VGSError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error; see the server log"}, status_code=500)
-
-    # ------------------------------------------------------------------ helpers (run in worker threads)
-
-    def check_image(i: int) -> None:
-        if not 0 <= i < index.image_count:
-            raise HTTPException(404, f"no image {i} in the index (it holds images 0-{index.image_count - 1})"
-                                if index.image_count else "the index holds no images")
+    app.state.model, app.state.index, app.state.limits, app.state.service = model, index, limits, service
+    _error_handlers(app)
 
     async def read_upload(file: UploadFile) -> bytes:
         chunks, total = [], 0
@@ -473,101 +407,6 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
         if not total:
             raise HTTPException(422, "file: the uploaded audio is empty (0 bytes)")
         return b"".join(chunks)
-
-    def decode(data: bytes) -> np.ndarray:
-        cap = limits.max_audio_seconds
-        try:
-            with decodes:  # the header is checked and only cap seconds are decoded, in blocks
-                signal = load_audio(data, rate, max_seconds=cap + 0.25, name="uploaded audio")
-        except VGSError as exc:
-            raise HTTPException(422, f"{exc}. The page converts recordings to WAV; the API reads WAV, FLAC or OGG") \
-                from exc
-        except Exception as exc:  # noqa: BLE001 - hostile bytes in a C decoder: still the client's problem
-            log.warning("audio decoding failed: %r", exc)
-            raise HTTPException(422, "uploaded audio: unreadable audio; expected WAV, FLAC or OGG") from exc
-        if len(signal) > cap * rate + rate // 100:
-            raise HTTPException(413, f"uploaded audio is longer than {cap:g} s (the limit); send a shorter query")
-        return signal
-
-    def speak(text: str, voice_id: str) -> tuple:  # (tts.Speech, cut)
-        text = _printable(text)
-        if not text:
-            raise HTTPException(422, "text: nothing to say (the text is blank)")
-        try:
-            voice = Voice.from_id(voice_id)
-            if voice.engine not in available_engines():
-                raise VGSError(f"TTS engine {voice.engine!r} is not installed here; use e.g. {DEFAULT_VOICE}")
-            with tts_lock:
-                if (text, voice_id) in spoken:  # the page localizes what it just searched: same text, same voice
-                    spoken.move_to_end((text, voice_id))
-                    return spoken[(text, voice_id)]
-                result = _cut_speech(synthesize(text, voice), limits.max_audio_seconds)
-                spoken[(text, voice_id)] = result
-                if len(spoken) > TTS_CACHE:  # at most TTS_CACHE x max_audio_seconds of audio
-                    spoken.popitem(last=False)
-                return result
-        except VGSError as exc:
-            raise HTTPException(422, f"voice/text: {exc}") from exc
-
-    def encode(signal: np.ndarray) -> PackedFrames:
-        frames = model.encode_audio([signal])
-        return PackedFrames(frames.frames.float().cpu(), frames.owner.cpu(), frames.lengths.cpu())
-
-    def search(signal: np.ndarray, k: int) -> list[HitOut]:
-        with workers:  # a few queries at once: encoder, FAISS and re-ranking only read shared state
-            return search_now(signal, k)
-
-    def search_now(signal: np.ndarray, k: int) -> list[HitOut]:
-        frames = encode(signal)
-        hits = index.search_audio(model, frames, k=k, candidates=max(500, k))
-        regions = index.regions_of([hit.index for hit in hits])  # n x D x H x W
-        maps = torch.einsum("ndhw,d->nhw", regions, frames.frames.float().mean(0))  # mean over frames of the matchmap
-        return [HitOut(rank=r + 1, image=hit.index, score=round(hit.score, 6), name=Path(hit.path or "").name,
-                       image_url=f"/api/images/{hit.index}", heatmap=heatmap_out(m))
-                for r, (hit, m) in enumerate(zip(hits, maps))]
-
-    def localize(i: int, signal: np.ndarray, segments: list, kind: str, query: QueryOut, started: float) -> LocalizeOut:
-        with workers:
-            return localize_now(i, signal, segments, kind, query, started)
-
-    def localize_now(i: int, signal: np.ndarray, segments: list, kind: str, query: QueryOut,
-                     started: float) -> LocalizeOut:
-        segments = [s for s in segments if s.start < model_seconds] or segments[:1]  # the model hears no further
-        frames = encode(signal)
-        regions = index.regions_of([i])  # 1 x D x H x W
-        caption = frames.caption(0).float()  # D x T
-        matchmap = model.net.matchmap(regions[0], caption)  # H x W x T
-        score = float(similarity_matrix(regions, frames, kind=model.net.config.similarity)[0, 0])
-        maps = segment_heatmaps(matchmap, segments, model.frame_seconds())
-        return LocalizeOut(
-            image=i, name=Path(index.image_paths[i]).name, image_url=f"/api/images/{i}", score=round(score, 6),
-            query=query, segment_kind=kind,
-            segments=[SegmentOut(label=s.label, start=round(s.start, 3), end=round(s.end, 3), heatmap=heatmap_out(m))
-                      for s, m in zip(segments, maps)],
-            whole=heatmap_out(matchmap.mean(-1)), elapsed_ms=_ms(started))
-
-    def image_bytes(i: int, size: int) -> tuple[bytes, str]:
-        size = max(s for s in THUMBNAIL_SIZES if s <= size)  # a small fixed set: few variants per image
-        cached = images.get((i, size))
-        if cached is not None:
-            return cached
-        with image_lock:  # one original decoded at a time
-            cached = images.get((i, size))
-            if cached is None:
-                cached = _thumbnail_bytes(index, i, size, limits.max_image_pixels)
-                images.put((i, size), cached)
-        return cached
-
-    def audio_query(signal: np.ndarray) -> QueryOut:
-        duration = len(signal) / rate
-        return QueryOut(kind="audio", duration=round(duration, 3), searched_seconds=round(min(duration, model_seconds), 3),
-                        truncated=duration > model_seconds)
-
-    def text_query(speech, voice_id: str, text: str, cut: bool) -> QueryOut:  # noqa: ANN001
-        words = [WordOut(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in speech.words or []]
-        return QueryOut(kind="text", duration=round(speech.duration, 3), text=_printable(text), voice=voice_id,
-                        words=words or None, searched_seconds=round(min(speech.duration, model_seconds), 3),
-                        truncated=cut or speech.duration > model_seconds)
 
     # ------------------------------------------------------------------ the page
 
@@ -594,8 +433,8 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
     async def health() -> HealthOut:
         return HealthOut(status="ok", version=__version__, images=index.image_count, captions=index.caption_count,
                          checkpoint=Path(model.checkpoint).name if model.checkpoint else None,
-                         embed_dim=model.net.config.embed_dim, similarity=model.net.config.similarity, grid=grid,
-                         frame_seconds=model.frame_seconds(), sample_rate=rate, default_voice=DEFAULT_VOICE,
+                         embed_dim=model.embed_dim, similarity=model.similarity_kind, grid=service.grid,
+                         frame_seconds=model.frame_seconds(), sample_rate=service.sample_rate, default_voice=DEFAULT_VOICE,
                          limits=LimitsOut(**{k: v for k, v in asdict(limits).items() if k in LimitsOut.model_fields}))
 
     @app.post("/api/search/audio", response_model=SearchOut, tags=["search"], responses=_errors(400, 413, 415, 422),
@@ -604,23 +443,24 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                            k: int = Form(10, ge=1, le=limits.max_k, description="number of results")) -> SearchOut:
         started = time.perf_counter()
         data = await read_upload(file)
-        signal = await run_in_threadpool(decode, data)
-        hits = await run_in_threadpool(search, signal, k)
-        return SearchOut(query=audio_query(signal), hits=hits, elapsed_ms=_ms(started))
+        signal = await run_in_threadpool(service.decode, data)
+        hits = await run_in_threadpool(service.search, signal, k)
+        return SearchOut(query=audio_query(service, signal), hits=hits_out(hits), elapsed_ms=_ms(started))
 
     @app.post("/api/search/text", response_model=SearchOut, tags=["search"], responses=_errors(400, 413, 415, 422),
               summary="Search the images with typed text, spoken by the TTS")
     async def search_text(body: TextSearchIn) -> SearchOut:
         started = time.perf_counter()
-        speech, cut = await run_in_threadpool(speak, body.text, body.voice)
-        hits = await run_in_threadpool(search, speech.audio, body.k)
-        return SearchOut(query=text_query(speech, body.voice, body.text, cut), hits=hits, elapsed_ms=_ms(started))
+        speech, cut = await run_in_threadpool(service.speak, body.text, body.voice)
+        hits = await run_in_threadpool(service.search, speech.audio, body.k)
+        return SearchOut(query=text_query(service, speech, body.voice, body.text, cut), hits=hits_out(hits),
+                         elapsed_ms=_ms(started))
 
     @app.post("/api/speak", tags=["search"], response_class=Response, responses={
                   200: {"content": {"audio/wav": {}}, "description": "16 kHz mono 16-bit WAV"}, **_errors(400, 413, 415, 422)},
               summary="The speech the TTS makes of a text: what a typed query searches with")
     async def speak_text(body: SpeakIn) -> Response:
-        speech, _ = await run_in_threadpool(speak, body.text, body.voice)
+        speech, _ = await run_in_threadpool(service.speak, body.text, body.voice)
         return Response(_wav(speech.audio, speech.sample_rate), media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/localize/audio", response_model=LocalizeOut, tags=["localize"],
@@ -630,97 +470,96 @@ def create_app(model: Model, index: SearchIndex, limits: AppLimits = AppLimits()
                              file: UploadFile = File(..., description="the spoken query: WAV, FLAC or OGG"),
                              window: float = Form(0.5, ge=0.1, le=5.0, description="seconds per segment")) -> LocalizeOut:
         started = time.perf_counter()
-        check_image(image)
+        service.check_image(image)
         data = await read_upload(file)
-        signal = await run_in_threadpool(decode, data)
-        segments = fixed_segments(len(signal) / rate, window)
-        return await run_in_threadpool(localize, image, signal, segments, "window", audio_query(signal), started)
+        signal = await run_in_threadpool(service.decode, data)
+        segments = fixed_segments(len(signal) / service.sample_rate, window)
+        found = await run_in_threadpool(service.localize, image, signal, segments)
+        return localize_out(index, image, found, "window", audio_query(service, signal), started)
 
     @app.post("/api/localize/text", response_model=LocalizeOut, tags=["localize"],
               responses=_errors(400, 404, 413, 415, 422),
               summary="Where each word of a typed (then spoken) query lands in an image")
     async def localize_text(body: TextLocalizeIn) -> LocalizeOut:
         started = time.perf_counter()
-        check_image(body.image)
-        speech, cut = await run_in_threadpool(speak, body.text, body.voice)
-        query = text_query(speech, body.voice, body.text, cut)
+        service.check_image(body.image)
+        speech, cut = await run_in_threadpool(service.speak, body.text, body.voice)
+        query = text_query(service, speech, body.voice, body.text, cut)
         if speech.words:
             segments, kind = [Segment(w.word, w.start, w.end) for w in speech.words], "word"
         else:  # an engine without word times
             segments, kind = fixed_segments(speech.duration, 0.5), "window"
-        return await run_in_threadpool(localize, body.image, speech.audio, segments, kind, query, started)
+        found = await run_in_threadpool(service.localize, body.image, speech.audio, segments)
+        return localize_out(index, body.image, found, kind, query, started)
 
     @app.get("/api/images/{i}", tags=["images"], response_class=Response, responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the image, at most `size` pixels a side"},
         **_errors(404, 422)}, summary="Image i of the index")
     async def get_image(i: int, size: int = Query(512, ge=32, le=2048, description="longest side in pixels")) -> Response:
-        check_image(i)
-        content, media = await run_in_threadpool(image_bytes, i, size)
+        service.check_image(i)
+        content, media = await run_in_threadpool(service.thumbnail, i, size)
         return Response(content, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
 
 
-class _ThumbnailCache:
-    """Encoded thumbnails by ``(image, size)``, least recently used first out, bounded in bytes."""
+def _error_handlers(app: FastAPI) -> None:
+    """Every error answers one JSON line: ``{"detail": ...}`` (validation errors also list the fields)."""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: "OrderedDict[tuple[int, int], tuple[bytes, str]]" = OrderedDict()
-        self.lock = threading.Lock()
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form"))
+            if error.get("type") == "json_invalid":
+                reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+                return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+            problems.append(FieldProblem(field=where or "body", message=str(error.get("msg", "invalid"))))
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems) or "invalid request"
+        return JSONResponse(ErrorOut(detail=detail, errors=problems).model_dump(), status_code=422)
 
-    def get(self, key: tuple[int, int]) -> Optional[tuple[bytes, str]]:
-        with self.lock:
-            if key in self.entries:
-                self.entries.move_to_end(key)
-                return self.entries[key]
-        return None
+    @app.exception_handler(QueryError)
+    async def on_query_error(request: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    def put(self, key: tuple[int, int], entry: tuple[bytes, str]) -> None:
-        with self.lock:
-            if key in self.entries or len(entry[0]) > self.max_bytes:
-                return
-            self.entries[key] = entry
-            self.bytes += len(entry[0])
-            while self.bytes > self.max_bytes:
-                _, (content, _) = self.entries.popitem(last=False)
-                self.bytes -= len(content)
+    @app.exception_handler(VGSError)
+    async def on_vgs_error(request: Request, exc: VGSError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
-
-def _thumbnail_bytes(index: SearchIndex, i: int, size: int, max_pixels: int) -> tuple[bytes, str]:
-    """Image ``i`` of the index at most ``size`` px a side, as (PNG or JPEG bytes, media type); 404/413 when not servable."""
-    from .images import load_thumbnail
-
-    try:  # the path comes from the index, never from the request, and must lie in an indexed image folder
-        image = load_thumbnail(index.image_file(i), size, max_pixels)
-    except VGSError as exc:
-        log.warning("image %d not served: %s", i, exc)
-        if "too large to decode" in str(exc):
-            raise HTTPException(413, f"image {i} of the index is too large to serve (over {max_pixels:,} pixels)") from exc
-        raise HTTPException(404, f"image {i} of the index is no longer readable") from exc
-    buffer = io.BytesIO()
-    if image.width * image.height <= 256 * 256:
-        image.save(buffer, "PNG", optimize=True)
-        return buffer.getvalue(), "image/png"
-    image.save(buffer, "JPEG", quality=88)
-    return buffer.getvalue(), "image/jpeg"
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error; see the server log"}, status_code=500)
 
 
-def _cut_speech(speech, seconds: float) -> tuple:  # noqa: ANN001 - a tts.Speech
-    """``(speech held to seconds, whether it was cut)``: words past the cut are dropped."""
-    import dataclasses
-
-    keep = int(seconds * speech.sample_rate)
-    if len(speech.audio) <= keep:
-        return speech, False
-    words = None if speech.words is None else \
-        [dataclasses.replace(w, end=min(w.end, seconds)) for w in speech.words if w.start < seconds]
-    return dataclasses.replace(speech, audio=speech.audio[:keep], words=words), True
+# ----------------------------------------------------------------------------- answers to response schemas
 
 
-def _printable(text: str) -> str:
-    """Control characters become spaces; runs of whitespace one space."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+def hits_out(hits: list[SearchHit]) -> list[HitOut]:
+    return [HitOut(rank=r + 1, image=h.hit.index, score=round(h.hit.score, 6), name=Path(h.hit.path or "").name,
+                   image_url=f"/api/images/{h.hit.index}", heatmap=heatmap_out(h.heatmap)) for r, h in enumerate(hits)]
+
+
+def localize_out(index: SearchIndex, i: int, found: Localized, kind: str, query: QueryOut, started: float) -> LocalizeOut:
+    return LocalizeOut(
+        image=i, name=Path(index.image_paths[i]).name, image_url=f"/api/images/{i}", score=round(found.score, 6),
+        query=query, segment_kind=kind,
+        segments=[SegmentOut(label=s.label, start=round(s.start, 3), end=round(s.end, 3), heatmap=heatmap_out(m))
+                  for s, m in zip(found.segments, found.heatmaps.segments)],
+        whole=heatmap_out(found.heatmaps.whole), elapsed_ms=_ms(started))
+
+
+def audio_query(service: QueryService, signal: np.ndarray) -> QueryOut:
+    duration = len(signal) / service.sample_rate
+    return QueryOut(kind="audio", duration=round(duration, 3), searched_seconds=round(min(duration, service.model_seconds), 3),
+                    truncated=duration > service.model_seconds)
+
+
+def text_query(service: QueryService, speech: Speech, voice_id: str, text: str, cut: bool) -> QueryOut:
+    words = [WordOut(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in speech.words or []]
+    return QueryOut(kind="text", duration=round(speech.duration, 3), text=printable(text), voice=voice_id,
+                    words=words or None, searched_seconds=round(min(speech.duration, service.model_seconds), 3),
+                    truncated=cut or speech.duration > service.model_seconds)
 
 
 def _ms(started: float) -> float:
@@ -753,8 +592,6 @@ def serve(run: "str | Path | None", index_dir: "str | Path", host: str = "127.0.
     besides the loopback names and ``host`` itself.
     """
     import uvicorn
-
-    from .search import open_index
 
     model, index = open_index(index_dir, run, device=device)
     limits = (limits or AppLimits()).validate()

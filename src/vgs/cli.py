@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import VGSError
+from .errors import VGSError, first_line
 from .progress import close_bars
 
 EPILOG = ("Docs: README.md. Every subcommand has --help. Conventions: the run (a run folder, checkpoint or exported "
@@ -340,7 +340,8 @@ def _count(args: argparse.Namespace, name: str) -> int | None:
 
 def _cache_features(out: Path, written: dict[str, int], workers: int) -> None:
     from .data.manifest import load_split
-    from .features import AudioFeatureConfig, build_feature_cache
+    from .data.cache import build_feature_cache
+    from .features import AudioFeatureConfig
 
     for split in written:
         store = build_feature_cache(load_split(out, split, strict=False), split, AudioFeatureConfig(), workers=workers)
@@ -413,14 +414,27 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+class EncoderNames:
+    """The names in one encoder registry (``image`` or ``audio``), read only when help is printed,
+    so that `vgs` starts without importing torch."""
+
+    def __init__(self, branch: str):
+        self.branch = branch
+
+    def __str__(self) -> str:
+        from .models.factory import list_models
+
+        return ", ".join(list_models()[self.branch])
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common settings (each is also a config field)")
     g.add_argument("--epochs", type=POSITIVE, help="train.epochs")
     g.add_argument("--batch-size", type=int_at_least(2), help="train.batch_size")
     g.add_argument("--lr", type=POSITIVE_NUMBER, help="train.lr: peak learning rate")
     g.add_argument("--seed", type=int, help="train.seed: same seed, same run")
-    g.add_argument("--image-encoder", help="model.image_encoder: vgg16, vgg19, resnet50, efficientnet-lite0, small-cnn")
-    g.add_argument("--audio-encoder", help="model.audio_encoder: conv5, conv6, resdavenet, lstm, gru")
+    g.add_argument("--image-encoder", help="model.image_encoder: %(names)s (see `vgs models`)").names = EncoderNames("image")
+    g.add_argument("--audio-encoder", help="model.audio_encoder: %(names)s (see `vgs models`)").names = EncoderNames("audio")
     g.add_argument("--loss", help="train.loss: hinge_sampled (paper Eq. 2), hinge_all, infonce")
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
@@ -435,23 +449,12 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr":
 
 
 def config_from_args(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN201
-    """Defaults (or ``base``) < preset < --config < flags < --set."""
-    from .config import Config, apply_preset, load_config, parse_overrides, set_value
+    """Defaults (or ``base``) < preset < --config < flags < --set: :func:`vgs.config.compose_config`."""
+    from .config import compose_config
 
-    config = base or Config()
-    if getattr(args, "preset", None):
-        apply_preset(config, args.preset)
-    if getattr(args, "config", None):
-        config = load_config(args.config)
-    for attr, key in FLAG_FIELDS.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            set_value(config, key, value)
-    for key, value in parse_overrides(getattr(args, "overrides", []) or []):
-        set_value(config, key, value)
-    if getattr(args, "data", None) is not None:
-        config.data = str(args.data)
-    return config.validate()
+    flags = {key: getattr(args, attr, None) for attr, key in FLAG_FIELDS.items()}
+    return compose_config(base, getattr(args, "preset", None), getattr(args, "config", None), flags,
+                          getattr(args, "overrides", None), getattr(args, "data", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -562,7 +565,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_table(rows))
     if args.localization:
-        result["localization"] = _pointing(args)
+        result["localization"] = _pointing(args, evaluation.model)
         loc = result["localization"]
         if not args.json:
             print(f"pointing game: {loc['pointing_game']:.3f} over {loc['object_words']} object words "
@@ -593,14 +596,13 @@ def _evaluation_plots(args: argparse.Namespace, evaluation, result: dict) -> dic
     return {} if args.untrained else {"untrained": baseline}
 
 
-def _pointing(args: argparse.Namespace) -> dict:
-    from .api import build_untrained, load, run_config
+def _pointing(args: argparse.Namespace, model) -> dict:  # noqa: ANN001 - the evaluation's vgs.api.Model
+    """The pointing game of the model the evaluation scored (for --untrained: with the split's input statistics)."""
     from .data.manifest import load_split
     from .localize import pointing_game
 
-    model = build_untrained(run_config(args.run), args.device) if args.untrained else load(args.run, args.checkpoint, args.device)
-    data = args.data or model.config.data
-    return pointing_game(model, load_split(data, args.split, strict=False), max_captions=args.max_captions).to_dict()
+    manifest = load_split(model.config.data, args.split, strict=False)
+    return pointing_game(model, manifest, max_captions=args.max_captions).to_dict()
 
 
 # ----------------------------------------------------------------------------- index / search / localize
@@ -739,9 +741,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
             words = json.loads(args.words.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, 5000-digit numbers
             raise VGSError(f"{args.words}: expected a JSON list of {{word, start, end}} ({exc})") from exc
-        from .data.manifest import validate_row
+        from .data.manifest import validate_words
 
-        validate_row({"id": "q", "image": "i", "image_id": "i", "audio": "a", "speaker": "s", "words": words}, args.words, 1)
+        validate_words(words, args.words)
     if image is None or audio is None:
         raise VGSError("localize: give --image and --audio (or --text), or --manifest with --id")
     records = localize(load(args.run, args.checkpoint, args.device), image, audio, args.out, words=words, window=args.window)
@@ -883,12 +885,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _models_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the models shipped with the package (use with --model NAME)",
-                       description="List the pretrained models that ship with this installation, with their model cards.")
+    p = sub.add_parser("models", help="list the models shipped with the package (use with --model NAME) and the encoders",
+                       description="List the pretrained models that ship with this installation, with their model cards, "
+                       "then the image and audio encoders a config can name (model.image_encoder, model.audio_encoder).")
     p.set_defaults(func=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .models.factory import list_models
     from .pretrained import pretrained_models, pretrained_path
 
     names = pretrained_models()
@@ -899,6 +903,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         summary = next((line.strip() for line in card.read_text(encoding="utf-8").splitlines()[1:] if line.strip()), "") \
             if card.is_file() else ""
         print(f"{name}  {pretrained_path(name)}\n    {summary}")
+    for branch, encoders in list_models().items():
+        print(f"{branch} encoders (model.{branch}_encoder):")
+        for encoder, description in encoders.items():
+            print(f"  {encoder:20s} {description}")
     return 0
 
 
@@ -988,8 +996,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line (VGS_DEBUG=1 shows the traceback)
         if debug:
             raise
-        from .errors import first_line
-
         close_bars()
         print(f"vgs {args.command}: error: unexpected {type(exc).__name__}: {first_line(exc)} "
               "(set VGS_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)

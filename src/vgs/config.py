@@ -2,8 +2,10 @@
 
 ``Config`` holds everything that defines a run.  It round-trips through
 ``RUN/config.yaml``; unknown keys and wrong types are errors that name the key.
-Any field can be overridden with ``--set section.field=value`` (values are parsed
-as YAML, so ``--set train.lr=3e-4`` and ``--set model.bidirectional=false`` work).
+:func:`compose_config` is where a run's settings are composed, in layers: defaults <
+``--preset`` < ``--config FILE`` (only the fields it sets) < flags < ``--set section.field=value``
+(values are parsed as YAML, so ``--set train.lr=3e-4`` and ``--set model.bidirectional=false`` work).
+Encoder names are validated against the registries of :mod:`vgs.models.factory`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from .errors import VGSError, first_line
 from .features import AudioFeatureConfig
 from .images import ImageConfig
 from .io import write_text
+from .models.factory import AUDIO_ENCODERS, IMAGE_ENCODERS
 
-IMAGE_ENCODERS = ("vgg16", "vgg19", "resnet50", "efficientnet-lite0", "small-cnn")
-AUDIO_ENCODERS = ("conv5", "conv6", "resdavenet", "lstm", "gru")
 LOSSES = ("hinge_sampled", "hinge_all", "infonce")
 SIMILARITIES = ("misa", "sisa", "sima")
 
@@ -54,8 +55,8 @@ class ModelConfig:
     audio_norm: str = "global"  # input features: training-set statistics (global) or per-caption mean/std (utterance)
 
     def validate(self) -> None:
-        _choice("model.image_encoder", self.image_encoder, IMAGE_ENCODERS)
-        _choice("model.audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
+        _choice("model.image_encoder", self.image_encoder, tuple(IMAGE_ENCODERS))
+        _choice("model.audio_encoder", self.audio_encoder, tuple(AUDIO_ENCODERS))
         _choice("model.similarity", self.similarity, SIMILARITIES)
         _choice("model.audio_norm", self.audio_norm, ("utterance", "global"))
         _positive("model.embed_dim", self.embed_dim)
@@ -418,8 +419,8 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
-def load_config(path: str | Path, saved_run: bool = False) -> Config:
-    """Read a YAML config; ``saved_run``: it is a run's own ``config.yaml`` (see :data:`LEGACY_DEFAULTS`)."""
+def read_config_file(path: str | Path) -> dict:
+    """The mapping a YAML config file holds (empty for an empty file); size, nesting and syntax checked."""
     path = Path(path)
     if not path.is_file():
         raise VGSError(f"{path}: config file not found")
@@ -433,7 +434,53 @@ def load_config(path: str | Path, saved_run: bool = False) -> Config:
         data = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested 1000s deep
         raise VGSError(f"{path}: not valid YAML ({first_line(exc)})") from exc
+    return data or {}
+
+
+def load_config(path: str | Path, saved_run: bool = False) -> Config:
+    """Read a YAML config; ``saved_run``: it is a run's own ``config.yaml`` (see :data:`LEGACY_DEFAULTS`)."""
+    data = read_config_file(path)
     try:
-        return run_config_from_dict(data or {}) if saved_run else from_dict(Config, data or {}).validate()
+        return run_config_from_dict(data) if saved_run else from_dict(Config, data).validate()
     except VGSError as exc:
         raise VGSError(f"{path}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- composition
+
+
+def _merged(base: dict, layer: Any) -> Any:
+    """``layer`` over ``base``: mappings merge key by key, anything else replaces."""
+    if not isinstance(base, dict) or not isinstance(layer, dict):
+        return layer
+    return {**base, **{key: _merged(base.get(key), value) for key, value in layer.items()}}
+
+
+def apply_config_file(config: Config, path: str | Path) -> Config:
+    """``config`` with the fields a YAML file sets replaced (a partial file keeps the rest of ``config``)."""
+    try:
+        return from_dict(Config, _merged(to_dict(config), read_config_file(path)))
+    except VGSError as exc:
+        raise VGSError(f"{path}: {exc}") from exc
+
+
+def compose_config(base: Config | None = None, preset: str | None = None, config_file: str | Path | None = None,
+                   flags: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                   data: str | Path | None = None) -> Config:
+    """The one place a run's settings are composed, each layer over the one before:
+    ``base`` (default: the defaults) < ``preset`` < ``config_file`` < ``flags`` (dotted field -> value,
+    None = not given; ``data``, the data set folder, is a flag taken as it is) < ``overrides``
+    (``--set key=value`` strings). Returns the validated config."""
+    config = base if base is not None else Config()
+    if preset:
+        apply_preset(config, preset)
+    if config_file:
+        config = apply_config_file(config, config_file)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_value(config, key, value)
+    if data is not None:
+        config.data = str(data)
+    for key, value in parse_overrides(overrides or []):
+        set_value(config, key, value)
+    return config.validate()

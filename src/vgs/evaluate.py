@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from .progress import tqdm
 
 from .data.loader import BucketBatchSampler, PairDataset, collate
@@ -62,18 +61,15 @@ def encode_split(model: DualEncoder, dataset: PairDataset, batch_size: int = 64,
         emb = model.encode_image_features(pixels) if dataset.images.is_features else model.encode_images(pixels)
         image_embeddings.append(emb.float().cpu())
     sampler = BucketBatchSampler(dataset.lengths()[keep], batch_size, drop_last=False)
-    frames, lengths, caption_order = [], [], []
+    parts, caption_order = [], []
     for batch_positions in tqdm(list(sampler.all_batches()), desc="encode audio", disable=not progress, leave=False):
         rows = keep[batch_positions]
         batch = collate([{"audio": dataset.audio[int(dataset.audio_rows[i])], "image": torch.zeros(1),
-                          "image_index": 0, "index": int(i)} for i in rows])
+                          "image_index": 0, "index": int(i)} for i in rows], multiple=model.audio.downsample)
         emb, out_lengths = model.encode_audio(batch.audio.to(device), batch.lengths.to(device))
-        packed = PackedFrames.from_padded(emb.float().cpu(), out_lengths.cpu())
-        frames.append(packed.frames)
-        lengths.append(packed.lengths)
+        parts.append(PackedFrames.from_padded(emb.float().cpu(), out_lengths.cpu()))
         caption_order.extend(int(i) for i in rows)
-    all_lengths = torch.cat(lengths)
-    audio = PackedFrames(torch.cat(frames), torch.repeat_interleave(torch.arange(len(all_lengths)), all_lengths), all_lengths)
+    audio = PackedFrames.cat(parts)
     return EncodedSplit(
         images=torch.cat(image_embeddings),
         image_ids=[dataset.image_ids[k] for k in order],

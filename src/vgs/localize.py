@@ -5,6 +5,9 @@ For a word spoken from ``start`` to ``end`` seconds, its heatmap is ``M`` averag
 the word's frames; for the whole caption, over all frames.  Heatmaps are upsampled
 to the image's size for overlays.
 
+:func:`caption_heatmaps` is the one implementation of heatmaps: ``vgs localize``, the pointing
+game and the web app's search and localize answers all call it.
+
 The pointing game (on data with ground truth, e.g. the scenes): for every word tagged
 with an object, the heatmap's maximum must fall inside that object's box.  A random
 map's expected score (the boxes' share of the image) is the baseline.
@@ -22,8 +25,12 @@ from torch.nn import functional as F
 from .progress import tqdm
 
 from .api import Model
+from .audio import load_audio
 from .data.manifest import Manifest
 from .errors import InputError, VGSError
+from .images import load_image
+from .io import atomic_write
+from .similarity import matchmap
 
 
 @dataclass
@@ -51,6 +58,22 @@ def segment_heatmaps(matchmap: torch.Tensor, segments: list[Segment], frame_seco
         a, b = frame_range(segment.start, segment.end, frame_seconds, n_frames)
         maps.append(matchmap[:, :, a:b].mean(-1))
     return torch.stack(maps) if maps else torch.zeros(0, *matchmap.shape[:2])
+
+
+@dataclass
+class Heatmaps:
+    """One caption over one image: ``segments`` ``S x H x W`` (one map per segment) and ``whole`` ``H x W``."""
+
+    segments: torch.Tensor
+    whole: torch.Tensor
+
+
+def caption_heatmaps(image: torch.Tensor, caption: torch.Tensor, segments: list[Segment],
+                     frame_seconds: float) -> Heatmaps:
+    """``D x H x W`` region embeddings and ``D x T'`` caption frames -> the matchmap averaged over each
+    segment's frames and over all frames (the whole caption)."""
+    scores = matchmap(image, caption)  # H x W x T'
+    return Heatmaps(segment_heatmaps(scores, segments, frame_seconds), scores.mean(-1))
 
 
 MIN_WINDOW, MAX_WINDOW = 0.05, 60.0  # seconds per fixed window
@@ -89,8 +112,6 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
-
     fig, ax = plt.subplots(figsize=(3.8, 3.4), dpi=100)
     ax.imshow(image)
     low, high = scale if scale is not None else (float(heatmap.min()), float(heatmap.max()))
@@ -114,18 +135,15 @@ def localize(model: Model, image_path: str | Path, audio: str | Path | np.ndarra
 
     Returns one record per PNG: ``{"label", "start", "end", "png", "peak": [x, y]}``.
     """
-    from .audio import load_audio
-    from .images import load_image
-
     out = Path(out)
     image = load_image(image_path)
     signal = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     duration = len(signal) / model.config.features.sample_rate
     heard = min(duration, model.config.features.max_frames * model.config.features.hop_ms / 1000)  # the model reads no more
     segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(heard, window)
-    matchmap = model.matchmap(image, signal)  # H x W x T
-    maps = segment_heatmaps(matchmap, segments, model.frame_seconds())
-    maps = torch.cat([maps, matchmap.mean(-1, keepdim=True).permute(2, 0, 1)])
+    found = caption_heatmaps(model.encode_images([image])[0].cpu(), model.encode_audio([signal]).caption(0).cpu(),
+                             segments, model.frame_seconds())
+    maps = torch.cat([found.segments, found.whole[None]])
     labels = segments + [Segment("whole caption", 0.0, duration)]
     pixels = np.asarray(image)
     full = upsample(maps, pixels.shape[0], pixels.shape[1]).numpy()
@@ -187,14 +205,14 @@ def _score_batch(model: Model, manifest: Manifest, rows: list[dict], result: Poi
     image_ids = list(dict.fromkeys(r["image_id"] for r in rows))
     first = {r["image_id"]: r for r in reversed(rows)}
     try:
-        images = model.encode_images([manifest.image_path(first[i]) for i in image_ids])
-        captions = model.encode_audio([manifest.audio_path(r) for r in rows])
+        images = model.encode_images([manifest.image_path(first[i]) for i in image_ids]).cpu()
+        captions = model.encode_audio([manifest.audio_path(r) for r in rows]).to("cpu")
     except InputError:
         return
     for j, row in enumerate(rows):
-        matchmap = model.net.matchmap(images[image_ids.index(row["image_id"])], captions.caption(j)).cpu()
         tagged = [w for w in row["words"] if "object" in w]
-        maps = segment_heatmaps(matchmap, [Segment(w["word"], w["start"], w["end"]) for w in tagged], model.frame_seconds())
+        maps = caption_heatmaps(images[image_ids.index(row["image_id"])], captions.caption(j),
+                                [Segment(w["word"], w["start"], w["end"]) for w in tagged], model.frame_seconds()).segments
         height, width = _image_size(manifest, row)
         peaks = upsample(maps, height, width).flatten(1).argmax(1)
         for word, peak in zip(tagged, peaks.tolist()):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Model, build_untrained, open_evaluation
+from .api import Model, open_evaluation
 from .evaluate import EncodedSplit, format_table
 from .io import write_json, write_text
 
@@ -38,7 +38,7 @@ def retrieval_examples(model: Model, dataset, encoded: EncodedSplit, out: Path, 
 
     rng = np.random.default_rng(0)
     picks = rng.choice(len(encoded.caption_ids), size=min(queries, len(encoded.caption_ids)), replace=False)
-    sim = model.net.similarity(encoded.images, encoded.audio.select(torch.as_tensor(picks))).cpu()  # N x q
+    sim = model.scores(encoded.images, encoded.audio.select(torch.as_tensor(picks)))  # N x q
     rows_by_id = {row["id"]: row for row in dataset.rows}
     image_paths = {row["image_id"]: row["image"] for row in dataset.rows}
     entries = []
@@ -158,15 +158,16 @@ def run_demo(options: DemoOptions) -> Path:
     state = train(config, run, resume=resume)
     print("[3/4] evaluate on the test split")
     trained = open_evaluation(run, split="test")
+    untrained = open_evaluation(run, split="test", untrained=True)
     results = {
         "trained": trained.score("pairs100"),
-        "untrained": open_evaluation(run, split="test", untrained=True).score("pairs100"),
+        "untrained": untrained.score("pairs100"),
         "trained (full)": trained.score("full"),
     }
     print(format_table(results))
     model = trained.model
     pointing = pointing_game(model, load_split(data, "test")).to_dict()
-    untrained_pointing = pointing_game(build_untrained(model.config), load_split(data, "test")).to_dict()
+    untrained_pointing = pointing_game(untrained.model, load_split(data, "test")).to_dict()  # the model scored above
     pointing["untrained"] = untrained_pointing["pointing_game"]
     print(f"pointing game: {pointing['pointing_game']:.3f} (untrained {pointing['untrained']:.3f}, "
           f"random map {pointing['random_baseline']:.3f})")

@@ -32,11 +32,11 @@ import torch
 from torch.nn import functional as F
 from .progress import tqdm
 
-from .api import Model
+from .api import Model, load
 from .audio import load_audio
 from .errors import InputError, VGSError
 from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
-from .similarity import PackedFrames, similarity_matrix
+from .similarity import PackedFrames
 
 log = logging.getLogger("vgs.search")
 
@@ -100,7 +100,7 @@ class IndexWriter:
                                "use a new --out, or the same run")
             return meta
         return {"format": INDEX_FORMAT, "checkpoint": str(self.model.checkpoint), "checkpoint_sha256": checkpoint_sha,
-                "embed_dim": self.model.net.config.embed_dim, "similarity": self.model.net.config.similarity,
+                "embed_dim": self.model.embed_dim, "similarity": self.model.similarity_kind,
                 "image_chunks": [], "caption_chunks": [], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def _save_meta(self) -> None:
@@ -136,7 +136,7 @@ class IndexWriter:
             batch_paths, tensors = [], []
             for path in todo[c0: c0 + self.chunk]:
                 try:
-                    tensors.append(self.model._pixels([path])[0])
+                    tensors.append(self.model.pixels([path])[0])
                     batch_paths.append(path)
                 except InputError as exc:
                     problems.append(str(exc))
@@ -157,8 +157,7 @@ class IndexWriter:
 
     def _grid(self) -> tuple[int, int]:
         size = self.model.config.image.size
-        with torch.no_grad():
-            out = self.model.net.encode_images(torch.zeros(1, 3, size, size, device=self.model.device))
+        out = self.model.encode_images(torch.zeros(1, 3, size, size))
         return int(out.shape[2]), int(out.shape[3])
 
     def add_captions(self, manifest_path: str | Path, progress: bool = True) -> tuple[int, list[str]]:
@@ -286,8 +285,6 @@ def open_index(index_dir: str | Path, run: str | Path | None = None, device: str
     Used by ``vgs search`` and ``vgs serve``: a checkpoint other than the one the index was built with
     is refused, since its embeddings would not match the index's.
     """
-    from .api import load
-
     folder = Path(index_dir)
     meta = read_meta(folder)
     untrained = meta["checkpoint_sha256"] == "untrained"
@@ -481,23 +478,17 @@ class SearchIndex:
             query = pooled(regions.flatten(2)[0], 1).numpy()[None, :]
             _, found = self.faiss_captions().search(query, min(candidates, self.caption_count))
             ids = found[0][found[0] >= 0]
-        scores = model.net.similarity(regions.to(model.device), _to(self.captions_of(ids.tolist()), model.device))[0].cpu().numpy()
+        scores = model.scores(regions, self.captions_of(ids.tolist()))[0].numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         return [Hit(int(ids[o]), float(scores[o]), id=self.caption_ids[int(ids[o])], text=self.caption_texts[int(ids[o])],
                     path=self.caption_images[int(ids[o])]) for o in order]
 
 
-def _to(packed: PackedFrames, device: torch.device) -> PackedFrames:
-    return PackedFrames(packed.frames.to(device), packed.owner.to(device), packed.lengths.to(device))
-
-
 def _chunked_scores(model: Model, index: SearchIndex, ids: np.ndarray, frames: PackedFrames, chunk: int = 2048) -> np.ndarray:
     """Matchmap scores of one caption against the images ``ids`` (bounded memory)."""
-    frames = _to(frames, model.device)
     out = []
     for c0 in range(0, len(ids), chunk):
-        regions = index.regions_of(ids[c0: c0 + chunk].tolist()).to(model.device)
-        out.append(similarity_matrix(regions, frames, kind=model.net.config.similarity)[:, 0].cpu().numpy())
+        out.append(model.scores(index.regions_of(ids[c0: c0 + chunk].tolist()), frames)[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -46,6 +46,17 @@ class PackedFrames:
         owner = torch.repeat_interleave(torch.arange(m, device=audio.device), lengths)
         return cls(frames, owner, lengths)
 
+    @classmethod
+    def cat(cls, parts: "list[PackedFrames]") -> "PackedFrames":
+        """The captions of ``parts``, one after another (on the first part's device)."""
+        lengths = torch.cat([part.lengths for part in parts])
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        return cls(torch.cat([part.frames for part in parts]), owner, lengths)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PackedFrames":
+        """The same captions on ``device`` (frames cast to ``dtype`` when given)."""
+        return PackedFrames(self.frames.to(device, dtype), self.owner.to(device), self.lengths.to(device))
+
     @property
     def count(self) -> int:
         return int(self.lengths.shape[0])

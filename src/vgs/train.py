@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,13 @@ from .progress import tqdm
 
 from .config import Config, from_dict, save_config, to_dict
 from .data.loader import Batch, BucketBatchSampler, PairDataset, collate
-from .data.pipeline import describe, feature_statistics, open_split, resolve_image_normalization
+from .data.pipeline import describe, feature_statistics, open_split
 from .errors import VGSError, first_line
 from .evaluate import encode_split, mean_recall, pairs_protocol
 from .io import load_checkpoint, save_checkpoint, write_text
 from .loss import ContrastiveLoss, voice_info_nce
 from .models.audio import frame_mask
-from .models.dual import DualEncoder
+from .models.factory import build_model, pixel_config
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "skipped_steps", "minutes",
                  "dev_s2i_r1", "dev_s2i_r5", "dev_s2i_r10", "dev_i2s_r1", "dev_i2s_r5", "dev_i2s_r10", "dev_mean_recall"]
@@ -84,13 +85,6 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def build_model(config: Config) -> DualEncoder:
-    """The model a config describes, initialised from ``train.seed``."""
-    resolve_image_normalization(config)
-    torch.manual_seed(config.train.seed)
-    return DualEncoder(config.model, config.features)
-
-
 def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``B x D x T'`` frame embeddings and ``B`` lengths -> ``B x D`` unit-length means over the real frames."""
     mask = frame_mask(lengths, frames.shape[-1]).to(frames.dtype)
@@ -132,6 +126,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        config.image = pixel_config(config)  # the run's config.yaml states the pixel statistics it trains with
         self.model = build_model(config).to(self.device)
         self.loss_fn = ContrastiveLoss(config.train.loss, config.train.margin, config.train.init_temperature).to(self.device)
         if self.world > 1 and self.rank != 0:
@@ -161,6 +156,7 @@ class Trainer:
         if config.train.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         self.state = TrainState()
+        self._bad_in_a_row = 0  # non-finite steps since the last good one
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
@@ -299,7 +295,7 @@ class Trainer:
     def _skip(self, what: str, value: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
-        self._bad_in_a_row = getattr(self, "_bad_in_a_row", 0) + 1
+        self._bad_in_a_row += 1
         if self.rank == 0:
             tqdm.write(f"warning: non-finite {what} ({value}) at step {self.state.global_step}; step skipped "
                        f"({self.state.skipped_steps} so far)")
@@ -334,7 +330,7 @@ class Trainer:
             self.sampler.set_epoch(epoch, self.state.batch_in_epoch)
             self.train_set.set_epoch(epoch)
             # A private generator: creating the loader must not consume the global RNG (exact resume).
-            loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate, num_workers=loader_workers,
+            loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=partial(collate, multiple=self.model.audio.downsample), num_workers=loader_workers,
                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed + epoch))
             self.model.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not self.progress,

@@ -15,9 +15,7 @@ from pathlib import Path
 from ..errors import InputError, VGSError
 from ..tts import VoicePoolConfig, pick_voice, voice_pool
 from .build import BuildReport, PairJob
-from .text_captions import parse_captions, read_list
-
-SPLIT_LIST_NAMES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+from .text_captions import SPLIT_LIST_NAMES, parse_captions, read_split_lists
 
 
 @dataclass
@@ -36,13 +34,8 @@ class Flickr8kSource:
 
 def assign_splits(images: list[str], source: Flickr8kSource) -> dict[str, str]:
     """Map image file name -> split, from the standard lists or a seeded shuffle."""
-    folder = source.split_lists or source.captions.parent
-    lists = {split: folder / name for split, name in SPLIT_LIST_NAMES.items() if (folder / name).is_file()}
-    if lists:
-        mapping = {}
-        for split, path in lists.items():
-            for name in read_list(path):
-                mapping.setdefault(name, split)
+    mapping = read_split_lists([source.split_lists or source.captions.parent])
+    if mapping is not None:
         return mapping
     if source.split_lists is not None:
         raise VGSError(f"{source.split_lists}: none of {', '.join(SPLIT_LIST_NAMES.values())} found")

@@ -24,9 +24,8 @@ from typing import Any, Callable
 from ..audio import audio_problem
 from ..errors import InputError, VGSError
 from .build import BuildReport, PairJob, safe_name
-from .text_captions import clean_caption, iter_lines, parse_captions, read_list
+from .text_captions import SPLIT_LIST_NAMES, clean_caption, iter_lines, parse_captions, read_split_lists
 
-SPLIT_LIST_NAMES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
 UNKNOWN_SPEAKER = "unknown"
 
 
@@ -90,20 +89,6 @@ def facc_root(path: Path) -> Path:
     raise VGSError(f"{path}: no wav2capt.txt; expected the flickr_audio/ folder (wavs/, wav2capt.txt, wav2spk.txt)")
 
 
-def read_split_lists(folders: list[Path]) -> dict[str, str]:
-    """Image file name -> split, from the first folder holding any Flickr_8k.*Images.txt."""
-    for folder in folders:
-        lists = {split: folder / name for split, name in SPLIT_LIST_NAMES.items() if (folder / name).is_file()}
-        if lists:
-            mapping: dict[str, str] = {}
-            for split, path in lists.items():
-                for name in read_list(path):
-                    mapping.setdefault(name, split)
-            return mapping
-    raise VGSError(f"none of {', '.join(SPLIT_LIST_NAMES.values())} found in {', '.join(map(str, folders))}; "
-                   "give their folder with --split-lists")
-
-
 def read_speakers(path: Path, report: BuildReport) -> dict[str, str]:
     """``wav2spk.txt``: wav file name -> speaker id (empty when the file is absent)."""
     speakers: dict[str, str] = {}
@@ -158,6 +143,9 @@ def facc_jobs(source: FaccSource, report: BuildReport) -> list[PairJob]:
     folders = [source.split_lists] if source.split_lists else list(dict.fromkeys(
         ([source.captions.parent] if source.captions else []) + [root.parent, source.images.parent, root]))
     splits = read_split_lists(folders)
+    if splits is None:
+        raise VGSError(f"none of {', '.join(SPLIT_LIST_NAMES.values())} found in {', '.join(map(str, folders))}; "
+                       "give their folder with --split-lists")
     speakers = read_speakers(root / "wav2spk.txt", report)
     texts = _caption_texts(source.captions, report)
     wav2capt = root / "wav2capt.txt"

