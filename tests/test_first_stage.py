@@ -203,14 +203,14 @@ def test_codes_exact_and_compact_stages(gallery, tmp_path) -> None:  # noqa: ANN
     index = SearchIndex(folder)
     with pytest.raises(VGSError, match="no region codes"):
         index.search_audio(FAKE_MODEL, queries(24, 1, 0)[0], first_stage="compact")
-    index.build_codes(12)  # half of D: bounds include what the basis misses
+    index.build_codes(12)  # half of D
     assert (folder / "images" / "chunk-00000.codes.npy").is_file()
     index = SearchIndex(folder)
-    assert index.region_search().codec is not None and index.region_search().dim == 14
+    assert index.region_search().codec is not None and index.region_search().index("codes").dim == 14
     same = 0
     for frames in queries(24, 6, 1):
         full = [h.index for h in index.search_audio(FAKE_MODEL, frames, k=10, exhaustive=True)]
-        assert [h.index for h in index.search_audio(FAKE_MODEL, frames, k=10)] == full  # exact through the bounds
+        assert [h.index for h in index.search_audio(FAKE_MODEL, frames, k=10)] == full  # exact: full regions
         same += len(set(full) & {h.index for h in index.search_audio(FAKE_MODEL, frames, k=10, first_stage="compact")})
     assert same / 60 > 0.3  # compact is approximate: it ranks by the 12-dim int8 codes
 
@@ -234,3 +234,15 @@ def test_pooled_first_stage_still_available(gallery) -> None:  # noqa: ANN001
     full = index.search_audio(FAKE_MODEL, frames, k=10, exhaustive=True)
     pooled_hits = index.search_audio(FAKE_MODEL, frames, k=10, candidates=150, first_stage="pooled")
     assert [h.index for h in pooled_hits] == [h.index for h in full]  # all candidates: exact
+
+
+def test_ivf_stage_and_the_memory_guard(gallery) -> None:  # noqa: ANN001
+    from vgs.first_stage import RegionSearch
+
+    index = SearchIndex(gallery)
+    frames = queries(24, 1, 3)[0]
+    hits = index.search_audio(FAKE_MODEL, frames, k=10, first_stage="ivf")  # approximate: only its shape is certain
+    assert len(hits) == 10 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    small = RegionSearch(index.image_regions, max_bytes=1000)
+    with pytest.raises(VGSError, match="GiB allowed"):
+        small.index("flat")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 FIRST_STAGES = ("exact", "compact", "ivf", "pooled")
 MAX_FETCH = 1 << 16  # per-frame fetch beyond which scoring every remaining image exactly is cheaper
+MAX_INDEX_BYTES = 8 * 2**30  # the largest in-memory region index built (100k images x 49 x 512 fp32 is 9.3 GiB)
 FETCH_K = 4096  # first per-frame fetch: on real Flickr8k embeddings (1,000 images) it settles 30 of 30 queries
 # after scoring 64 images exactly; 1,024 needed a median 128 and up to 977
 
@@ -70,7 +71,8 @@ class RegionIndex:
         if kind == "flat":
             self.index = faiss.IndexFlatIP(dim)
         else:
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), max(1, nlist), faiss.METRIC_INNER_PRODUCT)
+            self._quantizer = faiss.IndexFlatIP(dim)  # kept referenced: the IVF index does not own it
+            self.index = faiss.IndexIVFFlat(self._quantizer, dim, max(1, nlist), faiss.METRIC_INNER_PRODUCT)
             self.index.nprobe = max(1, nprobe or nlist // 16)
 
     @property
@@ -213,20 +215,23 @@ class RegionSearch:
 
     ``regions``: the image chunks' ``n x R x D`` region arrays (memory-mapped), in index order;
     ``codes``: their codes when the index has a codec (:func:`vgs.codecs.build_codes`), else None.
-    Without codes the region index holds the full-precision regions (``4 R D`` bytes per image in
-    memory); with codes it holds ``4 R (d + 2)``.
+    The ``exact`` and ``ivf`` stages index the full-precision regions (``4 R D`` bytes per image in
+    memory, refused above ``max_bytes``); ``compact`` indexes the decoded codes (``4 R (d + 2)``).
+    (The codes' error columns also make an exact stage over the codes possible, see
+    :mod:`vgs.codecs`, but on real embeddings PCA's residual bound is too loose to prune.)
     """
 
     def __init__(self, regions: list[np.ndarray], codec: "RegionCodec | None" = None,
-                 codes: "list[tuple[np.ndarray, np.ndarray]] | None" = None, chunk: int = 1024):
-        self.regions, self.codec, self.codes, self.chunk = regions, codec, codes, chunk
+                 codes: "list[tuple[np.ndarray, np.ndarray]] | None" = None, chunk: int = 1024,
+                 max_bytes: int = MAX_INDEX_BYTES):
+        self.regions, self.codec, self.codes, self.chunk, self.max_bytes = regions, codec, codes, chunk, max_bytes
         self.count = sum(len(r) for r in regions)
         self.regions_per_image = int(regions[0].shape[1]) if regions else 1
         self._indexes: dict[str, RegionIndex] = {}
 
-    def _vectors(self) -> Iterator[np.ndarray]:
+    def _vectors(self, codes: bool) -> Iterator[np.ndarray]:
         """The region index's vectors, ``c x R x d'`` blocks in image order (bounded memory while building)."""
-        if self.codec is not None and self.codes is not None:
+        if codes:
             for codes, errors in self.codes:
                 for c0 in range(0, len(codes), self.chunk):
                     yield self.codec.index_vectors(np.asarray(codes[c0: c0 + self.chunk]), np.asarray(errors[c0: c0 + self.chunk]))
@@ -235,34 +240,33 @@ class RegionSearch:
                 for c0 in range(0, len(part), self.chunk):
                     yield np.asarray(part[c0: c0 + self.chunk], dtype=np.float32)
 
-    @property
-    def dim(self) -> int:
-        return self.codec.index_dim if self.codec is not None and self.codes is not None else int(self.regions[0].shape[2])
-
     def index(self, kind: str = "flat") -> RegionIndex:
-        """The flat (exact) or IVF (approximate) region index, built on first use."""
+        """The region index of a kind, built on first use: ``flat`` (exact) or ``ivf`` (approximate) over the
+        full-precision regions, ``codes`` (flat) over the decoded codes and their error norms."""
         if kind not in self._indexes:
+            codes = kind == "codes"
+            dim = self.codec.index_dim if codes else int(self.regions[0].shape[2])
             total = self.count * self.regions_per_image
-            nlist = max(1, int(4 * np.sqrt(total))) if kind == "ivf" else 0
-            index = RegionIndex(self.dim, self.regions_per_image, kind, nlist=nlist, nprobe=max(8, nlist // 64))
+            if 4 * total * dim > self.max_bytes:
+                raise VGSError(f"region index: {self.count} images x {self.regions_per_image} regions x {dim} floats need "
+                               f"{4 * total * dim / 2**30:.1f} GiB, over the {self.max_bytes / 2**30:.1f} GiB allowed; "
+                               "use --first-stage compact or pooled")
+            nlist = max(1, int(np.sqrt(total))) if kind == "ivf" else 0
+            index = RegionIndex(dim, self.regions_per_image, "ivf" if kind == "ivf" else "flat", nlist=nlist,
+                                nprobe=max(8, nlist // 16))
             if kind == "ivf":
                 blocks, have = [], 0
-                for block in self._vectors():  # a training sample from the first blocks (images are in no special order)
-                    blocks.append(block.reshape(-1, self.dim))
+                for block in self._vectors(codes):  # a training sample from the first blocks (images are in no special order)
+                    blocks.append(block.reshape(-1, dim))
                     have += len(blocks[-1])
                     if have >= 40 * nlist:
                         break
                 index.train(np.concatenate(blocks)[: 64 * nlist])
-            for block in self._vectors():
+            for block in self._vectors(codes):
                 index.add(block)
             self._indexes[kind] = index
         return self._indexes[kind]
 
-    def query(self, frames: np.ndarray, bounded: bool = True) -> np.ndarray:
-        """``T x D`` frames in the region index's space."""
-        if self.codec is not None and self.codes is not None:
-            return self.codec.query_vectors(frames, bounded)
-        return np.ascontiguousarray(frames, dtype=np.float32)
 
     def code_scores(self, ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores)."""
@@ -289,7 +293,8 @@ class RegionSearch:
             raise VGSError("first stage 'compact': this index has no region codes; build them with `vgs index ... --codes DIM`")
         if mode not in ("exact", "compact", "ivf"):
             raise VGSError(f"first stage: expected one of {', '.join(FIRST_STAGES)}, got {mode!r}")
-        index = self.index("ivf" if mode == "ivf" else "flat")
-        query = self.query(frames, bounded=not compact)
+        index = self.index({"exact": "flat", "ivf": "ivf", "compact": "codes"}[mode])
+        # compact: the error columns get weight 0, so the index returns the decoded codes' own scores
+        query = self.codec.query_vectors(frames, bounded=False) if compact else np.ascontiguousarray(frames, dtype=np.float32)
         score = (lambda ids: self.code_scores(ids, frames)) if compact else exact_scores
         return threshold_topk(lambda kk: index.fetch(query, kk), score, self.count, k, fetch_k=fetch_k)
