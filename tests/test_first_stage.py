@@ -246,3 +246,5 @@ def test_ivf_stage_and_the_memory_guard(gallery) -> None:  # noqa: ANN001
     small = RegionSearch(index.image_regions, max_bytes=1000)
     with pytest.raises(VGSError, match="GiB allowed"):
         small.index("flat")
+    index.region_search().max_bytes = 1000  # the default stage falls back to pooled instead of failing
+    assert len(index.search_audio(FAKE_MODEL, frames, k=10)) == 10

@@ -240,6 +240,11 @@ class RegionSearch:
                 for c0 in range(0, len(part), self.chunk):
                     yield np.asarray(part[c0: c0 + self.chunk], dtype=np.float32)
 
+    def index_bytes(self, kind: str = "flat") -> int:
+        """Memory the region index of ``kind`` takes (float32 vectors)."""
+        dim = self.codec.index_dim if kind == "codes" and self.codec is not None else int(self.regions[0].shape[2]) if self.regions else 0
+        return 4 * self.count * self.regions_per_image * dim
+
     def index(self, kind: str = "flat") -> RegionIndex:
         """The region index of a kind, built on first use: ``flat`` (exact) or ``ivf`` (approximate) over the
         full-precision regions, ``codes`` (flat) over the decoded codes and their error norms."""
@@ -247,7 +252,7 @@ class RegionSearch:
             codes = kind == "codes"
             dim = self.codec.index_dim if codes else int(self.regions[0].shape[2])
             total = self.count * self.regions_per_image
-            if 4 * total * dim > self.max_bytes:
+            if self.index_bytes(kind) > self.max_bytes:
                 raise VGSError(f"region index: {self.count} images x {self.regions_per_image} regions x {dim} floats need "
                                f"{4 * total * dim / 2**30:.1f} GiB, over the {self.max_bytes / 2**30:.1f} GiB allowed; "
                                "use --first-stage compact or pooled")

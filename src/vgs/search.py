@@ -502,6 +502,9 @@ class SearchIndex:
             raise VGSError(f"{self.folder}: the index holds no images")
         if first_stage not in FIRST_STAGES:
             raise VGSError(f"first stage: expected one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
+        if first_stage == "exact" and not exhaustive and self.region_search().index_bytes() > self.region_search().max_bytes:
+            log.warning("%s: too many images for the exact first stage's in-memory region index; using pooled", self.folder)
+            first_stage = "pooled"
         if not exhaustive and first_stage != "pooled" and model.net.config.similarity == "misa":
             found = self.region_search().search(frames.frames.detach().cpu().float().numpy(), k, first_stage,
                                                 lambda ids: _chunked_scores(model, self, ids, frames))
