@@ -617,6 +617,11 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--captions", type=Path, help="a manifest (.jsonl) whose spoken captions to index")
     p.add_argument("--out", required=True, type=Path, help="index folder to create or add to")
+    p.add_argument("--codes", type=NON_NEGATIVE, default=None, help="PCA dimensions of the int8 region codes written for "
+                   "the region first stages (default 128; 0: none)")
+    p.add_argument("--shard", help="i/N: index only shard i of N of the images into OUT/shards/ (one worker of a job "
+                   "array; resumable); then `vgs index RUN --out OUT --merge`")
+    p.add_argument("--merge", action="store_true", help="merge the finished shards under OUT/shards into OUT")
     _add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -625,9 +630,24 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .api import load
     from .search import build_index
 
+    from .search import DEFAULT_CODE_DIM
+
+    codes = DEFAULT_CODE_DIM if args.codes is None else args.codes
+    if args.merge:
+        return _merge_index(args, codes)
     if args.images is None and args.captions is None:
         raise VGSError("index: give --images DIR and/or --captions MANIFEST")
-    summary = build_index(load(args.run, args.checkpoint, args.device), args.out, args.images, args.captions)
+    model = load(args.run, args.checkpoint, args.device)
+    if args.shard is not None:
+        from .shards import build_shard, parse_shard
+
+        summary = build_shard(model, args.out, args.images, args.captions, parse_shard(args.shard))
+        print(f"{args.out}: shard {summary['shard']} holds {summary['images']} images ({summary['images_added']} added); "
+              "merge the shards with --merge once all are done")
+        for problem in summary["problems"][:20]:
+            print(f"skipped: {problem}")
+        return 3 if summary["problems"] else 0
+    summary = build_index(model, args.out, args.images, args.captions, codes=codes)
     print(f"{args.out}: {summary['images']} images ({summary['images_added']} added), "
           f"{summary['captions']} captions ({summary['captions_added']} added)")
     for problem in summary["problems"][:20]:
@@ -635,10 +655,33 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 3 if summary["problems"] else 0
 
 
+def _merge_index(args: argparse.Namespace, codes: int) -> int:
+    """``vgs index RUN --out OUT --merge``: the shards into one index, then its derived files."""
+    from .io import sha256_file
+    from .search import SearchIndex
+    from .shards import merge_shards
+
+    if args.shard is not None or args.images is not None or args.captions is not None:
+        raise VGSError("index --merge: give only the run and --out (the shards are read from OUT/shards)")
+    from .api import load
+
+    model = load(args.run, args.checkpoint, args.device)
+    summary = merge_shards(args.out, sha256_file(model.checkpoint) if model.checkpoint else None)
+    index = SearchIndex(args.out)
+    if codes and index.image_count:
+        index.build_codes(codes)
+    index.faiss_images()
+    if index.caption_count:
+        index.faiss_captions()
+    print(f"{args.out}: merged {summary['shards']} shards: {summary['images']} images, {index.caption_count} captions")
+    return 0
+
+
 def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index by voice, by text (spoken by the TTS), or by image",
-                       description="Two-stage search: FAISS proposes candidates by pooled embedding, the model's "
-                       "matchmap similarity re-ranks them.")
+                       description="Speech -> images is exact by default: every region's FAISS index and the "
+                       "threshold algorithm find the images with the highest matchmap similarity (MISA); --first-stage "
+                       "pooled is the older two-stage search (pooled-embedding candidates, re-ranked).")
     p.add_argument("run", type=Path, nargs="?", help="run folder, checkpoint or exported model (default: the one the "
                    "index was built with)")
     p.add_argument("--index", dest="index_dir", type=Path, help="index folder (from `vgs index`)")
@@ -650,6 +693,10 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_option", type=Path, help=argparse.SUPPRESS)  # deprecated: the run is positional
     p.add_argument("--candidates", type=POSITIVE, default=500, help="first-stage candidates re-ranked by matchmap (default 500)")
     p.add_argument("--exhaustive", action="store_true", help="score every indexed item with the matchmap (no first stage)")
+    p.add_argument("--first-stage", choices=("auto", "exact", "compact", "ivf", "pooled"), default="auto",
+                   help="speech -> images: auto (default: exact up to 5,000 images, pooled above), exact (the exact "
+                   "MISA top-k via every region and the threshold algorithm), compact (the same on the int8 codes: approximate), ivf (approximate region index) or "
+                   "pooled (--candidates by pooled embedding, re-ranked)")
     p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice, e.g. en-us+f2 or "
                    "espeak:en-us+f2:r175:p50 (see `vgs voices`)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -672,7 +719,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             from .tts import synthesize
 
             audio = synthesize(args.text, parse_voice(args.voice)).audio
-        hits = index.search_audio(model, model.encode_audio([audio]), args.k, args.candidates, args.exhaustive)
+        hits = index.search_audio(model, model.encode_audio([audio]), args.k, args.candidates, args.exhaustive,
+                                  first_stage=args.first_stage)
     if args.json:
         print(json.dumps([hit.to_dict() for hit in hits], indent=2))
     else:

@@ -10,8 +10,14 @@ An index is a folder of plain files (no pickle anywhere):
 * ``faiss-images.index`` / ``faiss-captions.index``: FAISS indexes over the pooled vectors
   (exact inner product for small collections, IVF for large ones), rebuilt when chunks change.
 
-Search is two-stage: FAISS proposes candidates by pooled embedding, then the candidates
-are re-ranked with the model's matchmap similarity (MISA).  Chunks are written
+Voice search (speech -> images) is exact by default: every region of every image sits in one
+FAISS inner-product index, each query frame fetches its best regions gallery-wide, and the
+threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the model's matchmap
+similarity (MISA) until no other image can enter the top-k.  ``images/chunk-NNNNN.{codes,errors}.npy``
+(optional, :mod:`vgs.codecs`) hold int8 PCA codes with error bounds: the exact stage then keeps
+``d + 2`` floats per region in memory instead of ``D``, and the ``compact`` stage searches the codes
+alone.  The older first stage (``pooled``: FAISS proposes candidates by pooled embedding, MISA
+re-ranks them) stays available, and serves image -> speech search.  Chunks are written
 atomically, so an interrupted ``vgs index`` resumes where it stopped, and re-running it on
 another folder adds images to the existing index.
 """
@@ -34,7 +40,14 @@ from .progress import tqdm
 
 from .api import Model, load
 from .audio import load_audio
+from .codecs import RegionCodec, build_codes, load_codes
 from .errors import InputError, VGSError
+from .first_stage import FIRST_STAGES, RegionSearch
+
+# ``auto`` uses the exact first stage up to this many images. Measured side by side on 1 thread
+# (docs/benchmarks.md, section 8): at 1,000 real images exact 173 ms vs pooled 207 ms (p50); at
+# 10,000 synthetic images exact 2,039 ms vs pooled 376 ms. Above it, pooled's speed wins.
+EXACT_AUTO_MAX_IMAGES = 5_000
 from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
 from .similarity import PackedFrames
 
@@ -45,6 +58,7 @@ CHUNK_NAME = re.compile(r"chunk-[0-9]{5,9}")  # the only chunk names an index ma
 MAX_EMBED_DIM = 16384
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IVF_THRESHOLD = 20_000  # collections at least this large get an IVF index
+DEFAULT_CODE_DIM = 128  # `vgs index` writes int8 codes of this many PCA dimensions (0: none)
 
 
 @dataclass
@@ -203,8 +217,11 @@ class IndexWriter:
 
 
 def build_index(model: Model, out: str | Path, images: str | Path | None = None, captions: str | Path | None = None,
-                progress: bool = True) -> dict:
-    """``vgs index``: add a folder of images and/or a caption manifest to the index at ``out``."""
+                progress: bool = True, codes: int = DEFAULT_CODE_DIM) -> dict:
+    """``vgs index``: add a folder of images and/or a caption manifest to the index at ``out``.
+
+    ``codes``: PCA dimensions of the int8 region codes (:mod:`vgs.codecs`; 0: write none).
+    """
     writer = IndexWriter(out, model)
     summary: dict = {"images_added": 0, "captions_added": 0, "problems": []}
     if images is not None:
@@ -214,6 +231,8 @@ def build_index(model: Model, out: str | Path, images: str | Path | None = None,
         summary["captions_added"], problems = writer.add_captions(captions, progress)
         summary["problems"] += problems
     index = SearchIndex(out)
+    if codes and index.image_count:
+        index.build_codes(codes)
     index.faiss_images()  # build and save the first-stage indexes now, not at the first query
     if index.caption_count:
         index.faiss_captions()
@@ -315,6 +334,7 @@ class SearchIndex:
         self._load_images()
         self._load_captions()
         self._faiss: dict[str, object] = {}
+        self._regions: RegionSearch | None = None
 
     def _load_images(self) -> None:
         folder = self.folder / "images"
@@ -450,13 +470,50 @@ class SearchIndex:
     def faiss_captions(self):  # noqa: ANN201
         return self._faiss_index("captions", self.caption_pooled)
 
+    # -------------------------------------------------------------- region first stage (vgs.first_stage)
+
+    def build_codes(self, dim: int = DEFAULT_CODE_DIM) -> RegionCodec:
+        """Write int8 region codes for every image chunk that lacks them (:func:`vgs.codecs.build_codes`)."""
+        codec = build_codes(self.folder, self.meta["image_chunks"], self.image_regions, dim)
+        self._regions = None
+        return codec
+
+    def region_search(self) -> RegionSearch:
+        """The region-level first stages, over the codes when every chunk has them, else the full regions."""
+        if self._regions is None:
+            codec = RegionCodec.load(self.folder, self.meta["embed_dim"])
+            codes = None
+            if codec is not None:
+                codes = load_codes(self.folder, self.meta["image_chunks"], [len(r) for r in self.image_regions],
+                                   self.grid[0] * self.grid[1], codec)
+            self._regions = RegionSearch(self.image_regions, codec, codes)
+        return self._regions
+
     # -------------------------------------------------------------- queries
 
     def search_audio(self, model: Model, frames: PackedFrames, k: int = 10, candidates: int = 500,
-                     exhaustive: bool = False) -> list[Hit]:
-        """Speech -> images. ``frames``: one encoded caption. Two-stage unless ``exhaustive``."""
+                     exhaustive: bool = False, first_stage: str = "auto") -> list[Hit]:
+        """Speech -> images. ``frames``: one encoded caption.
+
+        ``first_stage``: ``auto`` (default: ``exact`` up to :data:`EXACT_AUTO_MAX_IMAGES` images, where it
+        costs about what ``pooled`` does, else ``pooled``), ``exact`` (the exhaustive MISA top-k, see
+        :mod:`vgs.first_stage`), ``compact`` (exact on the int8 codes), ``ivf`` (approximate region index)
+        or ``pooled`` (``candidates`` by pooled embedding, re-ranked); ``exhaustive`` scores every image.
+        Models whose similarity is not MISA always use ``pooled``.
+        """
         if self.image_count == 0:
             raise VGSError(f"{self.folder}: the index holds no images")
+        if first_stage == "auto":
+            first_stage = "exact" if self.image_count <= EXACT_AUTO_MAX_IMAGES else "pooled"
+        if first_stage not in FIRST_STAGES:
+            raise VGSError(f"first stage: expected auto or one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
+        if first_stage == "exact" and not exhaustive and self.region_search().index_bytes() > self.region_search().max_bytes:
+            log.warning("%s: too many images for the exact first stage's in-memory region index; using pooled", self.folder)
+            first_stage = "pooled"
+        if not exhaustive and first_stage != "pooled" and model.similarity_kind == "misa":
+            found = self.region_search().search(frames.frames.detach().cpu().float().numpy(), k, first_stage,
+                                                lambda ids: _chunked_scores(model, self, ids, frames))
+            return [Hit(int(i), float(s), path=self.image_paths[int(i)]) for i, s in zip(found.ids, found.scores)]
         if exhaustive:
             ids = np.arange(self.image_count)
         else:

@@ -217,7 +217,7 @@ def trunk_output_shape(infos: list[dict]) -> tuple[int, ...]:
     return next((tuple(info["shape"]) for info in infos if info["ids"]), (0,))
 
 
-def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, trunk: torch.nn.Module, image_config,
+def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, trunk: torch.nn.Module, image_config: ImageConfig,
                         batch_size: int, device: str, part: Path, bar) -> None:
     """Encode one chunk of images into ``part.npy`` (``n x C x H x W`` float16) + ``part.json`` (ids kept,
     problems, shape); an image that cannot be read is recorded, not fatal."""

@@ -1,0 +1,206 @@
+"""Compressed region embeddings with error bounds: PCA to ``d`` dims, then int8 with a per-dimension scale.
+
+A region ``x`` (``D``) is stored as ``c = round(P x / s)`` (``d`` int8, ``P`` a ``d x D`` orthonormal basis
+fitted on the index's regions, ``s`` a per-dimension scale) plus two float16 error norms, rounded up:
+``e_in = ||P x - s * c||`` (quantization) and ``e_out = ||x - P^T P x||`` (what the basis misses; 0 when
+``d == D``, where ``P`` is the identity).  For any query frame ``q``:
+
+    <q, x> <= <P q, s * c> + ||P q|| e_in + ||q - P^T P q|| e_out        (Cauchy-Schwarz, twice)
+
+which is one inner product of ``[s * c, e_in, e_out]`` with ``[P q, ||P q||, ||q - P^T P q||]``: the
+region index (:class:`vgs.first_stage.RegionIndex`) holds those ``d + 2`` vectors and its results
+are guaranteed upper bounds, so the threshold algorithm stays exact while the first stage reads
+``d + 2`` floats per region instead of ``D``.  With the query's last two entries set to 0 the same
+index gives the scores of the decoded codes themselves (the ``compact`` first stage, which never
+reads the full regions: ``R * (d + 4)`` bytes per image).
+
+Files (in the index folder): ``codec.json`` (kind, dims), ``codec-basis.npy`` (``d x D`` float32),
+``codec-scale.npy`` (``d`` float32); per image chunk ``chunk-NNNNN.codes.npy`` (``n x R x d`` int8)
+and ``chunk-NNNNN.errors.npy`` (``n x R x 2`` float16).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VGSError
+from .io import load_npy, save_npy, write_json
+
+CODEC_KIND = "pca-int8"
+MAX_DIM = 16384
+
+
+def _round_up_f16(values: np.ndarray) -> np.ndarray:
+    """float16 values never below ``values`` (so stored error bounds stay bounds)."""
+    half = values.astype(np.float16)
+    low = half.astype(np.float32) < values
+    half[low] = np.nextafter(half[low], np.float16(np.inf))
+    return half
+
+
+@dataclass
+class RegionCodec:
+    """``basis``: ``d x D`` orthonormal rows (float32); ``scale``: ``d`` per-dimension int8 step (float32)."""
+
+    basis: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.basis.shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.basis.shape[1])
+
+    @property
+    def index_dim(self) -> int:
+        """Dimensions of the region index's vectors: the code, then the two error norms."""
+        return self.dim + 2
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, dim: int) -> "RegionCodec":
+        """Fit on ``m x D`` regions: the top-``dim`` right singular vectors (uncentered), or the identity
+        when ``dim >= D``; per dimension, a step that maps the 99.99th percentile of ``|P x|`` to 127."""
+        sample = np.asarray(sample, dtype=np.float32).reshape(-1, sample.shape[-1])
+        d_full = sample.shape[1]
+        if not 1 <= dim <= MAX_DIM or len(sample) == 0:
+            raise VGSError(f"codec: expected 1 <= dim <= {MAX_DIM} and a non-empty sample, got dim {dim}, {len(sample)} regions")
+        if dim >= d_full:
+            basis = np.eye(d_full, dtype=np.float32)
+        else:
+            _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
+            basis = vt[:dim].astype(np.float32)
+        projected = np.abs(sample @ basis.T)
+        top = np.quantile(projected, 0.9999, axis=0) if len(projected) > 1 else projected.max(0)
+        return cls(basis, np.maximum(top / 127.0, 1e-8).astype(np.float32))
+
+    # ------------------------------------------------------------------ coding
+
+    def encode(self, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``n x R x D`` regions -> (``n x R x d`` int8 codes, ``n x R x 2`` float16 error norms, rounded up)."""
+        x = np.asarray(regions, dtype=np.float32)
+        y = x @ self.basis.T
+        codes = np.clip(np.rint(y / self.scale), -127, 127).astype(np.int8)
+        e_in = np.linalg.norm(y - codes * self.scale, axis=-1)
+        e_out = np.linalg.norm(x - y @ self.basis, axis=-1) if self.dim < self.embed_dim else np.zeros_like(e_in)
+        errors = np.stack([e_in, e_out], axis=-1) * (1 + 1e-3) + 1e-6  # float32 rounding of the norms themselves
+        return codes, _round_up_f16(errors.astype(np.float32))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """``... x d`` int8 codes -> ``... x d`` float32 projected regions ``s * c``."""
+        return codes.astype(np.float32) * self.scale
+
+    def index_vectors(self, codes: np.ndarray, errors: np.ndarray) -> np.ndarray:
+        """``n x R x (d + 2)``: decoded codes and their error norms (what :class:`RegionIndex` holds)."""
+        return np.concatenate([self.decode(codes), errors.astype(np.float32)], axis=-1)
+
+    def query_vectors(self, frames: np.ndarray, bounded: bool = True) -> np.ndarray:
+        """``T x D`` frames -> ``T x (d + 2)``: ``[P q, ||P q||, ||q - P^T P q||]`` (bounded) or ``[P q, 0, 0]``."""
+        q = np.asarray(frames, dtype=np.float32)
+        p = q @ self.basis.T
+        out = np.zeros((len(q), self.dim + 2), dtype=np.float32)
+        out[:, : self.dim] = p
+        if bounded:
+            out[:, self.dim] = np.linalg.norm(p, axis=1)
+            out[:, self.dim + 1] = np.linalg.norm(q - p @ self.basis, axis=1) if self.dim < self.embed_dim else 0.0
+        return out
+
+    def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """MISA of ``m x R x d`` codes against one caption's ``T x D`` frames on the decoded codes: ``m``."""
+        p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ self.basis.T).T)  # d x T
+        out = np.empty(len(codes), dtype=np.float64)
+        for c0 in range(0, len(codes), chunk):
+            decoded = self.decode(codes[c0: c0 + chunk])  # c x R x d
+            out[c0: c0 + chunk] = (decoded @ p).max(axis=1).mean(axis=1)
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, folder: Path) -> None:
+        save_npy(folder / "codec-basis.npy", self.basis)
+        save_npy(folder / "codec-scale.npy", self.scale)
+        write_json(folder / "codec.json", {"kind": CODEC_KIND, "dim": self.dim, "embed_dim": self.embed_dim})
+
+    @classmethod
+    def load(cls, folder: Path, embed_dim: int) -> "RegionCodec | None":
+        """The index's codec, checked against ``embed_dim``; None when the index has none."""
+        path = folder / "codec.json"
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise VGSError(f"{path}: corrupt codec metadata ({str(exc)[:80]})") from exc
+        dim = meta.get("dim") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or meta.get("kind") != CODEC_KIND or meta.get("embed_dim") != embed_dim \
+                or not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= min(embed_dim, MAX_DIM):
+            raise VGSError(f"{path}: expected kind {CODEC_KIND!r}, embed_dim {embed_dim} and dim 1..{embed_dim}")
+        basis = load_npy(folder / "codec-basis.npy")
+        scale = load_npy(folder / "codec-scale.npy")
+        if basis.shape != (dim, embed_dim) or scale.shape != (dim,) or basis.dtype != np.float32 or scale.dtype != np.float32 \
+                or not (np.isfinite(basis).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise VGSError(f"{folder / 'codec-basis.npy'}: expected a finite {dim} x {embed_dim} float32 basis and "
+                           f"{dim} positive float32 scales")
+        return cls(basis, scale)
+
+
+def build_codes(folder: Path, chunk_names: list[str], regions: list[np.ndarray], dim: int,
+                sample_regions: int = 50_000, block: int = 1024) -> RegionCodec:
+    """Fit the index's codec (once: on a sample of up to ``sample_regions`` regions) and write the codes of
+    every image chunk that lacks them (``images/chunk-NNNNN.{codes,errors}.npy``; resumable).
+
+    ``regions``: each chunk's ``n x R x D`` regions (memory-mapped), in the order of ``chunk_names``.
+    An existing codec is kept (its ``dim`` wins over ``dim``); a new one re-encodes every chunk.
+    """
+    if not regions:
+        raise VGSError(f"{folder}: the index holds no images to encode")
+    embed_dim = int(regions[0].shape[2])
+    codec = RegionCodec.load(folder, embed_dim)
+    fresh = codec is None
+    if fresh:
+        counts = np.array([len(r) for r in regions])
+        rng = np.random.default_rng(0)
+        per_image = int(regions[0].shape[1])
+        picks = np.sort(rng.choice(int(counts.sum()), size=min(int(counts.sum()), max(1, sample_regions // per_image)), replace=False))
+        offsets = np.cumsum(np.concatenate([[0], counts]))
+        parts = []
+        for c, part in enumerate(regions):
+            local = picks[(picks >= offsets[c]) & (picks < offsets[c + 1])] - offsets[c]
+            if len(local):
+                parts.append(np.asarray(part[local], dtype=np.float32).reshape(-1, embed_dim))
+        codec = RegionCodec.fit(np.concatenate(parts), min(dim, embed_dim))
+    for name, part in zip(chunk_names, regions):
+        codes_path, errors_path = folder / "images" / f"{name}.codes.npy", folder / "images" / f"{name}.errors.npy"
+        if not fresh and codes_path.is_file() and errors_path.is_file():
+            continue
+        pieces = [codec.encode(np.asarray(part[c0: c0 + block], dtype=np.float32)) for c0 in range(0, len(part), block)]
+        save_npy(errors_path, np.concatenate([p[1] for p in pieces]))
+        save_npy(codes_path, np.concatenate([p[0] for p in pieces]))
+    if fresh:
+        codec.save(folder)  # last: an interrupted run re-encodes everything with a fresh fit
+    return codec
+
+
+def load_codes(folder: Path, chunk_names: list[str], counts: list[int], regions_per_image: int,
+               codec: RegionCodec) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Each chunk's (``n x R x d`` int8 codes, ``n x R x 2`` float16 errors), memory-mapped and checked;
+    None when some chunk has none yet."""
+    out = []
+    for name, n in zip(chunk_names, counts):
+        codes_path, errors_path = folder / "images" / f"{name}.codes.npy", folder / "images" / f"{name}.errors.npy"
+        if not (codes_path.is_file() and errors_path.is_file()):
+            return None
+        codes, errors = load_npy(codes_path, mmap=True), load_npy(errors_path, mmap=True)
+        if codes.shape != (n, regions_per_image, codec.dim) or codes.dtype != np.int8:
+            raise VGSError(f"{codes_path}: expected {n} x {regions_per_image} x {codec.dim} int8 codes, "
+                           f"got {tuple(codes.shape)} {codes.dtype}")
+        if errors.shape != (n, regions_per_image, 2) or errors.dtype != np.float16:
+            raise VGSError(f"{errors_path}: expected {n} x {regions_per_image} x 2 float16 error norms, "
+                           f"got {tuple(errors.shape)} {errors.dtype}")
+        out.append((codes, errors))
+    return out
