@@ -316,10 +316,9 @@ def _unheard_query(model, tiny_scenes: Path, folder: Path) -> tuple[Path, str, l
     pytest.fail(f"the tiny model ranks no test image first for any caption spoken by {UNHEARD} (cross-voice collapsed)")
 
 
-def test_microphone_finds_the_scene_spoken_by_an_unheard_voice(tiny_run, tiny_scenes, tmp_path) -> None:
+def test_microphone_finds_the_scene_spoken_by_an_unheard_voice(browser, tiny_run, tiny_scenes, tmp_path) -> None:
     """Chromium's fake microphone plays a WAV of a voice the model never heard; the page records it
     (webm/opus at the browser's rate), trims and resamples it, and the right image is in the top 3."""
-    sync_playwright = _need_browser()
     import vgs
     from vgs.search import IndexWriter, SearchIndex
 
@@ -329,23 +328,24 @@ def test_microphone_finds_the_scene_spoken_by_an_unheard_voice(tiny_run, tiny_sc
     writer.add_images(images, progress=False)
     seconds = sf.info(str(wav)).duration
     for url in _serve(model, SearchIndex(tmp_path / "index")):
-        with sync_playwright() as p:
-            args = [a for a in ARGS] + [f"--use-file-for-fake-audio-capture={wav}%noloop"]
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-            try:
-                page = browser.new_context(permissions=["microphone"]).new_page()
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(url + "/")
-                page.wait_for_selector("body[data-ready='1']")
+        # a second Chromium from the running Playwright (one Playwright per thread): the fake microphone
+        # plays this WAV instead of a beep
+        args = ARGS + [f"--use-file-for-fake-audio-capture={wav}%noloop"]
+        with_file = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = with_file.new_context(permissions=["microphone"]).new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.click("#record-button")
+            page.wait_for_selector("#record-button.recording")
+            page.wait_for_timeout(int(1000 * seconds) + 300)
+            with page.expect_response("**/api/search/audio") as answer:
                 page.click("#record-button")
-                page.wait_for_selector("#record-button.recording")
-                page.wait_for_timeout(int(1000 * seconds) + 300)
-                with page.expect_response("**/api/search/audio") as answer:
-                    page.click("#record-button")
-                heard = answer.value.json()["query"]["duration"]
-                page.wait_for_selector("#grid .hit")
-                top = page.eval_on_selector_all("#grid .hit", "cards => cards.slice(0, 3).map(c => c.title.split(':')[0])")
-            finally:
-                browser.close()
+            heard = answer.value.json()["query"]["duration"]
+            page.wait_for_selector("#grid .hit")
+            top = page.eval_on_selector_all("#grid .hit", "cards => cards.slice(0, 3).map(c => c.title.split(':')[0])")
+        finally:
+            with_file.close()
     assert heard >= seconds - 1.0, (heard, seconds)  # the whole caption was captured, not a beep or silence
     assert any(Path(name).name == expected for name in top), (expected, top)
