@@ -26,6 +26,7 @@ from .io import load_checkpoint, write_json
 from .models.dual import DualEncoder
 from .models.factory import build_model, pixel_config
 from .pretrained import resolve_model
+from .progress import message as progress_message
 from .similarity import PackedFrames, matchmap
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
@@ -293,7 +294,7 @@ def skipped_captions(config: Config, split: str, dataset: Any) -> list[str]:
     reasons = list(manifest.problems)
     audio_problems = cache_folder(manifest.root, config.features) / f"{split}.problems.json"
     known = [str(r) for r in json.loads(audio_problems.read_text()) if r] if audio_problems.is_file() else []
-    image_skips = list(getattr(dataset, "image_skips", []))
+    image_skips = list(dataset.image_skips)
     missing = len(manifest.rows) - len(dataset) - len(image_skips)
     reasons += (known + ["audio not featurized"] * missing)[:missing] if missing > 0 else []
     return reasons + image_skips
@@ -305,9 +306,7 @@ def _report_skipped(reasons: list[str], split: str, strict: bool) -> None:
     message = f"{split}: {len(reasons)} caption(s) could not be used; first: {reasons[0]}"
     if strict:
         raise VGSError(message + " (--strict; without it they are skipped)")
-    from .progress import message as show
-
-    show(f"warning: skipped {message}")
+    progress_message(f"warning: skipped {message}")
 
 
 def open_evaluation(run: str | Path, data: str | Path | None = None, split: str = "test", untrained: bool = False,
