@@ -58,6 +58,20 @@ def test_resume_mid_epoch_gives_the_same_run(tiny_scenes, tmp_path) -> None:
     assert read_metrics(tmp_path / "straight")[-1]["train_loss"] == read_metrics(tmp_path / "resumed")[-1]["train_loss"]
 
 
+def test_max_steps_ends_the_run_and_its_schedule(tiny_scenes, tmp_path) -> None:
+    """train.max_steps stops mid-epoch at that step, the cosine reaches its floor there, and a resume adds nothing."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 5, "train.max_steps": 3, "train.warmup_steps": 0})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert len(trainer.sampler) > 3  # so the stop falls inside the first epoch
+    state = trainer.fit()
+    assert state.global_step == 3
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.02 * config.train.lr)
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 1 and rows[0]["step"] == "3" and rows[0]["dev_s2i_r10"]  # the final evaluation ran
+    again = Trainer(config, tmp_path / "run", resume=True, progress=False).fit()
+    assert again.global_step == 3 and len(read_metrics(tmp_path / "run")) == 1
+
+
 def test_existing_run_needs_resume(tiny_scenes, tmp_path) -> None:
     config = tiny_config(tiny_scenes, **{"train.epochs": 1})
     train(config, tmp_path / "run", progress=False)

@@ -439,13 +439,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
     g.add_argument("--max-minutes", type=NON_NEGATIVE_NUMBER, help="train.max_minutes: stop after this much training time")
+    g.add_argument("--max-steps", type=int, help="train.max_steps: stop after this many steps (the schedule ends there)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set train.warmup_steps=200 --set model.embed_dim=512")
 
 
 FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
                "image_encoder": "model.image_encoder", "audio_encoder": "model.audio_encoder", "loss": "train.loss",
-               "similarity": "model.similarity", "image_weights": "model.image_weights", "max_minutes": "train.max_minutes"}
+               "similarity": "model.similarity", "image_weights": "model.image_weights", "max_minutes": "train.max_minutes",
+               "max_steps": "train.max_steps"}
 
 
 def config_from_args(args: argparse.Namespace, base=None):  # noqa: ANN001, ANN201

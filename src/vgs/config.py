@@ -95,6 +95,7 @@ class TrainConfig:
     eval_max_items: int = 1000  # dev recall on at most this many images per evaluation
     checkpoint_every_minutes: float = 5.0  # mid-epoch checkpoints, so a kill loses little
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
+    max_steps: int = 0  # stop after this many optimizer steps; the schedule ends there too (0 = epochs decide)
     amp: bool = True  # bf16 autocast on GPU
     amp_cpu: bool = False  # bf16 autocast on CPU too (worth it with AVX-512 BF16 / AMX)
     channels_last: bool = False  # channels-last memory format for the image branch (faster convs on GPU)
@@ -193,6 +194,7 @@ RANGES: dict[str, Range] = {
     "train.eval_max_items": Range(1, 1e9),
     "train.checkpoint_every_minutes": Range(0, 1e6),  # 0 = no mid-epoch checkpoints
     "train.max_minutes": Range(0, 1e7),  # 0 = no limit
+    "train.max_steps": Range(0, 1e9),  # 0 = no limit
     "train.max_bad_steps": Range(1, 1_000_000),
     "train.threads": Range(0, 1024),  # 0 = all cores
 }

@@ -146,6 +146,8 @@ class Trainer:
         params = self.model.trainable_parameters() + [p for p in self.loss_fn.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, config)
         self.total_steps = config.train.epochs * len(self.sampler)
+        if config.train.max_steps:
+            self.total_steps = min(self.total_steps, config.train.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total_steps, config))
         if config.train.channels_last:
             self.model.image.to(memory_format=torch.channels_last)
@@ -323,7 +325,7 @@ class Trainer:
         last_checkpoint = time.perf_counter()
         loader_workers = 0 if self.train_set.images.is_features else t.workers
         out_of_time = False
-        while self.state.epoch < t.epochs and not out_of_time:
+        while self.state.epoch < t.epochs and self.state.global_step < self.total_steps and not out_of_time:
             epoch = self.state.epoch
             if self.state.batch_in_epoch == 0:
                 torch.manual_seed(t.seed * 100_003 + epoch)  # dropout & sampling: a function of (seed, epoch)
@@ -334,7 +336,8 @@ class Trainer:
                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed + epoch))
             self.model.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not self.progress,
-                       initial=self.state.batch_in_epoch, total=len(self.sampler) + self.state.batch_in_epoch)
+                       initial=self.state.batch_in_epoch,
+                       total=self.state.batch_in_epoch + min(len(self.sampler), self.total_steps - self.state.global_step))
             for batch in bar:
                 loss = self.train_step(batch)
                 self.state.batch_in_epoch += 1
@@ -346,7 +349,7 @@ class Trainer:
                         self.writer.add_scalar("train/loss", loss, self.state.global_step)
                         self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.state.global_step)
                 self.state.minutes = (time.perf_counter() - started) / 60
-                if t.max_minutes and self.state.minutes >= t.max_minutes:
+                if (t.max_minutes and self.state.minutes >= t.max_minutes) or self.state.global_step >= self.total_steps:
                     out_of_time = True
                     break
                 if t.checkpoint_every_minutes and time.perf_counter() - last_checkpoint > t.checkpoint_every_minutes * 60:
