@@ -101,7 +101,8 @@ def test_voice_augment_effects_do_what_they_say(speech) -> None:
 
 
 def test_augment_config_validation() -> None:
-    for bad in (dict(noise_prob=1.5), dict(stretch=(1.2, 0.9)), dict(snr_db=(float("nan"), 3.0)), dict(eq_db=-1.0)):
+    for bad in (dict(noise_prob=1.5), dict(stretch=(1.2, 0.9)), dict(snr_db=(float("nan"), 3.0)), dict(eq_db=-1.0),
+                dict(clean_epochs=-1), dict(clean_epochs=0.5)):
         with pytest.raises(VGSError, match="augment"):
             AugmentConfig(**bad).validate()
 

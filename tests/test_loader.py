@@ -52,3 +52,19 @@ def test_unreadable_images_are_named_and_left_out(tmp_path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     problems = unreadable_images({"g": str(tmp_path / "good.png"), "b": str(tmp_path / "bad.jpg")}, "test", progress=False)
     assert list(problems) == ["b"] and "bad.jpg" in problems["b"]
+
+
+def test_clean_epochs_train_on_clean_speech_first(tiny_scenes) -> None:
+    """augment.clean_epochs: the first epochs see the features as cached, later ones augmented."""
+    from conftest import tiny_config
+    from vgs.data.pipeline import open_split
+    from vgs.models.factory import build_model
+
+    config = tiny_config(tiny_scenes, **{"augment.enabled": True, "augment.clean_epochs": 1, "augment.noise_prob": 1.0,
+                                         "train.spec_augment": False})
+    dataset = open_split(config, "train", build_model(config).image, train=True, progress=False, workers=0)
+    cached = dataset.audio[int(dataset.audio_rows[0])]
+    dataset.set_epoch(0)
+    np.testing.assert_array_equal(dataset[0]["audio"], cached)
+    dataset.set_epoch(1)
+    assert dataset[0]["audio"].shape[1] == cached.shape[1] and not np.array_equal(dataset[0]["audio"], cached)

@@ -193,6 +193,7 @@ class AugmentConfig:
     noise_prob: float = 0.4
     snr_db: tuple[float, float] = (5.0, 30.0)
     babble_share: float = 0.34  # of the noisy captions; the rest get white or pink noise
+    clean_epochs: int = 0  # epochs trained on clean features first (a curriculum: clean speech learns faster)
 
     def validate(self) -> None:
         for name in ("stretch_prob", "warp_prob", "eq_prob", "telephone_prob", "reverb_prob", "noise_prob", "babble_share"):
@@ -205,6 +206,8 @@ class AugmentConfig:
                 raise VGSError(f"augment.{name}: expected two numbers {low:g} <= a <= b <= {high:g}, got {[a, b]!r}")
         if not (np.isfinite(self.eq_db) and 0 <= self.eq_db <= 30):
             raise VGSError(f"augment.eq_db: expected 0..30, got {self.eq_db!r}")
+        if not (isinstance(self.clean_epochs, int) and 0 <= self.clean_epochs <= 1_000_000):
+            raise VGSError(f"augment.clean_epochs: expected a whole number 0..1000000, got {self.clean_epochs!r}")
 
 
 @lru_cache(maxsize=8)

@@ -123,7 +123,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         feats = self.audio[int(self.audio_rows[i])]
-        if self.voice_augment is not None:
+        if self.voice_augment is not None and self.epoch >= self.voice_augment.config.clean_epochs:
             feats = self.voice_augment(feats, rng, self._babble)
         if self.spec_augment:
             feats = spec_augment(feats, rng)
