@@ -202,17 +202,19 @@ def require_data(config: Config, run: str | Path | None = None) -> Path:
     return data
 
 
-def _read_model(run: str | Path, checkpoint: str) -> tuple[Path, dict, dict]:
-    """(weights file, config dict, state_dict) from a run folder, checkpoint file or exported folder."""
+def _read_model(run: str | Path, checkpoint: str) -> tuple[Path, dict, dict, dict | None]:
+    """(weights file, config dict, model state_dict, loss state_dict or None) from a run folder,
+    checkpoint file or exported folder (an export holds no loss state)."""
     from .export import is_exported, read_exported_config, read_exported_weights, weights_path
 
     if is_exported(run):
-        return weights_path(run), read_exported_config(run), read_exported_weights(run)
+        return weights_path(run), read_exported_config(run), read_exported_weights(run), None
     path = resolve_checkpoint(run, checkpoint)
     payload = load_checkpoint(path)
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise VGSError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
-    return path, payload["config"], payload["model"]
+    loss = payload.get("loss")
+    return path, payload["config"], payload["model"], loss if isinstance(loss, dict) else None
 
 
 def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -> Model:
@@ -220,7 +222,7 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     for inference (weights only; no code is executed)."""
     run = resolve_model(run)
     target = _device(device)
-    path, config_dict, state = _read_model(run, checkpoint)
+    path, config_dict, state, _ = _read_model(run, checkpoint)
     config = resolve_data(_saved_config(config_dict, path), run)
     net = build_model(config, pretrained=False)  # the checkpoint holds every weight: nothing is fetched
     try:

@@ -232,7 +232,7 @@ class Trainer:
         from .api import _read_model
         from .pretrained import resolve_model
 
-        path, _, state = _read_model(resolve_model(source), "best")
+        path, _, state, loss_state = _read_model(resolve_model(source), "best")
         state = {k: v for k, v in state.items() if not k.startswith("audio.input_norm.")}
         try:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -242,10 +242,8 @@ class Trainer:
         if missing or unexpected:
             raise VGSError(f"train.init_from: {path}: weights do not fit this model "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if path.suffix == ".pt":
-            loss_state = load_checkpoint(path, map_location=self.device).get("loss")
-            if isinstance(loss_state, dict):
-                self.loss_fn.load_state_dict(loss_state)
+        if loss_state is not None:
+            self.loss_fn.load_state_dict(loss_state)
         if self.rank == 0:
             print(f"initialized from {path}")
 
