@@ -439,7 +439,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--similarity", help="model.similarity: misa (paper Eq. 1), sima, sisa")
     g.add_argument("--image-weights", help="model.image_weights: local ImageNet state_dict file for vgg/resnet")
     g.add_argument("--max-minutes", type=NON_NEGATIVE_NUMBER, help="train.max_minutes: stop after this much training time")
-    g.add_argument("--max-steps", type=int, help="train.max_steps: stop after this many steps (the schedule ends there)")
+    g.add_argument("--max-steps", type=NON_NEGATIVE, help="train.max_steps: stop after this many steps (the schedule ends there)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set train.warmup_steps=200 --set model.embed_dim=512")
 
