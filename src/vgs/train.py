@@ -322,8 +322,8 @@ class Trainer:
         started = time.perf_counter() - self.state.minutes * 60
         last_checkpoint = time.perf_counter()
         loader_workers = 0 if self.train_set.images.is_features else t.workers
-        out_of_time = False
-        while self.state.epoch < t.epochs and self.state.global_step < self.total_steps and not out_of_time:
+        stop_early = False
+        while self.state.epoch < t.epochs and self.state.global_step < self.total_steps and not stop_early:
             epoch = self.state.epoch
             if self.state.batch_in_epoch == 0:
                 torch.manual_seed(t.seed * 100_003 + epoch)  # dropout & sampling: a function of (seed, epoch)
@@ -348,19 +348,19 @@ class Trainer:
                         self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.state.global_step)
                 self.state.minutes = (time.perf_counter() - started) / 60
                 if (t.max_minutes and self.state.minutes >= t.max_minutes) or self.state.global_step >= self.total_steps:
-                    out_of_time = True
+                    stop_early = True
                     break
                 if t.checkpoint_every_minutes and time.perf_counter() - last_checkpoint > t.checkpoint_every_minutes * 60:
                     self.save()
                     last_checkpoint = time.perf_counter()
             bar.close()
-            epoch_done = not out_of_time or self.state.batch_in_epoch >= len(self.sampler) + self.sampler.start_batch
+            epoch_done = not stop_early or self.state.batch_in_epoch >= len(self.sampler) + self.sampler.start_batch
             mean_loss = self.state.epoch_loss_sum / self.state.epoch_loss_count if self.state.epoch_loss_count else None
             if epoch_done:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
-            self._end_of_epoch(epoch, mean_loss, force_eval=out_of_time or self.state.epoch >= t.epochs)
+            self._end_of_epoch(epoch, mean_loss, force_eval=stop_early or self.state.epoch >= t.epochs)
             last_checkpoint = time.perf_counter()
         if self.writer is not None:
             self.writer.close()
