@@ -42,7 +42,7 @@ def tiny_config(data, **overrides):
                        "train.epochs": 3, "train.warmup_steps": 5, "train.workers": 1, "train.eval_max_items": 20,
                        "train.checkpoint_every_minutes": 0.0,
                        # 120 training images learn too slowly under voice augmentation to test learning in seconds;
-                       # tests/test_augment.py covers the augmentation, test_train.py one augmented run.
+                       # tests/test_augment.py covers the augmentation, test_train.py an augmented run resumed.
                        "augment.enabled": False, **overrides}.items():
         set_value(config, key, value)
     return config.validate()
