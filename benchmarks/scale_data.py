@@ -49,11 +49,69 @@ def _trunk_features(model, data_dir: Path, split: str, image_ids: list[str]) -> 
     return None
 
 
+def _write_image_chunk(out: Path, meta: dict, emb: torch.Tensor, paths: list[str]) -> None:
+    """One chunk of ``n x D x H x W`` image embeddings in IndexWriter's layout (fp16 regions, pooled vectors)."""
+    regions = emb.float().flatten(2).transpose(1, 2)  # n x R x D
+    name = f"chunk-{len(meta['image_chunks']):05d}"
+    save_npy(out / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
+    save_npy(out / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
+    write_json(out / "images" / f"{name}.json", {"paths": paths, "grid": list(emb.shape[2:])})  # last: marks it done
+    meta["image_chunks"].append(name)
+
+
+def _finished_chunks(out: Path) -> int:
+    """How many full image chunks an interrupted build left (a short last chunk is redone: the gallery may grow)."""
+    done = 0
+    while (out / "images" / f"chunk-{done:05d}.json").is_file():
+        done += 1
+    if done and len(json.loads((out / "images" / f"chunk-{done - 1:05d}.json").read_text())["paths"]) < CHUNK:
+        done -= 1
+    return done
+
+
+def _index_meta(model, image_root: str) -> dict:  # noqa: ANN001
+    return {"format": INDEX_FORMAT, "checkpoint": str(model.checkpoint), "checkpoint_sha256": sha256_file(model.checkpoint),
+            "embed_dim": model.net.config.embed_dim, "similarity": model.net.config.similarity, "image_chunks": [],
+            "caption_chunks": [], "image_roots": [image_root], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _write_captions(out: Path, meta: dict, model, data_dir: Path, split: str, manifest, rows: list[dict]) -> None:  # noqa: ANN001
+    """The spoken captions ``rows`` (their cached log-mels through the model's audio net) as caption chunks."""
+    from vgs.data.cache import AudioFeatureStore, cache_folder
+    from vgs.features import pad_features
+
+    began = time.perf_counter()
+    store = AudioFeatureStore(cache_folder(data_dir, model.config.features), split)
+    rows = [row for row in rows if row["id"] in store.index]
+    for c0 in range(0, len(rows), CHUNK):
+        part = rows[c0: c0 + CHUNK]
+        frames_list, length_list = [], []
+        for b0 in range(0, len(part), 32):
+            feats, lengths = pad_features([store.get(row["id"]) for row in part[b0: b0 + 32]], multiple=16)
+            emb, out_lengths = model.net.encode_audio(feats, lengths)
+            packed = PackedFrames.from_padded(emb.float(), out_lengths)
+            frames_list.append(packed.frames)
+            length_list.append(packed.lengths)
+        frames, lens = torch.cat(frames_list), torch.cat(length_list)
+        name = f"chunk-{len(meta['caption_chunks']):05d}"
+        folder = out / "captions"
+        save_npy(folder / f"{name}.frames.npy", frames.numpy().astype(np.float16))
+        save_npy(folder / f"{name}.lengths.npy", lens.numpy().astype(np.int64))
+        owner = torch.repeat_interleave(torch.arange(len(lens)), lens)
+        means = torch.zeros(len(lens), frames.shape[1]).index_add(0, owner, frames)
+        save_npy(folder / f"{name}.pooled.npy", torch.nn.functional.normalize(means, dim=-1).numpy())
+        write_json(folder / f"{name}.json", {
+            "ids": [r["id"] for r in part], "texts": [r.get("text") for r in part],
+            "audio": [str(manifest.audio_path(r).resolve()) for r in part],
+            "images": [str(manifest.image_path(r).resolve()) for r in part]})
+        meta["caption_chunks"].append(name)
+    print(f"captions: {len(rows)} in {time.perf_counter() - began:.1f} s")
+
+
 def build_real_index(data_dir: Path, run: str, out: Path, split: str = "dev", images: int = 1000, captions: int = 1000) -> None:
     """Write ``out`` (a vgs index: image regions + spoken captions of ``split``) from the data set's caches."""
     from vgs.api import load
     from vgs.data.manifest import load_split
-    from vgs.features import AudioFeatureStore, cache_folder, pad_features
 
     model = load(run, device="cpu")
     manifest = load_split(data_dir, split, strict=False)
@@ -62,49 +120,160 @@ def build_real_index(data_dir: Path, run: str, out: Path, split: str = "dev", im
     trunk = _trunk_features(model, data_dir, split, image_ids)
     rows_by_image = {row["image_id"]: row for row in manifest.rows}
     paths = [str(manifest.image_path(rows_by_image[i]).resolve()) for i in image_ids]
-    meta = {"format": INDEX_FORMAT, "checkpoint": str(model.checkpoint), "checkpoint_sha256": sha256_file(model.checkpoint),
-            "embed_dim": model.net.config.embed_dim, "similarity": model.net.config.similarity, "image_chunks": [],
-            "caption_chunks": [], "image_roots": [str(Path(paths[0]).parent)], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = _index_meta(model, str(Path(paths[0]).parent))
     with torch.no_grad():
         for c0 in range(0, len(image_ids), CHUNK):
             if trunk is not None:
                 emb = model.net.encode_image_features(torch.from_numpy(trunk[c0: c0 + CHUNK]).float())
             else:
                 emb = model.encode_images(paths[c0: c0 + CHUNK])
-            regions = emb.float().flatten(2).transpose(1, 2)  # n x R x D
-            name = f"chunk-{len(meta['image_chunks']):05d}"
-            save_npy(out / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
-            save_npy(out / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
-            write_json(out / "images" / f"{name}.json", {"paths": paths[c0: c0 + CHUNK], "grid": list(emb.shape[2:])})
-            meta["image_chunks"].append(name)
+            _write_image_chunk(out, meta, emb, paths[c0: c0 + CHUNK])
         print(f"images: {len(image_ids)} in {time.perf_counter() - began:.1f} s ({'cached trunk' if trunk is not None else 'files'})")
-        began = time.perf_counter()
-        store = AudioFeatureStore(cache_folder(data_dir, model.config.features), split)
         keep = set(image_ids)
-        rows = [row for row in manifest.rows if row["image_id"] in keep and row["id"] in store.index][:captions]
-        for c0 in range(0, len(rows), CHUNK):
-            part = rows[c0: c0 + CHUNK]
-            frames_list, length_list = [], []
-            for b0 in range(0, len(part), 32):
-                feats, lengths = pad_features([store.get(row["id"]) for row in part[b0: b0 + 32]], multiple=16)
-                emb, out_lengths = model.net.encode_audio(feats, lengths)
-                packed = PackedFrames.from_padded(emb.float(), out_lengths)
-                frames_list.append(packed.frames)
-                length_list.append(packed.lengths)
-            frames, lens = torch.cat(frames_list), torch.cat(length_list)
-            name = f"chunk-{len(meta['caption_chunks']):05d}"
-            folder = out / "captions"
-            save_npy(folder / f"{name}.frames.npy", frames.numpy().astype(np.float16))
-            save_npy(folder / f"{name}.lengths.npy", lens.numpy().astype(np.int64))
-            owner = torch.repeat_interleave(torch.arange(len(lens)), lens)
-            means = torch.zeros(len(lens), frames.shape[1]).index_add(0, owner, frames)
-            save_npy(folder / f"{name}.pooled.npy", torch.nn.functional.normalize(means, dim=-1).numpy())
-            write_json(folder / f"{name}.json", {
-                "ids": [r["id"] for r in part], "texts": [r.get("text") for r in part],
-                "audio": [str(manifest.audio_path(r).resolve()) for r in part],
-                "images": [str(manifest.image_path(r).resolve()) for r in part]})
-            meta["caption_chunks"].append(name)
-        print(f"captions: {len(rows)} in {time.perf_counter() - began:.1f} s")
+        _write_captions(out, meta, model, data_dir, split, manifest, [row for row in manifest.rows if row["image_id"] in keep][:captions])
+    write_json(out / "index.json", meta)
+
+
+DISTRACTOR_SPLIT_CODE = 7  # scenes' split codes are 0-2: distractors are scenes no split ever draws
+
+
+def _render_distractors(args: tuple[int, int, int, int]) -> np.ndarray:
+    """Scenes ``start ... start + count - 1`` of the distractor stream (``count x S x S x 3`` uint8)."""
+    from vgs.data.scenes import ScenesConfig, render_scene
+
+    seed, size, start, count = args
+    if count <= 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    config = ScenesConfig(seed=seed, size=size)
+    return np.stack([np.asarray(render_scene(np.random.default_rng([seed, DISTRACTOR_SPLIT_CODE, i, 0]), config)[0])
+                     for i in range(start, start + count)])
+
+
+def build_scenes_index(data_dir: Path, run: str, out: Path, images: int = 100_000, captions: int = 1000,
+                       workers: int = 1, seed: int = 0) -> None:
+    """Write ``out``: the scenes test split's images, then freshly drawn scenes up to ``images`` in all, and the
+    test captions as queries (one caption per image first, so the first queries cover distinct images).
+
+    The distractors come from the scenes generator itself (``render_scene``, deterministic in ``seed`` and
+    their number; never written as files: their paths are ``distractor:N``), encoded by the model's trunk
+    and head in chunks of 256.  Resumable: finished chunks are kept and counted on a restart.
+    """
+    from multiprocessing import Pool
+
+    from PIL import Image
+
+    from vgs.api import load
+    from vgs.data.manifest import load_split
+
+    model = load(run, device="cpu")
+    manifest = load_split(data_dir, "test", strict=False)
+    rows_by_image: dict[str, list[dict]] = {}
+    for row in manifest.rows:
+        rows_by_image.setdefault(row["image_id"], []).append(row)
+    test_paths = [str(manifest.image_path(group[0]).resolve()) for group in rows_by_image.values()]
+    with Image.open(test_paths[0]) as first_image:
+        size = first_image.size[0]  # the scenes' side in pixels, as the data set was drawn
+    meta = _index_meta(model, str(Path(test_paths[0]).parent))
+    done = _finished_chunks(out)
+    meta["image_chunks"] = [f"chunk-{c:05d}" for c in range(done)]
+    total = max(images, len(test_paths))
+    starts = list(range(done * CHUNK, total, CHUNK))
+    began, encoded = time.perf_counter(), 0
+    jobs = [(seed, size, max(0, c0 - len(test_paths)), min(c0 + CHUNK, total) - max(c0, len(test_paths))) for c0 in starts]
+    with Pool(workers) as pool, torch.no_grad():
+        rendered = pool.imap(_render_distractors, jobs)
+        for c0, scenes in zip(starts, rendered):
+            paths = test_paths[c0: c0 + CHUNK]
+            pictures: list = list(paths)
+            if len(paths) < CHUNK and c0 + len(paths) < total:
+                first = max(0, c0 - len(test_paths))
+                pictures += [Image.fromarray(a) for a in scenes]
+                paths += [f"distractor:{first + i}" for i in range(len(scenes))]
+            _write_image_chunk(out, meta, model.encode_images(pictures, batch_size=64), paths)
+            encoded += len(paths)
+            rate = encoded / (time.perf_counter() - began)
+            print(f"images: {c0 + len(paths)}/{total} ({rate:.0f}/s)", flush=True)
+        groups = list(rows_by_image.values())
+        round_robin = [group[k] for k in range(max(len(g) for g in groups)) for group in groups if k < len(group)]
+        _write_captions(out, meta, model, data_dir, "test", manifest, round_robin[:captions])
+    write_json(out / "index.json", meta)
+
+
+def distractor(image, rng: np.random.Generator):  # noqa: ANN001, ANN201
+    """A photo made from ``image`` (PIL): a random crop of 40-90% of its area (aspect 3:4-4:3), a
+    horizontal flip half the time, and brightness, contrast, saturation and hue shifts."""
+    import torchvision.transforms.functional as TF
+
+    w, h = image.size
+    area = rng.uniform(0.4, 0.9) * w * h
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw, ch = min(w, round(np.sqrt(area * aspect))), min(h, round(np.sqrt(area / aspect)))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    out = image.crop((left, top, left + cw, top + ch))
+    if rng.random() < 0.5:
+        out = TF.hflip(out)
+    out = TF.adjust_brightness(out, rng.uniform(0.7, 1.3))
+    out = TF.adjust_contrast(out, rng.uniform(0.7, 1.3))
+    out = TF.adjust_saturation(out, rng.uniform(0.6, 1.4))
+    return TF.adjust_hue(out, rng.uniform(-0.05, 0.05))
+
+
+def build_flickr8k_index(data_dir: Path, run: str, out: Path, images: int = 100_000, captions: int = 1000,
+                         seed: int = 0) -> None:
+    """Write ``out``: the dev images, then the train images (their cached trunk outputs), then distractors
+    made from both (:func:`distractor`, deterministic in ``seed`` and their number; paths
+    ``distractor:N:SOURCE``) up to ``images``, and the dev captions as queries (one per image first).
+    Resumable: finished chunks are kept and counted on a restart."""
+    from PIL import Image
+
+    from vgs.api import load
+    from vgs.data.manifest import load_split
+
+    model = load(run, device="cpu")
+    splits = {name: load_split(data_dir, name, strict=False) for name in ("dev", "train")}
+    sources: list[tuple[str, str, str]] = []  # (split, image_id, path)
+    for name, manifest in splits.items():
+        first = {}
+        for row in manifest.rows:
+            first.setdefault(row["image_id"], row)
+        sources += [(name, i, str(manifest.image_path(row).resolve())) for i, row in first.items()]
+    meta = _index_meta(model, str(Path(sources[0][2]).parent))
+    done = _finished_chunks(out)
+    meta["image_chunks"] = [f"chunk-{c:05d}" for c in range(done)]
+    total = max(images, len(sources))
+    began, encoded = time.perf_counter(), 0
+    with torch.no_grad():
+        for c0 in range(done * CHUNK, total, CHUNK):
+            real = sources[c0: c0 + CHUNK]
+            parts, paths = [], []
+            for name in ("dev", "train"):
+                ids = [image_id for split, image_id, _ in real if split == name]
+                if ids:
+                    trunk = _trunk_features(model, data_dir, name, ids)
+                    if trunk is None:
+                        raise SystemExit(f"{data_dir}: no trunk cache of {name} for this model (train it once first)")
+                    parts.append(model.net.encode_image_features(torch.from_numpy(trunk).float()))
+                    paths += [path for split, _, path in real if split == name]
+            made = range(max(c0, len(sources)), min(c0 + CHUNK, total))
+            if len(made):
+                pictures = []
+                for n in made:
+                    k = n - len(sources)
+                    source = sources[k % len(sources)][2]
+                    with Image.open(source) as image:
+                        pictures.append(distractor(image.convert("RGB"), np.random.default_rng([seed, k])))
+                    paths.append(f"distractor:{k}:{Path(source).name}")
+                parts.append(model.encode_images(pictures, batch_size=32))
+            _write_image_chunk(out, meta, torch.cat(parts), paths)
+            encoded += len(made)
+            rate = encoded / max(time.perf_counter() - began, 1e-9)
+            print(f"images: {c0 + len(paths)}/{total} ({rate:.1f} distractors/s)", flush=True)
+        manifest = splits["dev"]
+        groups: dict[str, list[dict]] = {}
+        for row in manifest.rows:
+            groups.setdefault(row["image_id"], []).append(row)
+        round_robin = [g[k] for k in range(max(map(len, groups.values()))) for g in groups.values() if k < len(g)]
+        _write_captions(out, meta, model, data_dir, "dev", manifest, round_robin[:captions])
     write_json(out / "index.json", meta)
 
 
@@ -151,15 +320,26 @@ def _spectrum(real: np.ndarray, components: int = 128) -> tuple[np.ndarray, np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path)
+    parser.add_argument("data", type=Path, help="a built data set with its caches (Flickr8k speech, or the scenes)")
     parser.add_argument("run")
     parser.add_argument("out", type=Path)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--captions", type=int, default=1000)
+    parser.add_argument("--scenes", action="store_true", help="DATA is the built-in scenes: its test split plus distractor "
+                        "scenes drawn by the generator, up to --images")
+    parser.add_argument("--flickr8k", action="store_true", help="DATA is a built Flickr8k speech set: its dev and train "
+                        "images, then distractors made from them (crops, flips, colour changes), up to --images")
+    parser.add_argument("--workers", type=int, default=1, help="--scenes: processes drawing distractors")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    build_real_index(args.data, args.run, args.out, args.split, args.images, args.captions)
+    torch.set_num_threads(args.threads)
+    if args.flickr8k:
+        build_flickr8k_index(args.data, args.run, args.out, args.images, args.captions)
+    elif args.scenes:
+        build_scenes_index(args.data, args.run, args.out, args.images, args.captions, args.workers)
+    else:
+        build_real_index(args.data, args.run, args.out, args.split, args.images, args.captions)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from vgs.codecs import RegionCodec
 from vgs.errors import VGSError
 from vgs.first_stage import RegionIndex, threshold_topk
 from vgs.io import save_npy, write_json
-from vgs.search import INDEX_FORMAT, SearchIndex, pooled
-from vgs.similarity import PackedFrames, similarity_matrix
+from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, pooled
+from vgs.similarity import PackedFrames
 
 
 def misa(regions: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -151,17 +151,7 @@ def write_index(folder, regions: np.ndarray, grid: tuple[int, int], chunk: int =
     write_json(folder / "index.json", meta)
 
 
-class _MisaScorer:
-    """The part of :class:`vgs.api.Model` the search calls: MISA scores of region embeddings."""
-
-    device = torch.device("cpu")
-    similarity_kind = "misa"
-
-    def scores(self, regions: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
-        return similarity_matrix(regions.float(), captions, kind="misa")
-
-
-FAKE_MODEL = _MisaScorer()
+FAKE_MODEL = EmbeddingScorer("misa")  # the part of vgs.api.Model the search calls
 
 
 def clustered(n: int, r: int, d: int, seed: int) -> np.ndarray:
@@ -255,11 +245,11 @@ def test_ivf_stage_and_the_memory_guard(gallery) -> None:  # noqa: ANN001
     small = RegionSearch(index.image_regions, max_bytes=1000)
     with pytest.raises(VGSError, match="GiB allowed"):
         small.index("flat")
-    index.region_search().max_bytes = 1000  # the default stage falls back to pooled instead of failing
+    index.region_search().max_bytes = 1000  # the default stage falls back to centroids instead of failing
     assert len(index.search_audio(FAKE_MODEL, frames, k=10)) == 10
 
 
-def test_auto_first_stage_is_exact_on_small_galleries_and_pooled_above(gallery, monkeypatch) -> None:  # noqa: ANN001
+def test_auto_first_stage_is_exact_on_small_galleries_and_centroids_above(gallery, monkeypatch) -> None:  # noqa: ANN001
     import vgs.search
 
     index = SearchIndex(gallery)
@@ -276,5 +266,7 @@ def test_auto_first_stage_is_exact_on_small_galleries_and_pooled_above(gallery, 
     assert chosen  # small gallery: exact
     chosen.clear()
     monkeypatch.setattr(vgs.search, "EXACT_AUTO_MAX_IMAGES", index.image_count - 1)
+    real_centroids = index.image_centroids
+    monkeypatch.setattr(index, "image_centroids", lambda: chosen.append("centroids") or real_centroids())
     hits = index.search_audio(FAKE_MODEL, frames, k=5, candidates=3)
-    assert not chosen and len(hits) == 3  # above the limit: pooled, 3 candidates re-ranked
+    assert chosen == ["centroids"] and len(hits) == 3  # above the limit: centroids, 3 candidates re-ranked

@@ -35,7 +35,7 @@ from .errors import VGSError
 if TYPE_CHECKING:
     from .codecs import RegionCodec
 
-FIRST_STAGES = ("exact", "compact", "ivf", "pooled")
+FIRST_STAGES = ("exact", "centroids", "compact", "ivf", "pooled")  # centroids: vgs.centroids; pooled: vgs.search
 MAX_FETCH = 1 << 16  # per-frame fetch beyond which scoring every remaining image exactly is cheaper
 MAX_INDEX_BYTES = 8 * 2**30  # the largest in-memory region index built (100k images x 49 x 512 fp32 is 9.3 GiB)
 FETCH_K = 4096  # first per-frame fetch: on real Flickr8k embeddings (1,000 images) it settles 30 of 30 queries

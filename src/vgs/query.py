@@ -25,7 +25,7 @@ from .audio import load_audio
 from .errors import VGSError
 from .images import MAX_PIXELS, load_thumbnail
 from .localize import Heatmaps, Segment, caption_heatmaps
-from .search import Hit, SearchIndex
+from .search import DEFAULT_CANDIDATES, Hit, SearchIndex
 from .tts import Speech, Voice, available_engines, synthesize
 
 log = logging.getLogger("vgs.app")
@@ -155,7 +155,7 @@ class QueryService:
         """The ``k`` best images for a spoken query (two-stage search), each with the query's heatmap over it."""
         with self._workers:  # a few queries at once: encoder, FAISS and re-ranking only read shared state
             frames = self.model.encode_audio([signal]).to("cpu", torch.float32)
-            hits = self.index.search_audio(self.model, frames, k=k, candidates=max(500, k))
+            hits = self.index.search_audio(self.model, frames, k=k, candidates=max(DEFAULT_CANDIDATES, k))
             regions = self.index.regions_of([hit.index for hit in hits])  # n x D x H x W
             caption = frames.caption(0)
             return [SearchHit(hit, caption_heatmaps(r, caption, [], self.model.frame_seconds()).whole)

@@ -40,16 +40,22 @@ from .progress import tqdm
 
 from .api import Model, load
 from .audio import load_audio
+from .centroids import REGION_CENTROIDS, lower_bounds, region_centroids
 from .codecs import RegionCodec, build_codes, load_codes
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
 
-# ``auto`` uses the exact first stage up to this many images. Measured side by side on 1 thread
-# (docs/benchmarks.md, section 8): at 1,000 real images exact 173 ms vs pooled 207 ms (p50); at
-# 10,000 synthetic images exact 2,039 ms vs pooled 376 ms. Above it, pooled's speed wins.
+# ``auto`` uses the exact first stage up to this many images, the centroid stage above. Measured side
+# by side on 1 thread (docs/benchmarks.md, section 8): at 1,000 real images exact 173 ms vs pooled
+# 207 ms (p50); at 10,000 synthetic images exact 2,039 ms vs pooled 376 ms; at 39,680 real images
+# exact 5,487 ms, centroids (1,000 candidates) 330 ms at 96.5% agreement, pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
+# Images re-ranked exactly after the centroid (or pooled) first stage. On 39,680 real Flickr8k images
+# (docs/benchmarks.md, section 8) the centroid stage kept 86.5% of exhaustive top-10s with 500, 96.5%
+# with 1,000 (14% slower) and 100% with 2,000.
+DEFAULT_CANDIDATES = 1000
 from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
-from .similarity import PackedFrames
+from .similarity import PackedFrames, similarity_matrix
 
 log = logging.getLogger("vgs.search")
 
@@ -88,6 +94,12 @@ def list_images(folder: str | Path) -> list[Path]:
 def pooled(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     """Mean over ``dim`` then L2-normalize: the first-stage vector."""
     return F.normalize(embeddings.float().mean(dim=dim), dim=-1)
+
+
+def centroid_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``n x R x D`` regions -> their ``n x m x D`` float16 k-means centroids (:mod:`vgs.centroids`), as stored."""
+    regions = torch.as_tensor(np.asarray(regions, dtype=np.float32)) if isinstance(regions, np.ndarray) else regions
+    return region_centroids(regions.float()).numpy().astype(np.float16)
 
 
 # ----------------------------------------------------------------------------- building
@@ -161,6 +173,7 @@ class IndexWriter:
             name = f"chunk-{len(self.meta['image_chunks']):05d}"
             save_npy(self.folder / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
             save_npy(self.folder / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
+            save_npy(self.folder / "images" / f"{name}.centroids.npy", centroid_array(regions))
             write_json(self.folder / "images" / f"{name}.json", {"paths": batch_paths, "grid": list(self._grid())})
             self.meta["image_chunks"].append(name)
             self._save_meta()  # the chunk is durable before it is listed
@@ -335,6 +348,7 @@ class SearchIndex:
         self._load_captions()
         self._faiss: dict[str, object] = {}
         self._regions: RegionSearch | None = None
+        self._centroids: torch.Tensor | None = None
 
     def _load_images(self) -> None:
         folder = self.folder / "images"
@@ -489,39 +503,69 @@ class SearchIndex:
             self._regions = RegionSearch(self.image_regions, codec, codes)
         return self._regions
 
+    def image_centroids(self) -> torch.Tensor:
+        """Every image's region centroids, ``N x m x D`` float32, in memory (the centroid first stage).
+
+        Read from each chunk's ``centroids.npy``; a chunk without a readable one (an index built before
+        them, or a damaged file) gets them computed from its regions, and written when the folder allows.
+        """
+        if self._centroids is None:
+            dim, parts = self.meta["embed_dim"], []
+            for name, regions in zip(self.meta["image_chunks"], self.image_regions):
+                path = self.folder / "images" / f"{name}.centroids.npy"
+                try:
+                    array = _chunk_array(self.folder, path, (len(regions), REGION_CENTROIDS, dim))
+                except VGSError as exc:
+                    if path.exists():
+                        log.warning("%s; recomputing it from the regions", exc)
+                    array = centroid_array(regions)
+                    try:
+                        save_npy(path, array)
+                    except OSError:
+                        pass  # a read-only index: kept in memory only
+                parts.append(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+            self._centroids = torch.cat(parts) if parts else torch.zeros(0, REGION_CENTROIDS, dim)
+        return self._centroids
+
     # -------------------------------------------------------------- queries
 
-    def search_audio(self, model: Model, frames: PackedFrames, k: int = 10, candidates: int = 500,
+    def search_audio(self, model: Model, frames: PackedFrames, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                      exhaustive: bool = False, first_stage: str = "auto") -> list[Hit]:
         """Speech -> images. ``frames``: one encoded caption.
 
         ``first_stage``: ``auto`` (default: ``exact`` up to :data:`EXACT_AUTO_MAX_IMAGES` images, where it
-        costs about what ``pooled`` does, else ``pooled``), ``exact`` (the exhaustive MISA top-k, see
-        :mod:`vgs.first_stage`), ``compact`` (exact on the int8 codes), ``ivf`` (approximate region index)
-        or ``pooled`` (``candidates`` by pooled embedding, re-ranked); ``exhaustive`` scores every image.
-        Models whose similarity is not MISA always use ``pooled``.
+        costs about what the others do, else ``centroids``), ``exact`` (the exhaustive MISA top-k, see
+        :mod:`vgs.first_stage`), ``centroids`` (``candidates`` by a lower bound of MISA from region and
+        frame centroids, :mod:`vgs.centroids`, re-ranked), ``compact`` (exact on the int8 codes), ``ivf``
+        (approximate region index) or ``pooled`` (``candidates`` by pooled embedding, re-ranked);
+        ``exhaustive`` scores every image. Models whose similarity is not MISA use ``pooled``.
         """
         if self.image_count == 0:
             raise VGSError(f"{self.folder}: the index holds no images")
         if first_stage == "auto":
-            first_stage = "exact" if self.image_count <= EXACT_AUTO_MAX_IMAGES else "pooled"
+            first_stage = "exact" if self.image_count <= EXACT_AUTO_MAX_IMAGES else "centroids"
         if first_stage not in FIRST_STAGES:
             raise VGSError(f"first stage: expected auto or one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
         if first_stage == "exact" and not exhaustive and self.region_search().index_bytes() > self.region_search().max_bytes:
-            log.warning("%s: too many images for the exact first stage's in-memory region index; using pooled", self.folder)
+            log.warning("%s: too many images for the exact first stage's in-memory region index; using centroids", self.folder)
+            first_stage = "centroids"
+        if model.similarity_kind != "misa":
             first_stage = "pooled"
-        if not exhaustive and first_stage != "pooled" and model.similarity_kind == "misa":
+        if not exhaustive and first_stage not in ("pooled", "centroids"):
             found = self.region_search().search(frames.frames.detach().cpu().float().numpy(), k, first_stage,
                                                 lambda ids: _chunked_scores(model, self, ids, frames))
             return [Hit(int(i), float(s), path=self.image_paths[int(i)]) for i, s in zip(found.ids, found.scores)]
         if exhaustive:
             ids = np.arange(self.image_count)
+        elif first_stage == "centroids":
+            bounds = lower_bounds(self.image_centroids(), frames.frames.detach().cpu().float())
+            ids = np.sort(torch.topk(bounds, min(candidates, self.image_count)).indices.numpy())
         else:
             query = pooled(frames.frames, 0).numpy()[None, :]
             _, found = self.faiss_images().search(query, min(candidates, self.image_count))
             ids = found[0][found[0] >= 0]
         scores = _chunked_scores(model, self, ids, frames)
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = np.lexsort((ids, -scores))[:k]  # ties: the lower image index first, as the exact stages do
         return [Hit(int(ids[o]), float(scores[o]), path=self.image_paths[int(ids[o])]) for o in order]
 
     def search_image(self, model: Model, regions: torch.Tensor, k: int = 10, candidates: int = 500,
@@ -539,6 +583,20 @@ class SearchIndex:
         order = np.argsort(-scores, kind="stable")[:k]
         return [Hit(int(ids[o]), float(scores[o]), id=self.caption_ids[int(ids[o])], text=self.caption_texts[int(ids[o])],
                     path=self.caption_images[int(ids[o])]) for o in order]
+
+
+class EmbeddingScorer:
+    """What searching an index needs of a :class:`vgs.api.Model` once the query is encoded: scores of one
+    similarity kind on the stored embeddings (CPU).  For benchmarks and tests that hold embeddings only."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, kind: str = "misa"):
+        self.similarity_kind = kind
+
+    def scores(self, regions: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
+        """``N x D x H x W`` regions and ``M`` packed captions -> ``N x M`` scores."""
+        return similarity_matrix(regions.float(), captions, kind=self.similarity_kind)
 
 
 def _chunked_scores(model: Model, index: SearchIndex, ids: np.ndarray, frames: PackedFrames, chunk: int = 2048) -> np.ndarray:

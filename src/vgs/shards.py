@@ -82,7 +82,7 @@ def _shard_meta(folder: Path) -> dict:
 
 def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
     """Merge the complete shards under ``OUT/shards`` into the index at ``OUT`` (see the module docstring)."""
-    from .search import SearchIndex
+    from .search import SearchIndex, centroid_array
 
     out = Path(out)
     found = sorted(p for p in (out / "shards").glob("*-of-*") if p.is_dir() and SHARD_DIR.fullmatch(p.name))
@@ -129,6 +129,7 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
         name = f"chunk-{len(names):05d}"
         save_npy(out / "images" / f"{name}.regions.npy", regions)
         save_npy(out / "images" / f"{name}.pooled.npy", pooled.astype(np.float32))
+        save_npy(out / "images" / f"{name}.centroids.npy", centroid_array(regions))
         write_json(out / "images" / f"{name}.json", {"paths": [paths[j] for j in take], "grid": list(next(iter(grids)))})
         names.append(name)
     caption_chunks = _copy_captions(shard_folder(out, 0, count), out, metas[0]["caption_chunks"])

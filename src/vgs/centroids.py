@@ -1,0 +1,87 @@
+"""The centroid first stage: a cheap lower bound of MISA from k-means centroids of regions and of frames.
+
+MISA scores image ``i`` against frames ``a_1..a_T`` as ``S_i = mean_t max_r <x_ir, a_t>``.  Group the
+image's ``R`` regions into ``m`` clusters with centroids ``c_1..c_m`` (each the mean of its members), and
+the query's ``T`` frames into ``p`` clusters with centroids ``q_1..q_p`` holding shares ``w_1..w_p`` of
+the frames.  Then
+
+    L_i = sum_j w_j max_k <c_k, q_j>  <=  S_i
+
+because a centroid's inner product is at most its best member's (``<c_k, q> <= max_r <x_ir, q>``), and a
+frame centroid's best region is at most the mean of its frames' bests (``max_r mean_t <x_r, a_t> <=
+mean_t max_r <x_r, a_t>``).  With one cluster per region and per frame ``L_i = S_i`` exactly.
+
+``L`` costs ``N m p D`` multiply-adds against MISA's ``N R T D`` (8 x 8 against 49 x ~25 on Flickr8k:
+about 19x less), and needs ``m`` vectors per image in memory, not ``R``.  It is a ranking proxy, not a
+certificate: :meth:`vgs.search.SearchIndex.search_audio` takes the best ``candidates`` by ``L`` and
+scores those exactly.  Measured against exhaustive MISA in docs/benchmarks.md (section 8).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import VGSError
+
+REGION_CENTROIDS = 8  # per image: stored beside the regions (``chunk-NNNNN.centroids.npy``)
+FRAME_CENTROIDS = 8  # per spoken query
+ITERATIONS = 8
+
+
+def kmeans(vectors: torch.Tensor, m: int, iterations: int = ITERATIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched k-means by inner product: ``B x n x D`` -> centroids ``B x m x D`` and shares ``B x m``.
+
+    Deterministic: the first centroids are ``m`` evenly spaced vectors; each step assigns every vector
+    to its highest-inner-product centroid and moves each centroid to its members' mean (a centroid
+    that lost its members stays).  ``m >= n`` keeps every vector as its own centroid (shares ``1/n``,
+    padded with zero-share copies of the last vector up to ``m``).
+    """
+    if vectors.ndim != 3 or vectors.shape[1] == 0:
+        raise VGSError(f"k-means: expected B x n x D vectors with n >= 1, got shape {tuple(vectors.shape)}")
+    if not 1 <= m <= 4096:
+        raise VGSError(f"k-means: expected 1..4096 centroids, got {m}")
+    vectors = vectors.float()
+    b, n, _ = vectors.shape
+    if m >= n:
+        pad = vectors[:, -1:].expand(b, m - n, -1)
+        shares = torch.cat([torch.full((b, n), 1.0 / n), torch.zeros(b, m - n)], dim=1)
+        return torch.cat([vectors, pad], dim=1), shares
+    centroids = vectors[:, torch.linspace(0, n - 1, m).round().long()].clone()
+    for _ in range(iterations):
+        centroids, _ = _update(vectors, centroids)
+    centroids, counts = _update(vectors, centroids)  # the shares are this last partition's
+    return centroids, counts / n
+
+
+def _update(vectors: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One k-means step: each of ``B x n x D`` vectors to its best of ``B x m x D`` centroids; the members'
+    means (``B x m x D``; a centroid with no members stays) and the member counts (``B x m``)."""
+    members = torch.nn.functional.one_hot(torch.einsum("bnd,bmd->bnm", vectors, centroids).argmax(-1),
+                                          centroids.shape[1]).float()
+    counts = members.sum(1)
+    means = torch.einsum("bnm,bnd->bmd", members, vectors) / counts.clamp_min(1)[..., None]
+    return torch.where(counts[..., None] > 0, means, centroids), counts
+
+
+def region_centroids(regions: torch.Tensor, m: int = REGION_CENTROIDS) -> torch.Tensor:
+    """``N x R x D`` image regions -> ``N x m`` centroids ``N x m x D`` (float32); each the mean of its regions."""
+    return kmeans(regions, m)[0]
+
+
+def lower_bounds(image_centroids: torch.Tensor, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
+                 chunk: int = 65536) -> torch.Tensor:
+    """``L`` for every image: ``N x m x D`` centroids and one query's ``T x D`` frames -> ``N`` (float32).
+
+    Chunked over images, so memory stays at ``chunk x m x p`` scores.
+    """
+    queries, shares = kmeans(frames[None], min(p, len(frames)))
+    queries, shares = queries[0], shares[0]  # p x D, p
+    out = []
+    for c0 in range(0, len(image_centroids), chunk):
+        part = image_centroids[c0: c0 + chunk].float()  # n x m x D
+        best = (part.reshape(-1, part.shape[-1]) @ queries.T).reshape(len(part), part.shape[1], -1).amax(1)  # n x p
+        out.append(best @ shares)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+__all__ = ["REGION_CENTROIDS", "FRAME_CENTROIDS", "kmeans", "region_centroids", "lower_bounds"]

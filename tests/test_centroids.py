@@ -1,0 +1,85 @@
+"""The centroid first stage (vgs.centroids): a lower bound of MISA, exact with one cluster per vector,
+and the search stage built on it (stored centroids, recomputed ones, re-ranking)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_first_stage import FAKE_MODEL, clustered, queries, write_index
+from vgs.centroids import kmeans, lower_bounds, region_centroids
+from vgs.errors import VGSError
+from vgs.search import SearchIndex
+
+
+def naive_misa(regions: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``N x R x D`` regions, ``T x D`` frames -> ``N``: mean over frames of the best region, by loops."""
+    out = torch.zeros(len(regions))
+    for i, image in enumerate(regions):
+        out[i] = sum(max(float(region @ frame) for region in image) for frame in frames) / len(frames)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lower_bound_never_exceeds_misa_and_equals_it_with_one_cluster_per_vector(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n, r, d, t = (int(v) for v in torch.randint(1, 14, (4,), generator=g))
+    regions, frames = torch.randn(n, r, d + 1, generator=g), torch.randn(t, d + 1, generator=g)
+    exact = naive_misa(regions, frames)
+    for m in (1, 2, 5, r):
+        for p in (1, 3, 8, t):
+            assert (lower_bounds(region_centroids(regions, m), frames, p) <= exact + 1e-4).all(), (m, p)
+    torch.testing.assert_close(lower_bounds(region_centroids(regions, r), frames, t), exact, atol=1e-4, rtol=1e-4)
+    more = lower_bounds(region_centroids(regions, r + 3), frames, t + 2)  # more clusters than vectors: still exact
+    torch.testing.assert_close(more, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_kmeans_partitions_deterministically_and_checks_its_input() -> None:
+    x = torch.randn(3, 20, 5, generator=torch.Generator().manual_seed(0))
+    centroids, shares = kmeans(x, 4)
+    assert centroids.shape == (3, 4, 5) and shares.shape == (3, 4)
+    torch.testing.assert_close(shares.sum(1), torch.ones(3))  # a partition of the vectors
+    again, _ = kmeans(x, 4)
+    assert torch.equal(centroids, again)
+    two = torch.cat([torch.ones(1, 4, 2), -torch.ones(1, 4, 2)], dim=1)  # two obvious clusters
+    found, weights = kmeans(two, 2)
+    assert sorted(found[0, :, 0].tolist()) == [-1.0, 1.0] and weights.tolist() == [[0.5, 0.5]]
+    with pytest.raises(VGSError, match="centroids"):
+        kmeans(x, 0)
+    with pytest.raises(VGSError, match="B x n x D"):
+        kmeans(torch.zeros(2, 0, 5), 2)
+
+
+def test_centroid_stage_through_the_index(tmp_path) -> None:  # noqa: ANN001
+    write_index(tmp_path / "idx", clustered(120, 6, 24, 1), (2, 3))  # built without centroid files
+    index = SearchIndex(tmp_path / "idx")
+    for frames in queries(24, 5, 7):
+        full = index.search_audio(FAKE_MODEL, frames, k=10, exhaustive=True)
+        every = index.search_audio(FAKE_MODEL, frames, k=10, candidates=120, first_stage="centroids")
+        assert [h.index for h in every] == [h.index for h in full]  # all candidates: the exhaustive order
+        np.testing.assert_allclose([h.score for h in every], [h.score for h in full], rtol=1e-5)
+        few = index.search_audio(FAKE_MODEL, frames, k=5, candidates=12, first_stage="centroids")
+        assert len(few) == 5 and all(a.score >= b.score for a, b in zip(few, few[1:]))
+    stored = tmp_path / "idx" / "images" / "chunk-00000.centroids.npy"
+    assert stored.is_file()  # computed once from the regions and kept
+    assert np.load(stored).shape == (16, 8, 24)
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids(), index.image_centroids())
+    stored.write_bytes(b"not an array")  # a damaged file is recomputed, not fatal
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids(), index.image_centroids())
+
+
+def test_an_image_whose_regions_are_spoken_is_found_with_few_candidates(tmp_path) -> None:  # noqa: ANN001
+    """The stage's point: a small candidate list still holds the best image."""
+    regions = clustered(200, 6, 24, 2)
+    write_index(tmp_path / "idx", regions, (2, 3))
+    index = SearchIndex(tmp_path / "idx")
+    found = 0
+    for target in range(0, 200, 20):
+        frames = torch.from_numpy(regions[target][[0, 2, 4, 4, 1]])  # frames that say what the image shows
+        from vgs.similarity import PackedFrames
+
+        query = PackedFrames(frames, torch.zeros(5, dtype=torch.long), torch.tensor([5]))
+        full = index.search_audio(FAKE_MODEL, query, k=1, exhaustive=True)[0].index
+        found += index.search_audio(FAKE_MODEL, query, k=1, candidates=10, first_stage="centroids")[0].index == full
+    assert found == 10
