@@ -546,11 +546,11 @@ class SearchIndex:
             first_stage = "exact" if self.image_count <= EXACT_AUTO_MAX_IMAGES else "centroids"
         if first_stage not in FIRST_STAGES:
             raise VGSError(f"first stage: expected auto or one of {', '.join(FIRST_STAGES)}, got {first_stage!r}")
+        if model.similarity_kind != "misa":
+            first_stage = "pooled"  # the region stages and the centroid bound hold for MISA only
         if first_stage == "exact" and not exhaustive and self.region_search().index_bytes() > self.region_search().max_bytes:
             log.warning("%s: too many images for the exact first stage's in-memory region index; using centroids", self.folder)
             first_stage = "centroids"
-        if model.similarity_kind != "misa":
-            first_stage = "pooled"
         if not exhaustive and first_stage not in ("pooled", "centroids"):
             found = self.region_search().search(frames.frames.detach().cpu().float().numpy(), k, first_stage,
                                                 lambda ids: _chunked_scores(model, self, ids, frames))
