@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_share_line, machine_line, percentile, result_line, table  # noqa: E402
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
-from vgs.io import save_npy, write_json  # noqa: E402
-from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, pooled  # noqa: E402
+from vgs.io import write_json  # noqa: E402
+from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
 MODEL = EmbeddingScorer("misa")
@@ -113,10 +113,7 @@ def write_synthetic(folder: Path, real: np.ndarray, count: int, grid: tuple[int,
     for c0 in range(0, count, CHUNK):
         regions = torch.from_numpy(synthetic_regions(real, c0, min(CHUNK, count - c0)))
         name = f"chunk-{len(meta['image_chunks']):05d}"
-        save_npy(folder / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
-        save_npy(folder / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
-        write_json(folder / "images" / f"{name}.json", {"paths": [f"/synthetic/{i:07d}.jpg" for i in range(c0, c0 + len(regions))],
-                                                         "grid": list(grid)})
+        write_image_chunk(folder, name, regions, [f"/synthetic/{i:07d}.jpg" for i in range(c0, c0 + len(regions))], grid)
         meta["image_chunks"].append(name)
     write_json(folder / "index.json", meta)
 

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vgs.io import save_npy, sha256_file, write_json  # noqa: E402
-from vgs.search import INDEX_FORMAT, pooled  # noqa: E402
+from vgs.search import INDEX_FORMAT, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
 CHUNK = 256
@@ -51,11 +51,8 @@ def _trunk_features(model, data_dir: Path, split: str, image_ids: list[str]) -> 
 
 def _write_image_chunk(out: Path, meta: dict, emb: torch.Tensor, paths: list[str]) -> None:
     """One chunk of ``n x D x H x W`` image embeddings in IndexWriter's layout (fp16 regions, pooled vectors)."""
-    regions = emb.float().flatten(2).transpose(1, 2)  # n x R x D
     name = f"chunk-{len(meta['image_chunks']):05d}"
-    save_npy(out / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
-    save_npy(out / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
-    write_json(out / "images" / f"{name}.json", {"paths": paths, "grid": list(emb.shape[2:])})  # last: marks it done
+    write_image_chunk(out, name, emb.float().flatten(2).transpose(1, 2), paths, tuple(emb.shape[2:]))
     meta["image_chunks"].append(name)
 
 
@@ -134,6 +131,16 @@ def build_real_index(data_dir: Path, run: str, out: Path, split: str = "dev", im
     write_json(out / "index.json", meta)
 
 
+def one_per_image_first(rows: list[dict]) -> list[dict]:
+    """Manifest rows reordered: every image's first caption, then every image's second, and so on (so the
+    first queries of a benchmark cover distinct images)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["image_id"], []).append(row)
+    depth = max(map(len, groups.values()), default=0)
+    return [group[k] for k in range(depth) for group in groups.values() if k < len(group)]
+
+
 DISTRACTOR_SPLIT_CODE = 7  # scenes' split codes are 0-2: distractors are scenes no split ever draws
 
 
@@ -193,9 +200,7 @@ def build_scenes_index(data_dir: Path, run: str, out: Path, images: int = 100_00
             encoded += len(paths)
             rate = encoded / (time.perf_counter() - began)
             print(f"images: {c0 + len(paths)}/{total} ({rate:.0f}/s)", flush=True)
-        groups = list(rows_by_image.values())
-        round_robin = [group[k] for k in range(max(len(g) for g in groups)) for group in groups if k < len(group)]
-        _write_captions(out, meta, model, data_dir, "test", manifest, round_robin[:captions])
+        _write_captions(out, meta, model, data_dir, "test", manifest, one_per_image_first(manifest.rows)[:captions])
     write_json(out / "index.json", meta)
 
 
@@ -269,11 +274,7 @@ def build_flickr8k_index(data_dir: Path, run: str, out: Path, images: int = 100_
             rate = encoded / max(time.perf_counter() - began, 1e-9)
             print(f"images: {c0 + len(paths)}/{total} ({rate:.1f} distractors/s)", flush=True)
         manifest = splits["dev"]
-        groups: dict[str, list[dict]] = {}
-        for row in manifest.rows:
-            groups.setdefault(row["image_id"], []).append(row)
-        round_robin = [g[k] for k in range(max(map(len, groups.values()))) for g in groups.values() if k < len(g)]
-        _write_captions(out, meta, model, data_dir, "dev", manifest, round_robin[:captions])
+        _write_captions(out, meta, model, data_dir, "dev", manifest, one_per_image_first(manifest.rows)[:captions])
     write_json(out / "index.json", meta)
 
 

@@ -102,6 +102,20 @@ def centroid_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
     return region_centroids(regions.float()).numpy().astype(np.float16)
 
 
+def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarray, paths: list[str],
+                      grid: tuple[int, int], pooled_vectors: np.ndarray | None = None) -> None:
+    """One image chunk of an index folder: ``n x R x D`` regions (stored float16), their pooled vectors
+    (computed from ``regions`` unless given), their centroids, then the chunk's JSON, written last so
+    that a chunk with a JSON is complete.  The one writer of this layout."""
+    regions = torch.as_tensor(np.asarray(regions)) if isinstance(regions, np.ndarray) else regions
+    images = Path(folder) / "images"
+    save_npy(images / f"{name}.regions.npy", regions.numpy().astype(np.float16))
+    save_npy(images / f"{name}.pooled.npy", pooled(regions, 1).numpy() if pooled_vectors is None
+             else np.asarray(pooled_vectors, dtype=np.float32))
+    save_npy(images / f"{name}.centroids.npy", centroid_array(regions))
+    write_json(images / f"{name}.json", {"paths": list(paths), "grid": list(grid)})
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -171,10 +185,7 @@ class IndexWriter:
                 continue
             regions = self.model.encode_images(torch.stack(tensors)).flatten(2).transpose(1, 2)  # n x R x D
             name = f"chunk-{len(self.meta['image_chunks']):05d}"
-            save_npy(self.folder / "images" / f"{name}.regions.npy", regions.numpy().astype(np.float16))
-            save_npy(self.folder / "images" / f"{name}.pooled.npy", pooled(regions, 1).numpy())
-            save_npy(self.folder / "images" / f"{name}.centroids.npy", centroid_array(regions))
-            write_json(self.folder / "images" / f"{name}.json", {"paths": batch_paths, "grid": list(self._grid())})
+            write_image_chunk(self.folder, name, regions, batch_paths, self._grid())
             self.meta["image_chunks"].append(name)
             self._save_meta()  # the chunk is durable before it is listed
             added += len(batch_paths)

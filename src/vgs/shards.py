@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VGSError
-from .io import atomic_write, save_npy, write_json
+from .io import atomic_write, write_json
 
 SHARD_SPEC = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
 SHARD_DIR = re.compile(r"([0-9]{5})-of-([0-9]{5})")
@@ -82,7 +82,7 @@ def _shard_meta(folder: Path) -> dict:
 
 def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
     """Merge the complete shards under ``OUT/shards`` into the index at ``OUT`` (see the module docstring)."""
-    from .search import SearchIndex, centroid_array
+    from .search import SearchIndex, write_image_chunk
 
     out = Path(out)
     found = sorted(p for p in (out / "shards").glob("*-of-*") if p.is_dir() and SHARD_DIR.fullmatch(p.name))
@@ -127,10 +127,7 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
         regions = _gather(shards, owner[take], local[take])
         pooled = np.stack([shards[owner[j]].image_pooled[local[j]] for j in take])
         name = f"chunk-{len(names):05d}"
-        save_npy(out / "images" / f"{name}.regions.npy", regions)
-        save_npy(out / "images" / f"{name}.pooled.npy", pooled.astype(np.float32))
-        save_npy(out / "images" / f"{name}.centroids.npy", centroid_array(regions))
-        write_json(out / "images" / f"{name}.json", {"paths": [paths[j] for j in take], "grid": list(next(iter(grids)))})
+        write_image_chunk(out, name, regions, [paths[j] for j in take], next(iter(grids)), pooled_vectors=pooled)
         names.append(name)
     caption_chunks = _copy_captions(shard_folder(out, 0, count), out, metas[0]["caption_chunks"])
     roots = sorted({r for m in metas for r in m.get("image_roots", [])})
