@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import vgs.search
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
-from vgs.centroids import kmeans, lower_bounds, region_centroids
+from vgs.centroids import PROJECTED_DIMS, kmeans, lower_bounds, project, region_centroids
 from vgs.errors import VGSError
-from vgs.search import SearchIndex
+from vgs.search import EmbeddingScorer, SearchIndex
+from vgs.similarity import PackedFrames
 
 
 def naive_misa(regions: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -83,3 +85,48 @@ def test_an_image_whose_regions_are_spoken_is_found_with_few_candidates(tmp_path
         full = index.search_audio(FAKE_MODEL, query, k=1, exhaustive=True)[0].index
         found += index.search_audio(FAKE_MODEL, query, k=1, candidates=10, first_stage="centroids")[0].index == full
     assert found == 10
+
+
+def test_projected_bound_is_the_bound_under_a_rotation_and_shrinks_with_the_basis() -> None:
+    g = torch.Generator().manual_seed(3)
+    regions, frames = torch.randn(30, 6, 16, generator=g), torch.randn(9, 16, generator=g)
+    centroids = region_centroids(regions, 4)
+    rotation = torch.linalg.qr(torch.randn(16, 16, generator=g))[0].T  # 16 orthonormal rows
+    full = lower_bounds(centroids, frames)
+    torch.testing.assert_close(lower_bounds(project(centroids, rotation), frames, basis=rotation), full, atol=1e-4, rtol=1e-4)
+    assert project(centroids, rotation[:5]).shape == (30, 4, 5)
+    assert lower_bounds(project(centroids, rotation[:5]), frames, basis=rotation[:5]).shape == (30,)
+
+
+class CountingScorer(EmbeddingScorer):
+    """MISA, counting the images scored at full precision."""
+
+    def __init__(self) -> None:
+        super().__init__("misa")
+        self.scored = 0
+
+    def scores(self, regions: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
+        self.scored += len(regions)
+        return super().scores(regions, captions)
+
+
+def test_codes_narrow_the_centroid_candidates_before_the_exact_rerank(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """With int8 codes the stage projects its centroids onto the codec and reads full regions for only
+    CODE_RERANK_DEPTH images; on clustered data it still returns the exhaustive top-5."""
+    regions = clustered(160, 6, 24, 4)
+    write_index(tmp_path / "idx", regions, (2, 3))
+    index = SearchIndex(tmp_path / "idx")
+    index.build_codes(16)
+    assert index.image_centroids().shape == (160, 8, min(16, PROJECTED_DIMS))  # projected onto the codec's rows
+    monkeypatch.setattr(vgs.search, "CODE_RERANK_DEPTH", 20)
+    same, rng = 0, np.random.default_rng(9)
+    for target in range(0, 160, 20):  # queries that describe an image: some of its regions, plus noise
+        spoken = torch.from_numpy(regions[target][[0, 2, 4, 4, 1]] + 0.3 * rng.standard_normal((5, 24)).astype(np.float32))
+        frames = PackedFrames(torch.nn.functional.normalize(spoken, dim=1), torch.zeros(5, dtype=torch.long), torch.tensor([5]))
+        counting = CountingScorer()
+        full = index.search_audio(FAKE_MODEL, frames, k=5, exhaustive=True)
+        hits = index.search_audio(counting, frames, k=5, candidates=160, first_stage="centroids")
+        assert counting.scored == 20  # only the codes' best 20 of 160 candidates read at full precision
+        assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        same += [h.index for h in hits] == [h.index for h in full]
+    assert same >= 7, same

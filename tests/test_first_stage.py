@@ -11,7 +11,7 @@ import torch
 
 from vgs.codecs import RegionCodec
 from vgs.errors import VGSError
-from vgs.first_stage import RegionIndex, threshold_topk
+from vgs.first_stage import RegionIndex, RegionSearch, threshold_topk
 from vgs.io import save_npy, write_json
 from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, pooled
 from vgs.similarity import PackedFrames
@@ -255,13 +255,13 @@ def test_auto_first_stage_is_exact_on_small_galleries_and_centroids_above(galler
     index = SearchIndex(gallery)
     frames = queries(24, 1, 5)[0]
     chosen = []
-    real = index.region_search
+    real = RegionSearch.search
 
-    def spy():  # the region stages go through region_search(); pooled does not
-        chosen.append("region")
-        return real()
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        chosen.append("region")  # the region stages search through RegionSearch.search; centroids and pooled do not
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(index, "region_search", spy)
+    monkeypatch.setattr(RegionSearch, "search", spy)
     index.search_audio(FAKE_MODEL, frames, k=5)
     assert chosen  # small gallery: exact
     chosen.clear()

@@ -693,13 +693,14 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions")
     p.add_argument("-k", type=POSITIVE, default=10, help="results to return (default 10)")
     p.add_argument("--run", dest="run_option", type=Path, help=argparse.SUPPRESS)  # deprecated: the run is positional
-    p.add_argument("--candidates", type=POSITIVE, default=1000, help="first-stage candidates re-ranked by matchmap "
-                   "(default 1000)")
+    p.add_argument("--candidates", type=POSITIVE, default=2000, help="first-stage candidates re-ranked "
+                   "by matchmap (default 2000, vgs.search.DEFAULT_CANDIDATES; the centroid stage narrows them to about 100 on the "
+                   "int8 codes)")
     p.add_argument("--exhaustive", action="store_true", help="score every indexed item with the matchmap (no first stage)")
     p.add_argument("--first-stage", choices=("auto", "exact", "centroids", "compact", "ivf", "pooled"), default="auto",
                    help="speech -> images: auto (default: exact up to 5,000 images, centroids above), exact (the exact "
                    "MISA top-k via every region and the threshold algorithm), centroids (--candidates by a lower bound "
-                   "of MISA from 8 region and 8 frame centroids, re-ranked), compact (the threshold algorithm on the "
+                   "of MISA from 8 region and 8 frame centroids, narrowed on the int8 codes, re-ranked), compact (the threshold algorithm on the "
                    "int8 codes: approximate), ivf (approximate region index) or pooled (--candidates by pooled "
                    "embedding, re-ranked)")
     p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice, e.g. en-us+f2 or "

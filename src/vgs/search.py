@@ -10,10 +10,13 @@ An index is a folder of plain files (no pickle anywhere):
 * ``faiss-images.index`` / ``faiss-captions.index``: FAISS indexes over the pooled vectors
   (exact inner product for small collections, IVF for large ones), rebuilt when chunks change.
 
-Voice search (speech -> images) is exact by default: every region of every image sits in one
-FAISS inner-product index, each query frame fetches its best regions gallery-wide, and the
-threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the model's matchmap
-similarity (MISA) until no other image can enter the top-k.  ``images/chunk-NNNNN.{codes,errors}.npy``
+Voice search (speech -> images) is exact by default up to :data:`EXACT_AUTO_MAX_IMAGES` images: every
+region of every image sits in one FAISS inner-product index, each query frame fetches its best
+regions gallery-wide, and the threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the
+model's matchmap similarity (MISA) until no other image can enter the top-k.  Above that, the
+centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA, MISA on the int8
+codes narrows the best :data:`DEFAULT_CANDIDATES` to :data:`CODE_RERANK_DEPTH`, and those are scored
+exactly: :meth:`SearchIndex.centroid_candidates`.  ``images/chunk-NNNNN.{codes,errors}.npy``
 (optional, :mod:`vgs.codecs`) hold int8 PCA codes with error bounds: the exact stage then keeps
 ``d + 2`` floats per region in memory instead of ``D``, and the ``compact`` stage searches the codes
 alone.  The older first stage (``pooled``: FAISS proposes candidates by pooled embedding, MISA
@@ -31,7 +34,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,22 +43,25 @@ from .progress import tqdm
 
 from .api import Model, load
 from .audio import load_audio
-from .centroids import REGION_CENTROIDS, lower_bounds, region_centroids
+from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, lower_bounds, project, region_centroids
 from .codecs import RegionCodec, build_codes, load_codes
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
+from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
+from .similarity import PackedFrames, similarity_matrix
 
 # ``auto`` uses the exact first stage up to this many images, the centroid stage above. Measured side
 # by side on 1 thread (docs/benchmarks.md, section 8): at 1,000 real images exact 173 ms vs pooled
 # 207 ms (p50); at 10,000 synthetic images exact 2,039 ms vs pooled 376 ms; at 39,680 real images
-# exact 5,487 ms, centroids (1,000 candidates) 330 ms at 96.5% agreement, pooled 155 ms at 27%.
+# exact 5,487 ms, the centroid stage 93 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
-# Images re-ranked exactly after the centroid (or pooled) first stage. On 39,680 real Flickr8k images
-# (docs/benchmarks.md, section 8) the centroid stage kept 86.5% of exhaustive top-10s with 500, 96.5%
-# with 1,000 (14% slower) and 100% with 2,000.
-DEFAULT_CANDIDATES = 1000
-from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
-from .similarity import PackedFrames, similarity_matrix
+# Candidates of the centroid (or pooled) first stage. On 39,680 real Flickr8k images and 200 spoken
+# queries (docs/benchmarks.md, section 8) the centroid stage kept 96% of exhaustive top-10s with 1,000
+# (72 ms p50) and all of them with 2,000 (93 ms).
+DEFAULT_CANDIDATES = 2000
+# With int8 region codes, the centroid stage's candidates are narrowed by MISA on the codes to this many
+# before the exact re-rank (in an 80-query probe the codes' top 50 of 2,000 still held every top-10).
+CODE_RERANK_DEPTH = 100
 
 log = logging.getLogger("vgs.search")
 
@@ -500,7 +506,7 @@ class SearchIndex:
     def build_codes(self, dim: int = DEFAULT_CODE_DIM) -> RegionCodec:
         """Write int8 region codes for every image chunk that lacks them (:func:`vgs.codecs.build_codes`)."""
         codec = build_codes(self.folder, self.meta["image_chunks"], self.image_regions, dim)
-        self._regions = None
+        self._regions, self._centroids = None, None  # the centroid stage projects onto the new codec
         return codec
 
     def region_search(self) -> RegionSearch:
@@ -514,29 +520,60 @@ class SearchIndex:
             self._regions = RegionSearch(self.image_regions, codec, codes)
         return self._regions
 
-    def image_centroids(self) -> torch.Tensor:
-        """Every image's region centroids, ``N x m x D`` float32, in memory (the centroid first stage).
+    def _centroid_chunks(self) -> Iterator[np.ndarray]:
+        """Each image chunk's region centroids, ``n x m x D`` float16, in index order.
 
-        Read from each chunk's ``centroids.npy``; a chunk without a readable one (an index built before
+        Read from the chunk's ``centroids.npy``; a chunk without a readable one (an index built before
         them, or a damaged file) gets them computed from its regions, and written when the folder allows.
         """
-        if self._centroids is None:
-            dim, parts = self.meta["embed_dim"], []
-            for name, regions in zip(self.meta["image_chunks"], self.image_regions):
-                path = self.folder / "images" / f"{name}.centroids.npy"
+        dim = self.meta["embed_dim"]
+        for name, regions in zip(self.meta["image_chunks"], self.image_regions):
+            path = self.folder / "images" / f"{name}.centroids.npy"
+            try:
+                array = _chunk_array(self.folder, path, (len(regions), REGION_CENTROIDS, dim))
+            except VGSError as exc:
+                if path.exists():
+                    log.warning("%s; recomputing it from the regions", exc)
+                array = centroid_array(regions)
                 try:
-                    array = _chunk_array(self.folder, path, (len(regions), REGION_CENTROIDS, dim))
-                except VGSError as exc:
-                    if path.exists():
-                        log.warning("%s; recomputing it from the regions", exc)
-                    array = centroid_array(regions)
-                    try:
-                        save_npy(path, array)
-                    except OSError:
-                        pass  # a read-only index: kept in memory only
-                parts.append(torch.from_numpy(np.asarray(array, dtype=np.float32)))
-            self._centroids = torch.cat(parts) if parts else torch.zeros(0, REGION_CENTROIDS, dim)
+                    save_npy(path, array)
+                except OSError:
+                    pass  # a read-only index: kept in memory only
+            yield array
+
+    def image_centroids(self) -> torch.Tensor:
+        """The centroid first stage's image side, in memory: every image's region centroids, ``N x m x D``
+        float32, or, when the index has a PCA codec, their first :data:`~vgs.centroids.PROJECTED_DIMS`
+        principal coordinates, ``N x m x d`` (see :meth:`centroid_basis`)."""
+        if self._centroids is None:
+            basis, parts = self.centroid_basis(), []
+            for array in self._centroid_chunks():  # projected chunk by chunk: memory stays at the projected size
+                part = torch.from_numpy(np.asarray(array, dtype=np.float32))
+                parts.append(part if basis is None else project(part, basis))
+            width = self.meta["embed_dim"] if basis is None else len(basis)
+            self._centroids = torch.cat(parts) if parts else torch.zeros(0, REGION_CENTROIDS, width)
         return self._centroids
+
+    def centroid_basis(self) -> torch.Tensor | None:
+        """The ``d x D`` rows of the index's PCA codec the centroid stage projects onto; None without a codec."""
+        codec = self.region_search().codec
+        return None if codec is None else torch.from_numpy(codec.basis[:PROJECTED_DIMS])
+
+    def centroid_candidates(self, frames: torch.Tensor, count: int, k: int = 10) -> np.ndarray:
+        """Images worth scoring exactly for one caption's ``T x D`` frames, in index order.
+
+        The best ``count`` by the centroid bound (:mod:`vgs.centroids`); when the index has int8 region
+        codes, narrowed to the best ``max(CODE_RERANK_DEPTH, 2 k)`` of those by MISA on the codes, so
+        that the full-precision regions are read for about a hundred images, not thousands.
+        """
+        bounds = lower_bounds(self.image_centroids(), frames, basis=self.centroid_basis())
+        ids = np.sort(torch.topk(bounds, min(count, self.image_count)).indices.numpy())
+        regions = self.region_search()
+        depth = max(CODE_RERANK_DEPTH, 2 * k)
+        if regions.codes is not None and len(ids) > depth:
+            coarse = regions.code_scores(ids, frames.numpy())
+            ids = np.sort(ids[np.argsort(-coarse, kind="stable")[:depth]])
+        return ids
 
     # -------------------------------------------------------------- queries
 
@@ -569,8 +606,7 @@ class SearchIndex:
         if exhaustive:
             ids = np.arange(self.image_count)
         elif first_stage == "centroids":
-            bounds = lower_bounds(self.image_centroids(), frames.frames.detach().cpu().float())
-            ids = np.sort(torch.topk(bounds, min(candidates, self.image_count)).indices.numpy())
+            ids = self.centroid_candidates(frames.frames.detach().cpu().float(), candidates, k)
         else:
             query = pooled(frames.frames, 0).numpy()[None, :]
             _, found = self.faiss_images().search(query, min(candidates, self.image_count))
