@@ -39,8 +39,8 @@ from _common import cpu_share_line, machine_line, percentile, result_line, table
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
-from vgs.centroids import lower_bounds  # noqa: E402
-from vgs.search import CODE_RERANK_DEPTH, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
+from vgs.centroids import candidates as centroid_candidates  # noqa: E402
+from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
 MODEL = EmbeddingScorer("misa")
@@ -130,9 +130,9 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     Drawn from the real index (which needs codes): each synthetic image is a random real image's
     projected centroids plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
     image's codes with a random third of its regions taken from a second real image.  Latency only:
-    the same operations in the same order as the stage (``lower_bounds`` over every image, top
-    ``candidates``, MISA on their codes, the best ``CODE_RERANK_DEPTH`` scored on full-precision
-    regions, here a real image's), so the cost is the stage's; the rankings are not a real model's.
+    the stage's own :func:`vgs.centroids.candidates` (the bound over every image, the top ``candidates``,
+    MISA on their codes, the best ``CODE_RERANK_DEPTH``), then those scored on full-precision regions
+    (here a real image's), so the cost is the stage's; the rankings are not a real model's.
     """
     real_centroids = index.image_centroids().numpy()  # n x m x d
     regions = index.region_search()
@@ -157,10 +157,7 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
         for q, frames in enumerate(queries):
             start = time.perf_counter()
             f = frames.frames.float()
-            bounds = lower_bounds(centroids_t, f, basis=basis)
-            ids = np.sort(torch.topk(bounds, min(candidates, size)).indices.numpy())
-            coarse = regions.codec.misa(codes[ids], f.numpy())
-            best = np.sort(ids[np.argsort(-coarse, kind="stable")[:CODE_RERANK_DEPTH]])
+            best = centroid_candidates(centroids_t, f, candidates, basis, lambda ids: regions.codec.misa(codes[ids], f.numpy()))
             MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import vgs.search
+import vgs.centroids
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
 from vgs.centroids import PROJECTED_DIMS, kmeans, lower_bounds, project, region_centroids
 from vgs.errors import VGSError
@@ -118,7 +118,7 @@ def test_codes_narrow_the_centroid_candidates_before_the_exact_rerank(tmp_path, 
     index = SearchIndex(tmp_path / "idx")
     index.build_codes(16)
     assert index.image_centroids().shape == (160, 8, min(16, PROJECTED_DIMS))  # projected onto the codec's rows
-    monkeypatch.setattr(vgs.search, "CODE_RERANK_DEPTH", 20)
+    monkeypatch.setattr(vgs.centroids, "CODE_RERANK_DEPTH", 20)
     same, rng = 0, np.random.default_rng(9)
     for target in range(0, 160, 20):  # queries that describe an image: some of its regions, plus noise
         spoken = torch.from_numpy(regions[target][[0, 2, 4, 4, 1]] + 0.3 * rng.standard_normal((5, 24)).astype(np.float32))

@@ -15,7 +15,7 @@ region of every image sits in one FAISS inner-product index, each query frame fe
 regions gallery-wide, and the threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the
 model's matchmap similarity (MISA) until no other image can enter the top-k.  Above that, the
 centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA, MISA on the int8
-codes narrows the best :data:`DEFAULT_CANDIDATES` to :data:`CODE_RERANK_DEPTH`, and those are scored
+codes narrows the best :data:`DEFAULT_CANDIDATES` to :data:`vgs.centroids.CODE_RERANK_DEPTH`, and those are scored
 exactly: :meth:`SearchIndex.centroid_candidates`.  ``images/chunk-NNNNN.{codes,errors}.npy``
 (optional, :mod:`vgs.codecs`) hold int8 PCA codes with error bounds: the exact stage then keeps
 ``d + 2`` floats per region in memory instead of ``D``, and the ``compact`` stage searches the codes
@@ -43,7 +43,8 @@ from .progress import tqdm
 
 from .api import Model, load
 from .audio import load_audio
-from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, lower_bounds, project, region_centroids
+from . import centroids as centroid_stage
+from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, project, region_centroids
 from .codecs import RegionCodec, build_codes, load_codes
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
@@ -59,9 +60,6 @@ EXACT_AUTO_MAX_IMAGES = 5_000
 # queries (docs/benchmarks.md, section 8) the centroid stage kept 96% of exhaustive top-10s with 1,000
 # (72 ms p50) and all of them with 2,000 (93 ms).
 DEFAULT_CANDIDATES = 2000
-# With int8 region codes, the centroid stage's candidates are narrowed by MISA on the codes to this many
-# before the exact re-rank (in an 80-query probe the codes' top 50 of 2,000 still held every top-10).
-CODE_RERANK_DEPTH = 100
 
 log = logging.getLogger("vgs.search")
 
@@ -560,20 +558,13 @@ class SearchIndex:
         return None if codec is None else torch.from_numpy(codec.basis[:PROJECTED_DIMS])
 
     def centroid_candidates(self, frames: torch.Tensor, count: int, k: int = 10) -> np.ndarray:
-        """Images worth scoring exactly for one caption's ``T x D`` frames, in index order.
-
-        The best ``count`` by the centroid bound (:mod:`vgs.centroids`); when the index has int8 region
-        codes, narrowed to the best ``max(CODE_RERANK_DEPTH, 2 k)`` of those by MISA on the codes, so
-        that the full-precision regions are read for about a hundred images, not thousands.
-        """
-        bounds = lower_bounds(self.image_centroids(), frames, basis=self.centroid_basis())
-        ids = np.sort(torch.topk(bounds, min(count, self.image_count)).indices.numpy())
+        """Images worth scoring exactly for one caption's ``T x D`` frames, in index order
+        (:func:`vgs.centroids.candidates`): the best ``count`` by the centroid bound, narrowed by MISA on
+        the int8 region codes to ``max(CODE_RERANK_DEPTH, 2 k)`` when the index has codes."""
         regions = self.region_search()
-        depth = max(CODE_RERANK_DEPTH, 2 * k)
-        if regions.codes is not None and len(ids) > depth:
-            coarse = regions.code_scores(ids, frames.numpy())
-            ids = np.sort(ids[np.argsort(-coarse, kind="stable")[:depth]])
-        return ids
+        coarse = None if regions.codes is None else (lambda ids: regions.code_scores(ids, frames.numpy()))
+        return centroid_stage.candidates(self.image_centroids(), frames, count, self.centroid_basis(), coarse,
+                                         max(centroid_stage.CODE_RERANK_DEPTH, 2 * k))
 
     # -------------------------------------------------------------- queries
 
