@@ -270,3 +270,15 @@ def test_auto_first_stage_is_exact_on_small_galleries_and_centroids_above(galler
     monkeypatch.setattr(index, "image_centroids", lambda: chosen.append("centroids") or real_centroids())
     hits = index.search_audio(FAKE_MODEL, frames, k=5, candidates=3)
     assert chosen == ["centroids"] and len(hits) == 3  # above the limit: centroids, 3 candidates re-ranked
+
+
+def test_codec_misa_is_misa_of_the_decoded_codes() -> None:
+    """The chunked, scale-folded product equals MISA of the decoded codes against the projected frames, by loops."""
+    rng = np.random.default_rng(5)
+    regions = rng.standard_normal((7, 5, 16)).astype(np.float32)
+    codec = RegionCodec.fit(regions.reshape(-1, 16), 6)
+    codes, _ = codec.encode(regions)
+    frames = rng.standard_normal((4, 16)).astype(np.float32)
+    decoded, projected = codec.decode(codes), frames @ codec.basis.T
+    naive = [np.mean([max(float(r @ q) for r in image) for q in projected]) for image in decoded]
+    np.testing.assert_allclose(codec.misa(codes, frames, chunk=3), naive, rtol=1e-5, atol=1e-5)
