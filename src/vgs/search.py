@@ -54,11 +54,11 @@ from .similarity import PackedFrames, similarity_matrix
 # ``auto`` uses the exact first stage up to this many images, the centroid stage above. Measured side
 # by side on 1 thread (docs/benchmarks.md, section 8): at 1,000 real images exact 173 ms vs pooled
 # 207 ms (p50); at 10,000 synthetic images exact 2,039 ms vs pooled 376 ms; at 39,680 real images
-# exact 5,487 ms, the centroid stage 93 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
+# exact 5,487 ms, the centroid stage 73 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
 # Candidates of the centroid (or pooled) first stage. On 39,680 real Flickr8k images and 200 spoken
 # queries (docs/benchmarks.md, section 8) the centroid stage kept 96% of exhaustive top-10s with 1,000
-# (72 ms p50) and all of them with 2,000 (93 ms).
+# and all of them with 2,000 (73 ms p50, 1 thread).
 DEFAULT_CANDIDATES = 2000
 
 log = logging.getLogger("vgs.search")
