@@ -153,3 +153,17 @@ def test_folder_refuses_other_settings(built) -> None:
     out, config, _, _ = built
     with pytest.raises(VGSError, match="seed"):
         build_scenes(ScenesConfig(**{**config.__dict__, "seed": 6}), out, workers=1, progress=False)
+
+
+def test_rendering_on_two_processes_draws_the_same_scenes_and_jobs(tmp_path: Path) -> None:
+    from vgs.data.build import BuildReport
+    from vgs.data.scenes import scenes_jobs
+
+    config = ScenesConfig(seed=3, **{**TINY, "images": 60, "dev_images": 6, "test_images": 4})  # 70 > the pool's threshold
+    one = scenes_jobs(config, tmp_path / "one", BuildReport(), workers=1)
+    two = scenes_jobs(config, tmp_path / "two", BuildReport(), workers=2)
+    assert [(j.id, j.text, j.voice, j.objects, j.word_tags) for j in two] == \
+           [(j.id, j.text, j.voice, j.objects, j.word_tags) for j in one]
+    names = sorted(p.name for p in (tmp_path / "one" / "images").glob("*.png"))
+    assert len(names) == 70 and names == sorted(p.name for p in (tmp_path / "two" / "images").glob("*.png"))
+    assert all((tmp_path / "one" / "images" / n).read_bytes() == (tmp_path / "two" / "images" / n).read_bytes() for n in names)

@@ -299,7 +299,7 @@ def _prepare_jobs(args: argparse.Namespace):  # noqa: ANN202
         kwargs = {k: v for k, v in (("images", _count(args, "num_images")), ("dev_images", args.dev_images),
                                     ("test_images", args.test_images)) if v is not None}
         config = ScenesConfig(seed=args.seed, voices=_voice_config(args), **kwargs)
-        return lambda report: scenes_jobs(config, args.out, report)
+        return lambda report: scenes_jobs(config, args.out, report, workers=args.workers)
     if args.source == "flickr8k":
         from .data.flickr8k import Flickr8kSource, flickr8k_jobs
 

@@ -20,7 +20,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +62,10 @@ SPLIT_CODES = {"train": 0, "dev": 1, "test": 2}
 
 def demo_voices() -> VoicePoolConfig:
     """The built-in data's voices: espeak-ng (word times, for localization) and, when installed, flite's
-    two fastest voices; festival stays out, as the engine the demo model has never heard."""
+    fastest voice, kal16, at three rates and three pitches (its clustergen voices, slt, awb and rms, take 5x
+    longer a caption); festival stays out, as the engine the demo model has never heard."""
     if shutil.which("flite"):
-        return VoicePoolConfig(engines="espeak,flite", external_voices=("flite:kal16", "flite:slt"))
+        return VoicePoolConfig(engines="espeak,flite", external_voices=("flite:kal16",))
     return VoicePoolConfig(engines="espeak")
 
 
@@ -72,7 +77,7 @@ class ScenesConfig:
     dev_images: int = 200
     test_images: int = 200
     seed: int = 0
-    size: int = 128  # pixels per side; a stride-16 trunk gives an 8 x 8 map
+    size: int = 128  # pixels per side (the scenes preset feeds the trunk 160 px: a 10 x 10 map at stride 16)
     min_objects: int = 1
     max_objects: int = 4
     captions_per_image: int = 5
@@ -333,8 +338,29 @@ def _check_stamp(config: ScenesConfig, out: Path) -> None:
         write_json(path, fixed)
 
 
-def scenes_jobs(config: ScenesConfig, out: Path, report: BuildReport, progress: bool = False) -> list[PairJob]:
-    """Render the scenes into ``out/images`` (resuming) and return one TTS job per caption."""
+def _ensure_scene_at(args: tuple[ScenesConfig, str, int, Path]) -> list[dict]:
+    return ensure_scene(*args)
+
+
+def _ensure_scenes(config: ScenesConfig, out: Path, todo: list[tuple[str, int]], workers: int,
+                   progress: bool) -> Iterator[list[dict]]:
+    """The objects of each ``(split, index)`` in ``todo``, in order, rendering the missing scenes on
+    ``workers`` processes (each scene has its own seed, so the pictures do not depend on the split)."""
+    tasks = [(config, split, index, out / "images" / f"{split}_{index:05d}.png") for split, index in todo]
+    bar = tqdm(total=len(tasks), desc="scenes", unit="img", disable=not progress, leave=False)
+    parallel = workers > 1 and len(tasks) > 64
+    with bar, (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if parallel
+               else nullcontext()) as pool:  # spawn, as for speech: no fork of a process with OpenMP threads
+        results = pool.map(_ensure_scene_at, tasks, chunksize=32) if pool else map(_ensure_scene_at, tasks)
+        for objects in results:
+            bar.update(1)
+            yield objects
+
+
+def scenes_jobs(config: ScenesConfig, out: Path, report: BuildReport, progress: bool = False,
+                workers: int = 1) -> list[PairJob]:
+    """Render the scenes into ``out/images`` (resuming, on ``workers`` processes) and return one TTS job
+    per caption."""
     config.validate()
     out = Path(out)
     _check_stamp(config, out)
@@ -345,10 +371,9 @@ def scenes_jobs(config: ScenesConfig, out: Path, report: BuildReport, progress: 
     counts = {"train": config.images, "dev": config.dev_images, "test": config.test_images}
     todo = [(split, i) for split, n in counts.items() for i in range(n)]
     jobs = []
-    for split, index in tqdm(todo, desc="scenes", unit="img", disable=not progress, leave=False):
+    for (split, index), objects in zip(todo, _ensure_scenes(config, out, todo, workers, progress)):
         image_id = f"{split}_{index:05d}"
         path = out / "images" / f"{image_id}.png"
-        objects = ensure_scene(config, split, index, path)
         rng = _rng(config, split, index, 1)
         for c in range(config.captions_per_image):
             text, tags = scene_caption(rng, objects)
@@ -363,6 +388,6 @@ def build_scenes(config: ScenesConfig, out: str | Path, workers: int = 2,
                  progress: bool = True) -> tuple[dict[str, int], BuildReport]:
     """Render, speak and write the scenes data set; return (rows per split, report)."""
     report = BuildReport()
-    jobs = scenes_jobs(config, Path(out), report, progress=progress)
+    jobs = scenes_jobs(config, Path(out), report, progress=progress, workers=workers)
     written = build_dataset(out, jobs, report, workers=workers, progress=progress)
     return written, report
