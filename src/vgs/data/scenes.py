@@ -338,20 +338,17 @@ def _check_stamp(config: ScenesConfig, out: Path) -> None:
         write_json(path, fixed)
 
 
-def _ensure_scene_at(args: tuple[ScenesConfig, str, int, Path]) -> list[dict]:
-    return ensure_scene(*args)
-
-
 def _ensure_scenes(config: ScenesConfig, out: Path, todo: list[tuple[str, int]], workers: int,
                    progress: bool) -> Iterator[list[dict]]:
     """The objects of each ``(split, index)`` in ``todo``, in order, rendering the missing scenes on
     ``workers`` processes (each scene has its own seed, so the pictures do not depend on the split)."""
-    tasks = [(config, split, index, out / "images" / f"{split}_{index:05d}.png") for split, index in todo]
-    bar = tqdm(total=len(tasks), desc="scenes", unit="img", disable=not progress, leave=False)
-    parallel = workers > 1 and len(tasks) > 64
+    arguments = ([config] * len(todo), [split for split, _ in todo], [index for _, index in todo],
+                 [out / "images" / f"{split}_{index:05d}.png" for split, index in todo])
+    bar = tqdm(total=len(todo), desc="scenes", unit="img", disable=not progress, leave=False)
+    parallel = workers > 1 and len(todo) > 64
     with bar, (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if parallel
                else nullcontext()) as pool:  # spawn, as for speech: no fork of a process with OpenMP threads
-        results = pool.map(_ensure_scene_at, tasks, chunksize=32) if pool else map(_ensure_scene_at, tasks)
+        results = pool.map(ensure_scene, *arguments, chunksize=32) if pool else map(ensure_scene, *arguments)
         for objects in results:
             bar.update(1)
             yield objects
