@@ -105,12 +105,11 @@ def trunk_features(model, images: list, batch_size: int = 32) -> tuple[np.ndarra
     """The frozen trunk over ``images`` (paths, or tensors), as build_image_cache does. Returns (features, seconds)."""
     start = time.perf_counter()
     outputs = []
-    trunk = model.net.image.trunk.eval()
+    model.net.image.trunk.eval()
     for b0 in range(0, len(images), batch_size):
         batch = images[b0: b0 + batch_size]
         pixels = torch.stack([load_image_tensor(p, model.config.image) if isinstance(p, (str, Path)) else p for p in batch])
-        with torch.no_grad():
-            outputs.append(trunk(pixels).float().numpy().astype(np.float16))
+        outputs.append(model.net.image.trunk_forward(pixels).float().numpy().astype(np.float16))
     return np.concatenate(outputs), time.perf_counter() - start
 
 

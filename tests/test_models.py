@@ -6,16 +6,23 @@ import pytest
 import torch
 
 from vgs.config import Config, ModelConfig
+from vgs.errors import VGSError
 from vgs.models import build_audio_encoder, build_image_encoder, build_model
+from vgs.models.audio import stack_frames
 
 
 def dual(**model) -> "torch.nn.Module":
     return build_model(Config(model=ModelConfig(**model)))
 
 
+AUDIO_NETS = ["conv5", "conv6", "resdavenet", "resdavenet:stack2", "lstm", "gru"]
+
+
 def audio_encoder(name: str) -> "torch.nn.Module":
+    """``name`` from the registry, or ``resdavenet:stack2`` for two frames stacked."""
+    name, _, stack = name.partition(":stack")
     return build_audio_encoder(ModelConfig(audio_encoder=name, embed_dim=24, audio_channels=32, rnn_hidden=16,
-                                           rnn_subsample=4), 40)
+                                           rnn_subsample=4, audio_stack=int(stack or 1)), 40)
 
 
 @pytest.mark.parametrize("name,size,hw", [("efficientnet-lite0", 224, 7), ("small-cnn", 128, 8),
@@ -32,7 +39,7 @@ def test_vgg19_head_is_3x3_and_vgg16_1x1() -> None:
     assert build_image_encoder("vgg16", 8, pretrained=False).head.kernel_size == (1, 1)
 
 
-@pytest.mark.parametrize("name", ["conv5", "conv6", "resdavenet", "lstm", "gru"])
+@pytest.mark.parametrize("name", AUDIO_NETS)
 def test_audio_encoder_shapes_and_lengths(name: str) -> None:
     encoder = audio_encoder(name).eval()
     lengths = torch.tensor([160, 97, 33])
@@ -44,17 +51,32 @@ def test_audio_encoder_shapes_and_lengths(name: str) -> None:
         assert out[b, :, length:].abs().sum() == 0  # padded frames are zero
 
 
-@pytest.mark.parametrize("name", ["conv5", "conv6", "resdavenet", "lstm", "gru"])
+@pytest.mark.parametrize("name", AUDIO_NETS)
 def test_padding_does_not_change_frames(name: str) -> None:
     """An utterance encodes the same alone and in a batch with a longer one (eval mode)."""
     encoder = audio_encoder(name).eval()
-    short = torch.randn(1, 40, 70)
-    alone, alone_len = encoder(short, torch.tensor([70]))
-    batch = torch.cat([torch.nn.functional.pad(short, (0, 90)), torch.randn(1, 40, 160)])
-    batch[0, :, 70:] = 5.0  # garbage in the padding
-    together, together_len = encoder(batch, torch.tensor([70, 160]))
+    short = torch.randn(1, 40, 69)  # odd: a stack of two frames holds its last real frame and one of padding
+    alone, alone_len = encoder(short, torch.tensor([69]))
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 91)), torch.randn(1, 40, 160)])
+    batch[0, :, 69:] = 5.0  # garbage in the padding
+    together, together_len = encoder(batch, torch.tensor([69, 160]))
     assert together_len[0] == alone_len[0]
     torch.testing.assert_close(together[0, :, : alone_len[0]], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_stacked_frames_hold_consecutive_frames_and_shorten_lengths() -> None:
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)  # B x F x T
+    stacked, lengths = stack_frames(x, torch.tensor([5, 3]), 2)
+    assert stacked.shape == (2, 6, 3) and lengths.tolist() == [3, 2]
+    torch.testing.assert_close(stacked[0, :, 1], torch.cat([x[0, :, 2], x[0, :, 3]]))  # frames 2 and 3, bands in order
+    assert stacked[0, 3:, 2].abs().sum() == 0  # frame 4's partner is padding
+    encoder = audio_encoder("resdavenet:stack2")
+    assert encoder.downsample == 32 and encoder.output_lengths(torch.tensor([160, 33])).tolist() == [5, 2]
+
+
+def test_only_resdavenet_stacks_frames() -> None:
+    with pytest.raises(VGSError, match="model.audio_stack"):
+        ModelConfig(audio_encoder="lstm", audio_stack=2).validate()
 
 
 def test_dual_encoder_similarity_and_cached_path() -> None:
@@ -152,3 +174,17 @@ def test_the_image_encoder_owns_its_input_normalization() -> None:
     config.image.mean = (0.5, 0.5, 0.5)  # a saved run's (or a user's) own values are kept
     config.model.image_encoder = "efficientnet-lite0"
     assert pixel_config(config).mean == (0.5, 0.5, 0.5)
+
+
+def test_the_trunk_reads_channels_last_pixels_on_cpu_and_gives_the_same_features() -> None:
+    """The faster CPU layout is an implementation detail: same features (to float rounding), standard layout out."""
+    encoder = build_image_encoder("efficientnet-lite0", 8, pretrained=True).eval()
+    seen = []
+    encoder.trunk.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        reference = encoder.trunk(pixels)
+    features = encoder.trunk_forward(pixels)
+    assert seen == [False, True]
+    assert features.is_contiguous()
+    torch.testing.assert_close(features, reference, atol=1e-4, rtol=1e-4)

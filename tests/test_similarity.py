@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vgs.similarity import PackedFrames, matchmap, pairwise_similarity, similarity_matrix
+from vgs.similarity import PackedFrames, RegionMax, matchmap, pairwise_similarity, similarity_matrix
 
 
 def naive_similarity(images: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor, kind: str) -> torch.Tensor:
@@ -78,6 +78,47 @@ def test_gradients_flow_through_misa() -> None:
     assert audio.grad[:, :, lengths.min():].abs().sum() >= 0  # defined everywhere
     for j, length in enumerate(lengths.tolist()):
         assert audio.grad[j, :, length:].abs().sum() == 0  # padding gets no gradient
+
+
+@pytest.mark.parametrize("chunk_bytes", [2**30, 900])
+def test_sparse_misa_backward_equals_the_dense_one(chunk_bytes: int) -> None:
+    """The CPU path's sparse backward (RegionMax) against autograd through the naive definition."""
+    images, audio, lengths = ragged_inputs(n=6, m=5, t=90)  # enough frames for the 1x1-convolution product
+    weights = torch.randn(6, 5)
+    grads = []
+    for score in (lambda i, a: naive_similarity(i, a, lengths, "misa"),
+                  lambda i, a: similarity_matrix(i, a, lengths, "misa", chunk_bytes=chunk_bytes)):
+        i, a = images.clone().requires_grad_(True), audio.clone().requires_grad_(True)
+        (score(i, a) * weights).sum().backward()
+        grads.append((i.grad, a.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_sparse_misa_backward_splits_exact_ties_like_amax() -> None:
+    """Identical regions (a flat background) tie exactly; the gradient is shared as autograd's amax shares it."""
+    images, audio, lengths = ragged_inputs(n=4, m=3, t=90)
+    images[:, :, 0, :] = images[:, :, 0, :1]  # the first row of each image: four copies of one region
+    images[1] = 0.0  # an image whose regions all tie
+    weights = torch.randn(4, 3)
+    grads = []
+    for path in ("dense", "sparse"):
+        i, a = images.clone().requires_grad_(True), audio.clone().requires_grad_(True)
+        if path == "dense":  # the definition pair by pair, with amax (which shares the gradient of a tie)
+            score = torch.stack([torch.stack([matchmap(i[x], a[y, :, : lengths[y]]).flatten(0, 1).amax(0).mean()
+                                              for y in range(3)]) for x in range(4)])
+        else:
+            score = similarity_matrix(i, a, lengths, "misa")
+        (score * weights).sum().backward()
+        grads.append((i.grad, a.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_region_max_gradcheck() -> None:
+    chunk = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    frames = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(RegionMax.apply, (chunk, frames))
 
 
 def test_memory_is_bounded_by_chunk() -> None:

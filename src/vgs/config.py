@@ -45,6 +45,7 @@ class ModelConfig:
     image_head_kernel: int = 0  # 0 = the encoder's default (1 for vgg16/resnet50, 3 for vgg19)
     image_stride: int = 32  # efficientnet-lite0 only: 16 adds a finer (S/16) map for localization
     audio_channels: int = 512  # width of the conv audio nets' middle layers (DAVEnet: 512)
+    audio_stack: int = 1  # resdavenet: frames stacked before the first layer (2: every layer and matchmap see half the frames)
     rnn_hidden: int = 256
     rnn_layers: int = 2
     bidirectional: bool = True
@@ -66,6 +67,9 @@ class ModelConfig:
             raise VGSError(f"model.image_head_kernel: expected 0, 1 or 3, got {self.image_head_kernel}")
         if not 0 <= self.dropout < 1:
             raise VGSError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if self.audio_stack != 1 and self.audio_encoder != "resdavenet":
+            raise VGSError(f"model.audio_stack: only resdavenet stacks frames (lstm/gru use rnn_subsample), got {self.audio_stack} "
+                           f"with {self.audio_encoder}")
 
 
 @dataclass
@@ -179,6 +183,7 @@ RANGES: dict[str, Range] = {
     "model.rnn_hidden": Range(1, 8192),
     "model.rnn_layers": Range(1, 16),
     "model.rnn_subsample": Range(1, 64),
+    "model.audio_stack": Range(1, 8),
     "model.dropout": Range(0, 1),
     "train.epochs": Range(1, 1_000_000),
     "train.batch_size": Range(2, 65536),

@@ -17,6 +17,7 @@ import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from ..images import ImageConfig, load_image_tensor
 from ..io import load_npy, save_npy, sha256_file, stable_hash, write_json
 from ..progress import tqdm
 from .manifest import Manifest
+
+if TYPE_CHECKING:
+    from ..models.image import ImageEncoder
 
 CACHE_DIR = "cache"
 
@@ -162,9 +166,9 @@ class _InlineExecutor:
 # ----------------------------------------------------------------------------- image trunk outputs
 
 
-def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, identity: dict, image_config: ImageConfig,
+def build_image_cache(manifest: Manifest, split: str, encoder: ImageEncoder, identity: dict, image_config: ImageConfig,
                       batch_size: int = 32, device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
-    """Encode each distinct image of a split once with a frozen ``trunk``; resumable.
+    """Encode each distinct image of a split once with ``encoder``'s frozen trunk; resumable.
 
     ``identity`` names the trunk and its weights (it keys the cache folder). Unreadable images are
     left out and reported, like unreadable audio. Returns ``(features, image_ids, problems)``: features
@@ -185,12 +189,12 @@ def build_image_cache(manifest: Manifest, split: str, trunk: torch.nn.Module, id
     parts = folder / f"{split}.parts-{settings['manifest_sha256'][:10]}"
     parts.mkdir(parents=True, exist_ok=True)
     chunk = batch_size * 8
-    trunk = trunk.to(device).eval()
+    encoder.trunk.to(device).eval()
     with tqdm(total=len(image_ids), desc=f"image features {split}", unit="img", disable=not progress) as bar:
         for c0 in range(0, len(image_ids), chunk):
             part = parts / f"{c0 // chunk:05d}"
             if not part.with_suffix(".json").exists():
-                _encode_image_chunk(image_ids[c0: c0 + chunk], first_row, manifest, trunk, image_config, batch_size,
+                _encode_image_chunk(image_ids[c0: c0 + chunk], first_row, manifest, encoder, image_config, batch_size,
                                     device, part, bar)
             else:
                 bar.update(len(image_ids[c0: c0 + chunk]))
@@ -217,7 +221,7 @@ def trunk_output_shape(infos: list[dict]) -> tuple[int, ...]:
     return next((tuple(info["shape"]) for info in infos if info["ids"]), (0,))
 
 
-def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, trunk: torch.nn.Module, image_config: ImageConfig,
+def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, encoder: ImageEncoder, image_config: ImageConfig,
                         batch_size: int, device: str, part: Path, bar) -> None:
     """Encode one chunk of images into ``part.npy`` (``n x C x H x W`` float16) + ``part.json`` (ids kept,
     problems, shape); an image that cannot be read is recorded, not fatal."""
@@ -232,7 +236,7 @@ def _encode_image_chunk(ids: list[str], first_row: dict, manifest: Manifest, tru
                 problems[image_id] = str(exc)
         if pixels:
             with torch.no_grad():
-                outputs.append(trunk(torch.stack(pixels).to(device)).float().cpu().numpy().astype(np.float16))
+                outputs.append(encoder.trunk_forward(torch.stack(pixels).to(device)).float().cpu().numpy().astype(np.float16))
         bar.update(len(ids[b0: b0 + batch_size]))
     if outputs:
         save_npy(part.with_suffix(".npy"), np.concatenate(outputs))

@@ -68,7 +68,7 @@ def _open_images(config: Config, manifest: Manifest, split: str, image_encoder: 
     if uses_image_cache(config):
         if image_encoder is None:
             raise VGSError("an image encoder is needed to build the trunk-feature cache")
-        features, ids, problems = build_image_cache(manifest, split, image_encoder.trunk,
+        features, ids, problems = build_image_cache(manifest, split, image_encoder,
                                                     trunk_identity(config, image_encoder.trunk), pixel_config(config),
                                                     device=device, progress=progress)
         return CachedImages(features, ids, problems)

@@ -4,7 +4,8 @@
   all F bands, then 1-D convolutions with max pooling (stride 2) after layers 2-5;
   ``conv6`` adds a sixth convolution at the last resolution.  ``T' = ceil(T / 16)``.
 * ``resdavenet``: residual 1-D conv blocks with masked batch norm (ResDAVEnet-style),
-  four stride-2 stages; our CPU default.  ``T' = ceil(T / 16)``.
+  four stride-2 stages; our CPU default.  ``T' = ceil(T / 16)``, or ``ceil(T / (16 k))`` with
+  ``k`` frames stacked first (``stack``): every layer and the matchmap then see ``k`` times fewer frames.
 * ``lstm`` / ``gru``: ``rnn_subsample`` frames stacked, then a stacked (optionally
   bidirectional) recurrent net over packed sequences.  ``T' = ceil(T / rnn_subsample)``.
 
@@ -27,6 +28,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 def frame_mask(lengths: torch.Tensor, t_max: int) -> torch.Tensor:
     """``B`` lengths -> ``B x T`` boolean mask of real frames."""
     return torch.arange(t_max, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def stack_frames(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame stacking: ``B x F x T`` -> ``B x (k * F) x ceil(T / k)``; a new frame holds the ``F`` bands of ``k``
+    consecutive frames, one frame after another, zero-padded at the end; lengths become ``ceil(L / k)``."""
+    if k == 1:
+        return x, lengths
+    b, f, t = x.shape
+    x = F.pad(x, (0, (-t) % k)).transpose(1, 2).reshape(b, -(-t // k), f * k).transpose(1, 2)
+    return x, torch.div(lengths + k - 1, k, rounding_mode="floor")
 
 
 def halve(lengths: torch.Tensor) -> torch.Tensor:
@@ -165,15 +176,15 @@ class ResBlock(nn.Module):
 
 
 class ResDavenetEncoder(AudioEncoder):
-    """Residual conv encoder: a band-spanning conv, then 4 stride-2 stages of ResBlocks."""
-
-    downsample = 16
+    """Residual conv encoder: ``stack`` frames stacked, a band-spanning conv, then 4 stride-2 stages of ResBlocks."""
 
     def __init__(self, input_dim: int = 40, embed_dim: int = 1024, channels: int = 512, dropout: float = 0.1,
-                 blocks_per_stage: int = 1, kernel: int = 9):
+                 blocks_per_stage: int = 1, kernel: int = 9, stack: int = 1):
         super().__init__(input_dim)
+        self.stack = stack
+        self.downsample = 16 * stack
         widths = [channels // 4, channels // 2, channels, channels]
-        self.stem = nn.Conv1d(input_dim, widths[0], 1, bias=False)
+        self.stem = nn.Conv1d(input_dim * stack, widths[0], 1, bias=False)
         self.stem_bn = MaskedBatchNorm1d(widths[0])
         blocks: list[ResBlock] = []
         c_in = widths[0]
@@ -185,13 +196,15 @@ class ResDavenetEncoder(AudioEncoder):
         self.proj = nn.Conv1d(c_in, embed_dim, 1)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        lengths = torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
         for _ in range(4):
             lengths = halve(lengths)
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = stack_frames(self.mask(self.input_norm(x, lengths), lengths), lengths, self.stack)  # no padding in a stack
         mask = frame_mask(lengths, x.shape[-1])
-        x = self.mask(F.relu(self.stem_bn(self.stem(self.input_norm(x, lengths)), mask)), lengths)
+        x = self.mask(F.relu(self.stem_bn(self.stem(x), mask)), lengths)
         for block in self.blocks:
             x, lengths = block(x, lengths)
         return self.mask(self.proj(x), lengths), lengths
@@ -215,13 +228,9 @@ class RecurrentEncoder(AudioEncoder):
         return torch.div(lengths + self.subsample - 1, self.subsample, rounding_mode="floor")
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.mask(self.input_norm(x, lengths), lengths)
-        b, f, t = x.shape
-        pad = (-t) % self.subsample
-        x = F.pad(x, (0, pad)).transpose(1, 2).reshape(b, (t + pad) // self.subsample, f * self.subsample)
-        out_lengths = self.output_lengths(lengths)
-        h = torch.tanh(self.inp(x))
+        x, out_lengths = stack_frames(self.mask(self.input_norm(x, lengths), lengths), lengths, self.subsample)
+        h = torch.tanh(self.inp(x.transpose(1, 2)))
         packed = pack_padded_sequence(h, out_lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
         h, _ = self.rnn(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+        h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[-1])
         return self.mask(self.proj(h).transpose(1, 2), out_lengths), out_lengths

@@ -67,8 +67,9 @@ AUDIO_ENCODERS: dict[str, AudioEncoderSpec] = {
                               "DAVEnet: 5 convolutions, T' = T/16"),
     "conv6": AudioEncoderSpec(lambda m, dim: DavenetEncoder(dim, m.embed_dim, m.audio_channels, layers=6),
                               "DAVEnet with a sixth convolution, T' = T/16"),
-    "resdavenet": AudioEncoderSpec(lambda m, dim: ResDavenetEncoder(dim, m.embed_dim, m.audio_channels, m.dropout),
-                                   "residual 1-D conv blocks, masked batch norm, T' = T/16"),
+    "resdavenet": AudioEncoderSpec(lambda m, dim: ResDavenetEncoder(dim, m.embed_dim, m.audio_channels, m.dropout,
+                                                                    stack=m.audio_stack),
+                                   "residual 1-D conv blocks, masked batch norm, T' = T/16 (T/32 with audio_stack 2)"),
     "lstm": AudioEncoderSpec(lambda m, dim: _recurrent("lstm", m, dim), "stacked LSTM over rnn_subsample-frame steps"),
     "gru": AudioEncoderSpec(lambda m, dim: _recurrent("gru", m, dim), "stacked GRU over rnn_subsample-frame steps"),
 }

@@ -198,11 +198,17 @@ class ImageEncoder(nn.Module):
         return self
 
     def trunk_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x S x S`` -> ``B x C x H x W`` trunk features."""
+        """``B x 3 x S x S`` -> ``B x C x H x W`` trunk features (contiguous).
+
+        On CPU the pixels go in channels-last: oneDNN then runs EfficientNet-Lite0 1.35x (160 px) to 1.47x
+        (224 px) faster (docs/results.md, the demo's timing); the weights keep their layout (converting them
+        as well was slower)."""
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.freeze_trunk:
             with torch.no_grad():
-                return self.trunk(images)
-        return self.trunk(images)
+                return self.trunk(images).contiguous()
+        return self.trunk(images).contiguous()
 
     def head_forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
         """``B x C x H x W`` trunk features -> ``B x D x H x W`` embeddings."""
