@@ -150,8 +150,8 @@ class RegionMax(torch.autograd.Function):
     def forward(ctx, chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         scores = _scores(chunk, frames)  # n x f x R
         best, where = scores.max(dim=2)  # n x f, and the (first) best region's index
-        tied = scores == best.unsqueeze(2)
-        ctx.save_for_backward(chunk, frames, where, tied if bool((tied.sum(2) > 1).any()) else None)
+        tied = scores == best.unsqueeze(2)  # one True per (n, f) unless regions tie exactly
+        ctx.save_for_backward(chunk, frames, where, tied if int(tied.sum()) > best.numel() else None)
         return best
 
     @staticmethod
