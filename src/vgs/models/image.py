@@ -200,9 +200,9 @@ class ImageEncoder(nn.Module):
     def trunk_forward(self, images: torch.Tensor) -> torch.Tensor:
         """``B x 3 x S x S`` -> ``B x C x H x W`` trunk features (contiguous).
 
-        On CPU the pixels go in channels-last: oneDNN then runs EfficientNet-Lite0 1.35x (160 px) to 1.47x
-        (224 px) faster (docs/results.md, the demo's timing); the weights keep their layout (converting them
-        as well was slower)."""
+        On CPU the pixels go in channels-last: oneDNN then runs EfficientNet-Lite0 1.33x (160 px) to 1.52x
+        (224 px) faster (``benchmarks/bench_trunk_layout.py``); the weights keep their layout (converting
+        them as well was slower)."""
         if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         if self.freeze_trunk:
