@@ -22,6 +22,8 @@ each image/frame pair sends its gradient to its best region only.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -168,14 +170,21 @@ class RegionMax(torch.autograd.Function):
         return grad_chunk, grad_frames
 
 
+@contextmanager
+def _sparse_is_beta() -> Iterator[None]:
+    """Silence torch's "sparse CSR support is in beta" warning: the products used here are not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def _best_region_weights(grad: torch.Tensor, where: torch.Tensor, r: int) -> torch.Tensor:
     """``n x f`` gradient and best-region indices -> the ``f x (n * R)`` CSR matrix that routes it."""
     n, f = grad.shape
     # Row f holds one entry per image n, at column n * R + where[n, f]: already sorted, a valid CSR matrix.
     columns = (where.T + torch.arange(n, device=where.device)[None, :] * r).reshape(-1)
     rows = torch.arange(0, f * n + 1, n, device=where.device)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the two products used here are not
-        warnings.simplefilter("ignore", UserWarning)
+    with _sparse_is_beta():
         return torch.sparse_csr_tensor(rows, columns, grad.T.reshape(-1), (f, n * r), check_invariants=False)
 
 
@@ -184,8 +193,7 @@ def _tied_region_weights(grad: torch.Tensor, tied: torch.Tensor) -> torch.Tensor
     n, f, r = tied.shape
     image, frame, region = tied.nonzero(as_tuple=True)
     share = grad[image, frame] / tied.sum(2)[image, frame]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    with _sparse_is_beta():
         weights = torch.sparse_coo_tensor(torch.stack([frame, image * r + region]), share, (f, n * r), check_invariants=False)
         return weights.coalesce().to_sparse_csr()
 

@@ -338,12 +338,11 @@ def _check_stamp(config: ScenesConfig, out: Path) -> None:
         write_json(path, fixed)
 
 
-def _ensure_scenes(config: ScenesConfig, out: Path, todo: list[tuple[str, int]], workers: int,
+def _ensure_scenes(config: ScenesConfig, todo: list[tuple[str, int]], paths: list[Path], workers: int,
                    progress: bool) -> Iterator[list[dict]]:
-    """The objects of each ``(split, index)`` in ``todo``, in order, rendering the missing scenes on
-    ``workers`` processes (each scene has its own seed, so the pictures do not depend on the split)."""
-    arguments = ([config] * len(todo), [split for split, _ in todo], [index for _, index in todo],
-                 [out / "images" / f"{split}_{index:05d}.png" for split, index in todo])
+    """The objects of each ``(split, index)`` in ``todo``, in order, rendering the missing scenes to ``paths``
+    on ``workers`` processes (each scene has its own seed, so the pictures do not depend on the split)."""
+    arguments = ([config] * len(todo), [split for split, _ in todo], [index for _, index in todo], paths)
     bar = tqdm(total=len(todo), desc="scenes", unit="img", disable=not progress, leave=False)
     parallel = workers > 1 and len(todo) > 64
     with bar, (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if parallel
@@ -367,10 +366,10 @@ def scenes_jobs(config: ScenesConfig, out: Path, report: BuildReport, progress: 
                        "espeak voice (see `vgs voices`)")
     counts = {"train": config.images, "dev": config.dev_images, "test": config.test_images}
     todo = [(split, i) for split, n in counts.items() for i in range(n)]
+    paths = [out / "images" / f"{split}_{index:05d}.png" for split, index in todo]
     jobs = []
-    for (split, index), objects in zip(todo, _ensure_scenes(config, out, todo, workers, progress)):
-        image_id = f"{split}_{index:05d}"
-        path = out / "images" / f"{image_id}.png"
+    for (split, index), path, objects in zip(todo, paths, _ensure_scenes(config, todo, paths, workers, progress)):
+        image_id = path.stem
         rng = _rng(config, split, index, 1)
         for c in range(config.captions_per_image):
             text, tags = scene_caption(rng, objects)

@@ -37,7 +37,12 @@ def stack_frames(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.
         return x, lengths
     b, f, t = x.shape
     x = F.pad(x, (0, (-t) % k)).transpose(1, 2).reshape(b, -(-t // k), f * k).transpose(1, 2)
-    return x, torch.div(lengths + k - 1, k, rounding_mode="floor")
+    return x, stacked_lengths(lengths, k)
+
+
+def stacked_lengths(lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Lengths after stacking ``k`` frames into one: ``ceil(L / k)``."""
+    return torch.div(lengths + k - 1, k, rounding_mode="floor")
 
 
 def halve(lengths: torch.Tensor) -> torch.Tensor:
@@ -196,7 +201,7 @@ class ResDavenetEncoder(AudioEncoder):
         self.proj = nn.Conv1d(c_in, embed_dim, 1)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        lengths = torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
+        lengths = stacked_lengths(lengths, self.stack)
         for _ in range(4):
             lengths = halve(lengths)
         return lengths
@@ -225,7 +230,7 @@ class RecurrentEncoder(AudioEncoder):
         self.proj = nn.Linear(hidden * (2 if bidirectional else 1), embed_dim)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.div(lengths + self.subsample - 1, self.subsample, rounding_mode="floor")
+        return stacked_lengths(lengths, self.subsample)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, out_lengths = stack_frames(self.mask(self.input_norm(x, lengths), lengths), lengths, self.subsample)
