@@ -109,7 +109,8 @@ def trunk_features(model, images: list, batch_size: int = 32) -> tuple[np.ndarra
     for b0 in range(0, len(images), batch_size):
         batch = images[b0: b0 + batch_size]
         pixels = torch.stack([load_image_tensor(p, model.config.image) if isinstance(p, (str, Path)) else p for p in batch])
-        outputs.append(model.net.image.trunk_forward(pixels).float().numpy().astype(np.float16))
+        with torch.no_grad():  # trunk_forward only turns gradients off for a frozen trunk
+            outputs.append(model.net.image.trunk_forward(pixels).float().numpy().astype(np.float16))
     return np.concatenate(outputs), time.perf_counter() - start
 
 

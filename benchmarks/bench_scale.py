@@ -124,8 +124,9 @@ def stage_bytes(folder: Path) -> dict[str, float]:
 
 def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0) -> dict:
     """p50/p95 ms of the centroid stage's cascade (:func:`vgs.centroids.candidates`, as
-    :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images held in memory as that stage holds them: projected centroids
-    (``size x 8 x d`` float32) and int8 region codes (``size x R x d_code``).
+    :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images
+    held in memory as that stage holds them: projected centroids (``size x 8 x d`` float32) and int8 region
+    codes (``size x R x d_code``).
 
     Drawn from the real index (which needs codes): each synthetic image is a random real image's
     projected centroids plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
