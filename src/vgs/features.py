@@ -1,9 +1,12 @@
-"""The audio front end: log-mel filterbanks or MFCC of one utterance (pure functions, no files written).
+"""The audio front end: log-mel filterbanks, MFCC or Whisper features of one utterance (pure functions,
+no files written).
 
 Defaults follow DAVEnet: 16 kHz, 25 ms Hamming window (n_fft 400), 10 ms hop,
 pre-emphasis 0.97, 40 mel bands from 20 Hz, power in dB relative to the
-utterance's maximum, at most 1024 frames.  A split's features are cached on disk
-by :mod:`vgs.data.cache`.
+utterance's maximum, at most 1024 frames.  ``kind: whisper`` is the pretrained front end of
+:mod:`vgs.whisper` instead: Whisper's own 80-band log-mel (10 ms hop, the same silence trimming, at most
+``max_frames`` of them), then its frozen encoder, ``T' x 384`` at 80 ms a frame.  A split's features
+are cached on disk by :mod:`vgs.data.cache`.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import librosa
 import numpy as np
 import scipy.fft
 import torch
+from torch.nn import functional as F
 
+from . import whisper
 from .audio import load_audio
 from .errors import VGSError
+
+FEATURE_KINDS = ("logmel", "mfcc", "whisper")
 
 
 @dataclass
 class AudioFeatureConfig:
-    """Spectral front end. ``kind`` is ``logmel`` or ``mfcc``."""
+    """Spectral front end. ``kind`` is ``logmel``, ``mfcc`` or ``whisper`` (which fixes its own window, hop
+    and bands: only ``sample_rate`` 16000, ``max_frames`` <= 3000 and the trimming settings apply)."""
 
     kind: str = "logmel"
     sample_rate: int = 16000
@@ -50,7 +58,19 @@ class AudioFeatureConfig:
     @property
     def dim(self) -> int:
         """Feature bins per frame (the audio encoder's input height)."""
+        if self.kind == "whisper":
+            return whisper.WIDTH
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per feature frame (what an audio encoder's strides multiply)."""
+        return whisper.FRAME_SECONDS if self.kind == "whisper" else self.hop_ms / 1000
+
+    @property
+    def input_frame_seconds(self) -> float:
+        """Seconds per spectrogram frame, the unit of ``max_frames`` (10 ms for Whisper)."""
+        return whisper.HOP / whisper.SAMPLE_RATE if self.kind == "whisper" else self.hop_ms / 1000
 
     def validate(self) -> None:
         for name in ("sample_rate", "n_mels", "window_ms", "hop_ms"):
@@ -61,8 +81,11 @@ class AudioFeatureConfig:
                            "are too short (expected at least 16 samples per window)")
         if not 0 <= self.preemphasis < 1:
             raise VGSError(f"features.preemphasis: expected 0 <= value < 1, got {self.preemphasis}")
-        if self.kind not in ("logmel", "mfcc"):
-            raise VGSError(f"features.kind: expected 'logmel' or 'mfcc', got {self.kind!r}")
+        if self.kind not in FEATURE_KINDS:
+            raise VGSError(f"features.kind: expected one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
+        if self.kind == "whisper" and (self.sample_rate != whisper.SAMPLE_RATE or self.max_frames > whisper.MAX_MEL_FRAMES):
+            raise VGSError(f"features: kind whisper expects sample_rate {whisper.SAMPLE_RATE} and max_frames <= "
+                           f"{whisper.MAX_MEL_FRAMES}, got {self.sample_rate} and {self.max_frames}")
         if self.kind == "mfcc" and not 1 <= self.n_mfcc <= self.n_mels:
             raise VGSError(f"features.n_mfcc: expected 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
         if self.max_frames < 16:
@@ -89,6 +112,10 @@ def compute_features(audio: np.ndarray | torch.Tensor, config: AudioFeatureConfi
     y = torch.as_tensor(np.asarray(audio, dtype=np.float32))
     if y.ndim != 1 or y.numel() == 0:
         raise VGSError(f"compute_features: expected a non-empty 1-D signal, got shape {tuple(y.shape)}")
+    if config.kind == "whisper":
+        y = F.pad(y[: config.max_frames * whisper.HOP], (0, max(0, 2 * whisper.HOP - len(y))))  # >= 2 mel frames
+        power = trim_silence(whisper.mel_power(y), config.trim_db, config.trim_margin)
+        return whisper.encode(power).numpy()
     # Crop the signal before the STFT so very long inputs cost no more than max_frames.
     y = y[: (config.max_frames - 1) * config.hop + 1]
     y = y - y.mean()
@@ -127,7 +154,7 @@ def trim_silence(mel: torch.Tensor, trim_db: float, margin: int) -> torch.Tensor
 
 def features_from_file(path: str | Path, config: AudioFeatureConfig = AudioFeatureConfig()) -> np.ndarray:
     """Load (resample, downmix) and featurize one file. Returns ``T x F``."""
-    max_seconds = (config.max_frames * config.hop + config.n_fft) / config.sample_rate + 0.1
+    max_seconds = config.max_frames * config.input_frame_seconds + config.n_fft / config.sample_rate + 0.1
     return compute_features(load_audio(path, config.sample_rate, max_seconds=max_seconds), config)
 
 

@@ -139,7 +139,7 @@ def localize(model: Model, image_path: str | Path, audio: str | Path | np.ndarra
     image = load_image(image_path)
     signal = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     duration = len(signal) / model.config.features.sample_rate
-    heard = min(duration, model.config.features.max_frames * model.config.features.hop_ms / 1000)  # the model reads no more
+    heard = min(duration, model.config.features.max_frames * model.config.features.input_frame_seconds)  # the model reads no more
     segments = [Segment(w["word"], float(w["start"]), float(w["end"])) for w in words] if words else fixed_segments(heard, window)
     found = caption_heatmaps(model.encode_images([image])[0].cpu(), model.encode_audio([signal]).caption(0).cpu(),
                              segments, model.frame_seconds())

@@ -95,7 +95,7 @@ class QueryService:
         self.model, self.index, self.limits = model, index, limits.validate()
         features = model.config.features
         self.sample_rate = features.sample_rate
-        self.model_seconds = features.max_frames * features.hop_ms / 1000  # what the model reads of a query
+        self.model_seconds = features.max_frames * features.input_frame_seconds  # what the model reads of a query
         self._workers = threading.BoundedSemaphore(limits.workers)
         self._decodes = threading.BoundedSemaphore(limits.max_decodes)
         self._tts_lock = threading.Lock()

@@ -229,16 +229,20 @@ class Trainer:
     def _warm_start(self, source: str) -> None:
         """Fine-tune: the model (and, from a checkpoint, the learned temperature) start from ``source``;
         the optimizer, schedule and step count start fresh. The input statistics stay this data's."""
-        from .api import _read_model
+        from .api import _check_trunk, _read_model, _stored_trunk_identity
+        from .export import TRUNK_PREFIX
         from .pretrained import resolve_model
 
         path, _, state, loss_state = _read_model(resolve_model(source), "best")
+        trunk = _stored_trunk_identity(resolve_model(source))  # an export without its trunk: ours must be that one
+        if trunk is not None:
+            _check_trunk(self.model, self.config, trunk, path)
         state = {k: v for k, v in state.items() if not k.startswith("audio.input_norm.")}
         try:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise VGSError(f"train.init_from: {path}: weights do not fit this model ({first_line(exc, 200)})") from exc
-        missing = [k for k in missing if not k.startswith("audio.input_norm.")]
+        missing = [k for k in missing if not k.startswith("audio.input_norm.") and not (trunk and k.startswith(TRUNK_PREFIX))]
         if missing or unexpected:
             raise VGSError(f"train.init_from: {path}: weights do not fit this model "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, VGSError
+from .. import whisper
 from ..features import AudioFeatureConfig, features_from_file
 from ..images import ImageConfig, load_image_tensor
 from ..io import load_npy, save_npy, sha256_file, stable_hash, write_json
@@ -97,6 +98,8 @@ def build_feature_cache(manifest: Manifest, split: str, config: AudioFeatureConf
     config.validate()
     folder = cache_folder(manifest.root, config)
     settings = _as_json({"features": asdict(config), "manifest_sha256": sha256_file(manifest.path)})
+    if config.kind == "whisper":
+        settings["front_end_sha256"] = whisper.weights_identity()  # the encoder's weights shape the features too
     meta_path = folder / f"{split}.settings.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) == settings and (folder / f"{split}.ids.json").exists():
         return AudioFeatureStore(folder, split)

@@ -6,6 +6,8 @@
 * ``resdavenet``: residual 1-D conv blocks with masked batch norm (ResDAVEnet-style),
   four stride-2 stages; our CPU default.  ``T' = ceil(T / 16)``, or ``ceil(T / (16 k))`` with
   ``k`` frames stacked first (``stack``): every layer and the matchmap then see ``k`` times fewer frames.
+* ``frame-head``: a short residual head for pretrained frames (``features.kind: whisper``), one stride-2
+  block then one more.  ``T' = ceil(T / 2)``.
 * ``lstm`` / ``gru``: ``rnn_subsample`` frames stacked, then a stacked (optionally
   bidirectional) recurrent net over packed sequences.  ``T' = ceil(T / rnn_subsample)``.
 
@@ -210,6 +212,31 @@ class ResDavenetEncoder(AudioEncoder):
         x, lengths = stack_frames(self.mask(self.input_norm(x, lengths), lengths), lengths, self.stack)  # no padding in a stack
         mask = frame_mask(lengths, x.shape[-1])
         x = self.mask(F.relu(self.stem_bn(self.stem(x), mask)), lengths)
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        return self.mask(self.proj(x), lengths), lengths
+
+
+class FrameHead(AudioEncoder):
+    """A small trainable head over pretrained frames (``features.kind: whisper``, 80 ms a frame): a 1x1 stem,
+    then ``blocks`` ResBlocks, the first of stride 2, then a projection.  ``T' = ceil(T / 2)`` (160 ms)."""
+
+    downsample = 2
+
+    def __init__(self, input_dim: int = 384, embed_dim: int = 1024, channels: int = 512, dropout: float = 0.1,
+                 blocks: int = 2, kernel: int = 5):
+        super().__init__(input_dim)
+        self.stem = nn.Conv1d(input_dim, channels, 1, bias=False)
+        self.stem_bn = MaskedBatchNorm1d(channels)
+        self.blocks = nn.ModuleList([ResBlock(channels, channels, kernel, 2 if b == 0 else 1, dropout) for b in range(blocks)])
+        self.proj = nn.Conv1d(channels, embed_dim, 1)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return halve(lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.mask(self.input_norm(x, lengths), lengths)
+        x = self.mask(F.relu(self.stem_bn(self.stem(x), frame_mask(lengths, x.shape[-1]))), lengths)
         for block in self.blocks:
             x, lengths = block(x, lengths)
         return self.mask(self.proj(x), lengths), lengths

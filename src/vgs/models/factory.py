@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import VGSError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, ImageConfig
-from .audio import AudioEncoder, DavenetEncoder, RecurrentEncoder, ResDavenetEncoder
+from .audio import AudioEncoder, DavenetEncoder, FrameHead, RecurrentEncoder, ResDavenetEncoder
 from .dual import DualEncoder
 from .image import ImageEncoder, efficientnet_lite0_trunk, small_cnn_trunk, torchvision_trunk
 
@@ -70,6 +70,8 @@ AUDIO_ENCODERS: dict[str, AudioEncoderSpec] = {
     "resdavenet": AudioEncoderSpec(lambda m, dim: ResDavenetEncoder(dim, m.embed_dim, m.audio_channels, m.dropout,
                                                                     stack=m.audio_stack),
                                    "residual 1-D conv blocks, masked batch norm, T' = T/16 (T/32 with audio_stack 2)"),
+    "frame-head": AudioEncoderSpec(lambda m, dim: FrameHead(dim, m.embed_dim, m.audio_channels, m.dropout),
+                                   "residual head over pretrained frames (features.kind whisper), T' = T/2"),
     "lstm": AudioEncoderSpec(lambda m, dim: _recurrent("lstm", m, dim), "stacked LSTM over rnn_subsample-frame steps"),
     "gru": AudioEncoderSpec(lambda m, dim: _recurrent("gru", m, dim), "stacked GRU over rnn_subsample-frame steps"),
 }
