@@ -233,8 +233,9 @@ class Trainer:
         from .export import TRUNK_PREFIX
         from .pretrained import resolve_model
 
-        path, _, state, loss_state = _read_model(resolve_model(source), "best")
-        trunk = _stored_trunk_identity(resolve_model(source))  # an export without its trunk: ours must be that one
+        source = resolve_model(source)
+        path, _, state, loss_state = _read_model(source, "best")
+        trunk = _stored_trunk_identity(source)  # an export without its trunk: ours must be that one
         if trunk is not None:
             _check_trunk(self.model, self.config, trunk, path)
         state = {k: v for k, v in state.items() if not k.startswith("audio.input_norm.")}

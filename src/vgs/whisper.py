@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import VGSError
+from .io import sha256_file
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -128,13 +129,7 @@ def weights_path() -> Path:
 @lru_cache(maxsize=2)
 def weights_identity(path: str | None = None) -> str:
     """A short hash of the weights file: feature caches made with other weights are not reused."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path or weights_path(), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
+    return sha256_file(path or weights_path())[:20]
 
 
 class _Block(nn.Module):
