@@ -39,7 +39,7 @@ from _common import cpu_share_line, machine_line, percentile, result_line, table
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
-from vgs.centroids import candidates as centroid_candidates  # noqa: E402
+from vgs.centroids import Int8Centroids, candidates as centroid_candidates, lower_bounds  # noqa: E402
 from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -122,11 +122,12 @@ def stage_bytes(folder: Path) -> dict[str, float]:
                           + size[".json"] + codec) / count}
 
 
-def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0) -> dict:
+def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0,
+                    precision: str = "int8") -> dict:
     """p50/p95 ms of the centroid stage's cascade (:func:`vgs.centroids.candidates`, as
     :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images
-    held in memory as that stage holds them: projected centroids (``size x 8 x d`` float32) and int8 region
-    codes (``size x R x d_code``).
+    held in memory as that stage holds them: projected centroids (``size x 8 x d`` int8, one scale per image,
+    :class:`vgs.centroids.Int8Centroids`) and int8 region codes (``size x R x d_code``).
 
     Drawn from the real index (which needs codes): each synthetic image is a random real image's
     projected centroids plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
@@ -134,8 +135,12 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     the stage's own :func:`vgs.centroids.candidates` (the bound over every image, the top ``candidates``,
     MISA on their codes, the best ``CODE_RERANK_DEPTH``), then those scored on full-precision regions
     (here a real image's), so the cost is the stage's; the rankings are not a real model's.
+    ``precision="float32"`` runs the stage as it was before its int8 products (float32 centroids, float
+    code scores), for a side-by-side figure.
     """
-    real_centroids = index.image_centroids().numpy()  # n x m x d
+    if precision not in ("int8", "float32"):
+        raise SystemExit(f"cascade precision: expected int8 or float32, got {precision!r}")
+    real_centroids = index.image_centroids().dequantize().numpy()  # n x m x d
     regions = index.region_search()
     if regions.codes is None:
         raise SystemExit("cascade latency: the real index needs int8 codes (bench_scale builds them with --stages centroids)")
@@ -143,27 +148,53 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     n = len(real_codes)
     rng = np.random.default_rng(seed)
     spread = real_centroids.reshape(-1, real_centroids.shape[-1]).std(0).astype(np.float32)
-    centroids = np.empty((size, *real_centroids.shape[1:]), dtype=np.float32)
+    parts = []
     codes = np.empty((size, *real_codes.shape[1:]), dtype=np.int8)
     for c0 in range(0, size, 65536):
         count = min(65536, size - c0)
         base, other = rng.integers(0, n, count), rng.integers(0, n, count)
-        centroids[c0: c0 + count] = real_centroids[base] + 0.35 * spread * rng.standard_normal(
-            (count, *real_centroids.shape[1:]), dtype=np.float32)
+        parts.append(Int8Centroids.quantize(torch.from_numpy(real_centroids[base] + 0.35 * spread * rng.standard_normal(
+            (count, *real_centroids.shape[1:]), dtype=np.float32))))
         mix = rng.random((count, real_codes.shape[1])) < 1 / 3
         codes[c0: c0 + count] = np.where(mix[:, :, None], real_codes[other], real_codes[base])
-    centroids_t, basis = torch.from_numpy(centroids), index.centroid_basis()
+    centroids_t, basis = Int8Centroids.cat(parts, *real_centroids.shape[1:]), index.centroid_basis()
+    held = centroids_t if precision == "int8" else centroids_t.dequantize()
+    int8_query = precision == "int8"
     times = []
     with torch.no_grad():
         for q, frames in enumerate(queries):
             start = time.perf_counter()
             f = frames.frames.float()
-            best = centroid_candidates(centroids_t, f, candidates, basis, lambda ids: regions.codec.misa(codes[ids], f.numpy()))
+            best = centroid_candidates(held, f, candidates, basis, lambda ids: regions.codec.misa(codes[ids], f.numpy(), int8_query=int8_query))
             MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)
     return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000,
-            "gib": (centroids.nbytes + codes.nbytes) / 2**30}
+            "gib": ((centroids_t.values.nbytes + centroids_t.scales.nbytes if precision == "int8" else held.nbytes) + codes.nbytes) / 2**30}
+
+
+def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
+    """For each query, how deep each ranking of the centroid stage must go to hold its exhaustive top-10:
+    the centroid bound on float32 and on int8 centroids (both projected as the index projects them), and
+    MISA on the int8 codes with the query in float32 and in int8.  ``{ranking: depths}`` (1-based)."""
+    table, basis = index.image_centroids(), index.centroid_basis()
+    regions = index.region_search()
+    every = np.arange(index.image_count)
+    rankings = {
+        "bound float32": lambda f: lower_bounds(table.dequantize(), f, basis=basis).numpy(),
+        "bound int8": lambda f: lower_bounds(table, f, basis=basis).numpy(),
+        "codes, float32 query": lambda f: regions.code_scores(every, f.numpy()),
+        "codes, int8 query": lambda f: regions.code_scores(every, f.numpy(), int8_query=True),
+    }
+    depths: dict[str, list[int]] = {name: [] for name in rankings}
+    with torch.no_grad():
+        for frames, full in zip(queries, truth):
+            f = frames.frames.float()
+            for name, scores in rankings.items():
+                rank = np.empty(index.image_count, dtype=np.int64)
+                rank[np.argsort(-scores(f), kind="stable")] = every
+                depths[name].append(int(rank[full].max()) + 1)
+    return {name: np.asarray(d) for name, d in depths.items()}
 
 
 def write_synthetic(folder: Path, real: np.ndarray, count: int, grid: tuple[int, int]) -> None:
@@ -195,6 +226,8 @@ def main() -> None:
                         "extended and kept across runs")
     parser.add_argument("--cascade-sizes", default="", help="synthetic gallery sizes held in memory for the centroid "
                         "stage's latency, comma-separated (e.g. 100000,1000000; needs about 8.3 GiB per million images)")
+    parser.add_argument("--cascade-precision", default="int8", help="int8 (the stage as the index runs it) and/or "
+                        "float32 (as it was before its int8 products), comma-separated")
     args = parser.parse_args()
     import faiss
 
@@ -231,6 +264,14 @@ def main() -> None:
     print(f"\nreal: {args.index}, {index.image_count} images (grid {index.grid}, D={index.meta['embed_dim']}), "
           f"{len(queries)} spoken queries; {args.threads} thread(s)")
     print(table(["first stage", "p50 ms", "p95 ms", "agreement@10", "top-10 overlap"], rows))
+    if "centroids" in stages:
+        depth_rows = []
+        for name, d in bound_depths(index, queries, truth).items():
+            depth_rows.append([name, f"{np.median(d):.0f}", f"{np.percentile(d, 95):.0f}", f"{d.max()}",
+                               *(f"{np.mean(d <= c):.1%}" for c in (100, 500, 1000, 2000))])
+            results[f"depth_p50_{name.replace(' ', '_').replace(',', '')}"] = float(np.median(d))
+        print("\nhow deep each ranking must go to hold the exhaustive top-10 (real queries):")
+        print(table(["ranking", "p50", "p95", "max", "within 100", "within 500", "within 1000", "within 2000"], depth_rows))
     pq = pq_agreement(index, queries, truth, args.pq) if args.pq else None
     print(f"bytes per image on disk: exact {sizes['exact']:.0f}, centroids {sizes['centroids']:.0f}, pooled {sizes['pooled']:.0f}, "
           f"compact (codes {args.codes} dims + errors + paths) {sizes['compact']:.0f}")
@@ -267,13 +308,17 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     for size in [int(s) for s in args.cascade_sizes.split(",") if s]:
-        got = cascade_latency(index, queries[: max(2, args.synthetic_queries)], size, counts[0] if counts else 2000)
-        print(f"\ncentroid stage latency, {size} synthetic images in memory ({got['gib']:.1f} GiB), "
-              f"{max(2, args.synthetic_queries) - 1} real queries, {args.threads} thread(s): p50 {got['p50']:.1f} ms, p95 {got['p95']:.1f} ms")
-        results[f"synthetic_p50_ms_{label(size)}_centroids"] = got["p50"]
-        results[f"synthetic_p95_ms_{label(size)}_centroids"] = got["p95"]
-        if size == 1_000_000:  # the issue allows 1M to be measured on statistics-matched embeddings
-            results["p50_ms_1m"] = got["p50"]
+        for precision in args.cascade_precision.split(","):
+            got = cascade_latency(index, queries[: max(2, args.synthetic_queries)], size, counts[0] if counts else 2000,
+                                  precision=precision)
+            print(f"\ncentroid stage latency ({precision}), {size} synthetic images in memory ({got['gib']:.1f} GiB), "
+                  f"{max(2, args.synthetic_queries) - 1} real queries, {args.threads} thread(s): p50 {got['p50']:.1f} ms, "
+                  f"p95 {got['p95']:.1f} ms")
+            tag = "" if precision == "int8" else f"_{precision}"
+            results[f"synthetic_p50_ms_{label(size)}_centroids{tag}"] = got["p50"]
+            results[f"synthetic_p95_ms_{label(size)}_centroids{tag}"] = got["p95"]
+            if size == 1_000_000 and precision == "int8":  # the issue allows 1M to be measured on statistics-matched embeddings
+                results["p50_ms_1m"] = got["p50"]
     # The issue's keys: only what was measured (nan otherwise; see docs/benchmarks.md, section 8).
     for key in ("agreement10_100k", "p50_ms_100k", "p95_ms_100k", "p50_ms_1m"):
         results.setdefault(key, float("nan"))

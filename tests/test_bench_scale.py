@@ -28,7 +28,11 @@ def test_cascade_latency_runs_the_stage_on_a_synthetic_gallery_larger_than_the_r
     index.build_codes(16)
     got = bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100)
     assert got["p50"] > 0 and got["p95"] >= got["p50"]
-    assert np.isclose(got["gib"], 500 * (8 * 16 * 4 + 6 * 16) / 2**30)  # projected centroids + codes, as held
+    assert np.isclose(got["gib"], 500 * (8 * 16 + 4 + 6 * 16) / 2**30)  # int8 projected centroids + scale + codes, as held
+    before = bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100, precision="float32")
+    assert before["p50"] > 0 and np.isclose(before["gib"], 500 * (8 * 16 * 4 + 6 * 16) / 2**30)  # float32 centroids
+    with pytest.raises(SystemExit, match="precision"):
+        bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100, precision="fp8")
 
 
 def test_exhaustive_top10s_are_cached_and_extended(tmp_path) -> None:  # noqa: ANN001
@@ -44,3 +48,19 @@ def test_exhaustive_top10s_are_cached_and_extended(tmp_path) -> None:  # noqa: A
     np.save(cache, np.full((2, 10), 99))  # another index's: refused
     with pytest.raises(SystemExit, match="not the top-10s"):
         bench_scale.exhaustive(index, asked, cache)
+
+
+def test_bound_depths_rank_the_exhaustive_top10(tmp_path) -> None:  # noqa: ANN001
+    """Every ranking of the centroid stage is measured by the depth that holds the exhaustive top-10: at
+    most the gallery, at least 10, and 10 when the ranking is MISA itself (codes of every dimension)."""
+    write_index(tmp_path / "idx", clustered(60, 6, 24, 0), (2, 3))
+    index = SearchIndex(tmp_path / "idx")
+    index.build_codes(24)
+    index = SearchIndex(tmp_path / "idx")
+    asked = queries(24, 4, 1)
+    truth, _ = bench_scale.exhaustive(index, asked)
+    depths = bench_scale.bound_depths(index, asked, truth)
+    assert set(depths) == {"bound float32", "bound int8", "codes, float32 query", "codes, int8 query"}
+    for name, d in depths.items():
+        assert d.shape == (4,) and (d >= 10).all() and (d <= 60).all(), name
+    assert (depths["codes, float32 query"] <= 11).all()  # full-dimension int8 codes: MISA up to rounding

@@ -9,7 +9,7 @@ import torch
 
 import vgs.centroids
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
-from vgs.centroids import PROJECTED_DIMS, kmeans, lower_bounds, project, region_centroids
+from vgs.centroids import PROJECTED_DIMS, Int8Centroids, kmeans, lower_bounds, project, region_centroids
 from vgs.errors import VGSError
 from vgs.search import EmbeddingScorer, SearchIndex
 from vgs.similarity import PackedFrames
@@ -66,9 +66,11 @@ def test_centroid_stage_through_the_index(tmp_path) -> None:  # noqa: ANN001
     stored = tmp_path / "idx" / "images" / "chunk-00000.centroids.npy"
     assert stored.is_file()  # computed once from the regions and kept
     assert np.load(stored).shape == (16, 8, 24)
-    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids(), index.image_centroids())
+    held = index.image_centroids()
+    assert held.values.dtype == torch.int8 and held.shape == (120, 8, 24)
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids().dequantize(), held.dequantize())
     stored.write_bytes(b"not an array")  # a damaged file is recomputed, not fatal
-    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids(), index.image_centroids())
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids().dequantize(), held.dequantize())
 
 
 def test_an_image_whose_regions_are_spoken_is_found_with_few_candidates(tmp_path) -> None:  # noqa: ANN001
@@ -96,6 +98,32 @@ def test_projected_bound_is_the_bound_under_a_rotation_and_shrinks_with_the_basi
     torch.testing.assert_close(lower_bounds(project(centroids, rotation), frames, basis=rotation), full, atol=1e-4, rtol=1e-4)
     assert project(centroids, rotation[:5]).shape == (30, 4, 5)
     assert lower_bounds(project(centroids, rotation[:5]), frames, basis=rotation[:5]).shape == (30,)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_int8_bound_follows_the_float_bound(seed: int) -> None:
+    """Int8 centroids (one scale per image) and int8 query centroids: ``L`` within the quantization error,
+    the same best images, and images whose centroids differ only in scale keep their order."""
+    g = torch.Generator().manual_seed(seed)
+    centroids = torch.randn(3000, 8, 64, generator=g) * torch.rand(3000, 1, 1, generator=g)
+    frames = torch.randn(23, 64, generator=g)
+    exact = lower_bounds(centroids, frames)
+    table = Int8Centroids.quantize(centroids)
+    assert table.values.dtype == torch.int8 and table.scales.shape == (3000,)
+    assert (table.dequantize() - centroids).abs().amax() <= table.scales.amax() / 2 + 1e-6
+    approx = lower_bounds(table, frames)
+    assert (approx - exact).abs().amax() < 0.02 * exact.abs().amax()
+    top, top_int8 = set(torch.topk(exact, 100).indices.tolist()), set(torch.topk(approx, 100).indices.tolist())
+    assert len(top & top_int8) >= 95
+    scaled = Int8Centroids.quantize(torch.stack([centroids[0], 2 * centroids[0]]))
+    half, double = lower_bounds(scaled, frames).tolist()
+    assert double == pytest.approx(2 * half, rel=1e-5)
+    for m in (1, 3, 6):  # centroid counts the pairwise max does not halve evenly
+        few = torch.randn(200, m, 16, generator=g)
+        torch.testing.assert_close(lower_bounds(Int8Centroids.quantize(few), frames[:, :16]), lower_bounds(few, frames[:, :16]),
+                                   atol=0.05, rtol=0.02)
+    empty = Int8Centroids.cat([], 8, 64)
+    assert empty.shape == (0, 8, 64) and lower_bounds(empty, frames).shape == (0,)
 
 
 class CountingScorer(EmbeddingScorer):

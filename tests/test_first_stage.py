@@ -282,3 +282,6 @@ def test_codec_misa_is_misa_of_the_decoded_codes() -> None:
     decoded, projected = codec.decode(codes), frames @ codec.basis.T
     naive = [np.mean([max(float(r @ q) for r in image) for q in projected]) for image in decoded]
     np.testing.assert_allclose(codec.misa(codes, frames, chunk=3), naive, rtol=1e-5, atol=1e-5)
+    approx = codec.misa(codes, frames, chunk=3, int8_query=True)  # the query in int8 too: within its rounding
+    np.testing.assert_allclose(approx, naive, atol=0.01 * np.abs(projected).max() * np.abs(decoded).sum(-1).max())
+    assert approx.dtype == np.float64 and approx.shape == (7,)

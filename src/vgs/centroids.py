@@ -21,10 +21,18 @@ the stage computes ``L`` on the centroids' first :data:`PROJECTED_DIMS` principa
 and ``P q``, ``P`` the codec's top rows): 8x fewer multiply-adds and bytes than ``D = 512``.  The
 projected ``L`` is an approximation, no longer a bound; on 39,680 real Flickr8k images its top 2,000
 held every exhaustive top-10 of 80 spoken queries, as the full-dimension ``L`` did.
+
+**In int8.**  The index holds the image side as :class:`Int8Centroids` (one scale per image) and
+:func:`lower_bounds` computes ``L`` with an int8 x int8 -> int32 product (``torch._int_mm``) against the
+query centroids quantized per centroid: 4x fewer bytes to stream per query than float32, and the
+max over an image's centroids taken on the integers (one scale per image keeps it exact).  On 1 thread
+it is 3-4x faster than the float32 product at 100,000 images (docs/benchmarks.md, section 8), and
+still a ranking proxy like the projected ``L``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -87,18 +95,57 @@ def project(centroids: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return (centroids.float().reshape(-1, centroids.shape[-1]) @ basis.T).reshape(*centroids.shape[:2], len(basis))
 
 
-def lower_bounds(image_centroids: torch.Tensor, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
-                 chunk: int = 65536, basis: torch.Tensor | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class Int8Centroids:
+    """The stage's image side as the index holds it in memory: ``values`` ``N x m x d`` int8 and one float32
+    scale per image (``scales``, ``N``); image ``i``'s centroids are ``values[i] * scales[i]``."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
+
+    @classmethod
+    def quantize(cls, centroids: torch.Tensor) -> "Int8Centroids":
+        """``N x m x d`` float centroids -> int8, symmetric, each image scaled by its largest coordinate."""
+        centroids = centroids.float()
+        scales = centroids.abs().flatten(1).amax(1).clamp_min(1e-30) / 127 if len(centroids) else torch.zeros(0)
+        values = torch.round(centroids / scales[:, None, None]).clamp(-127, 127).to(torch.int8)
+        return cls(values, scales)
+
+    @classmethod
+    def cat(cls, parts: "list[Int8Centroids]", m: int, d: int) -> "Int8Centroids":
+        """Concatenated in order (``0 x m x d`` when ``parts`` is empty)."""
+        if not parts:
+            return cls(torch.zeros(0, m, d, dtype=torch.int8), torch.zeros(0))
+        return cls(torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def dequantize(self) -> torch.Tensor:
+        """``N x m x d`` float32."""
+        return self.values.float() * self.scales[:, None, None]
+
+
+def lower_bounds(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
+                 chunk: int = 16384, basis: torch.Tensor | None = None) -> torch.Tensor:
     """``L`` for every image: ``N x m x D`` centroids and one query's ``T x D`` frames -> ``N`` (float32).
 
     With a ``d x D`` ``basis`` the image centroids are given projected (``N x m x d``, :func:`project`)
     and the query's centroids are projected the same way: the approximate ``L`` of the module docstring.
-    Chunked over images, so memory stays at ``chunk x m x p`` scores.
+    Float centroids give the exact bound; :class:`Int8Centroids` its int8 approximation (the query's
+    ``p`` centroids quantized one scale each).  Chunked over images, so memory stays at ``chunk x m x p``
+    scores.
     """
     queries, shares = kmeans(frames[None], min(p, len(frames)))
     queries, shares = queries[0], shares[0]  # p x D, p
     if basis is not None:
         queries = queries @ basis.T  # p x d
+    if isinstance(image_centroids, Int8Centroids):
+        return _int8_bounds(image_centroids, queries, shares, chunk)
     out = []
     for c0 in range(0, len(image_centroids), chunk):
         part = image_centroids[c0: c0 + chunk].float()  # n x m x D
@@ -107,7 +154,33 @@ def lower_bounds(image_centroids: torch.Tensor, frames: torch.Tensor, p: int = F
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def candidates(image_centroids: torch.Tensor, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
+def _int8_bounds(table: Int8Centroids, queries: torch.Tensor, shares: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``L`` from int8 image centroids and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
+    n, m, d = table.values.shape
+    query_scales = queries.abs().amax(1).clamp_min(1e-30) / 127  # p
+    query_codes = torch.round(queries / query_scales[:, None]).clamp(-127, 127).to(torch.int8).T.contiguous()  # d x p
+    weights = shares * query_scales  # p
+    flat = table.values.reshape(n * m, d)
+    out = torch.empty(n)
+    for c0 in range(0, n, chunk):
+        products = torch._int_mm(flat[c0 * m: (c0 + chunk) * m], query_codes)  # n' m x p int32
+        out[c0: c0 + chunk] = _best_centroid(products.view(-1, m * len(weights)), m).float() @ weights
+    return out * table.scales
+
+
+def _best_centroid(products: torch.Tensor, m: int) -> torch.Tensor:
+    """``n x (m p)`` products, ``m`` centroids of ``p`` each per row -> ``n x p``, the max over centroids.
+
+    Halved pairwise while ``m`` is even: contiguous element-wise maxima, about 2x faster than a strided
+    ``amax`` on these shapes."""
+    p = products.shape[1] // m
+    while m > 1 and m % 2 == 0:
+        m //= 2
+        products = torch.maximum(products[:, : m * p], products[:, m * p:])
+    return products if m == 1 else products.view(len(products), m, p).amax(1)
+
+
+def candidates(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
                coarse_scores: Callable[[np.ndarray], np.ndarray] | None = None, depth: int = CODE_RERANK_DEPTH) -> np.ndarray:
     """The stage's images worth scoring exactly for one caption's ``T x D`` frames, in index order.
 
@@ -122,5 +195,5 @@ def candidates(image_centroids: torch.Tensor, frames: torch.Tensor, count: int, 
     return ids
 
 
-__all__ = ["REGION_CENTROIDS", "FRAME_CENTROIDS", "PROJECTED_DIMS", "CODE_RERANK_DEPTH", "kmeans", "region_centroids", "project",
-           "lower_bounds", "candidates"]
+__all__ = ["REGION_CENTROIDS", "FRAME_CENTROIDS", "PROJECTED_DIMS", "CODE_RERANK_DEPTH", "Int8Centroids", "kmeans",
+           "region_centroids", "project", "lower_bounds", "candidates"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import VGSError
 from .io import load_npy, save_npy, write_json
@@ -110,17 +111,28 @@ class RegionCodec:
             out[:, self.dim + 1] = np.linalg.norm(q - p @ self.basis, axis=1) if self.dim < self.embed_dim else 0.0
         return out
 
-    def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024, int8_query: bool = False) -> np.ndarray:
         """MISA of ``m x R x d`` codes against one caption's ``T x D`` frames on the decoded codes: ``m``.
 
         ``<s * c, P q> = <c, s * P q>``: the scale goes into the query, and each chunk is one
         ``(c R) x d`` by ``d x T`` product: 18 ms against 43 ms for decoding and a batched product per image
-        (2,000 images of 49 x 128 codes, 22 frames, 1 thread).
+        (2,000 images of 49 x 128 codes, 22 frames, 1 thread).  ``int8_query``: the scaled query is
+        quantized too (one scale per frame) and the product runs in int8 -> int32 (``torch._int_mm``),
+        about 2x faster again; an approximation of these scores, for ranking candidates only.
         """
         p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ self.basis.T).T * self.scale[:, None])  # d x T
+        if int8_query:
+            frame_scales = np.maximum(np.abs(p).max(axis=0), 1e-30) / 127  # T
+            query = torch.from_numpy(np.clip(np.round(p / frame_scales), -127, 127).astype(np.int8))
+            frame_scales = torch.from_numpy(frame_scales.astype(np.float32))
         out = np.empty(len(codes), dtype=np.float64)
         for c0 in range(0, len(codes), chunk):
-            part = codes[c0: c0 + chunk]  # c x R x d
+            part = np.ascontiguousarray(codes[c0: c0 + chunk])  # c x R x d
+            if int8_query:
+                best = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), query)
+                best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T
+                out[c0: c0 + chunk] = best.mean(1).numpy()
+                continue
             scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
             out[c0: c0 + chunk] = scores.reshape(len(part), part.shape[1], -1).max(axis=1).mean(axis=1)
         return out

@@ -273,15 +273,16 @@ class RegionSearch:
         return self._indexes[kind]
 
 
-    def code_scores(self, ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """MISA of images ``ids`` on their decoded codes (the compact stage's final scores)."""
+    def code_scores(self, ids: np.ndarray, frames: np.ndarray, int8_query: bool = False) -> np.ndarray:
+        """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
+        an approximation, :meth:`vgs.codecs.RegionCodec.misa`)."""
         offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
         chunks = np.searchsorted(offsets, ids, side="right") - 1
         gathered = np.empty((len(ids), self.regions_per_image, self.codec.dim), dtype=np.int8)
         for chunk in np.unique(chunks):
             where = np.nonzero(chunks == chunk)[0]
             gathered[where] = self.codes[chunk][0][ids[where] - offsets[chunk]]
-        return self.codec.misa(gathered, frames)
+        return self.codec.misa(gathered, frames, int8_query=int8_query)
 
     def search(self, frames: np.ndarray, k: int, mode: str, exact_scores: Callable[[np.ndarray], np.ndarray],
                fetch_k: int = FETCH_K) -> TopK:

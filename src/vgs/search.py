@@ -14,9 +14,10 @@ Voice search (speech -> images) is exact by default up to :data:`EXACT_AUTO_MAX_
 region of every image sits in one FAISS inner-product index, each query frame fetches its best
 regions gallery-wide, and the threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the
 model's matchmap similarity (MISA) until no other image can enter the top-k.  Above that, the
-centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA, MISA on the int8
-codes narrows the best :data:`DEFAULT_CANDIDATES` to :data:`vgs.centroids.CODE_RERANK_DEPTH`, and those are scored
-exactly: :meth:`SearchIndex.centroid_candidates`.  ``images/chunk-NNNNN.{codes,errors}.npy``
+centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA (int8 products),
+MISA on the int8 codes narrows the best :data:`DEFAULT_CANDIDATES` to
+:data:`vgs.centroids.CODE_RERANK_DEPTH`, and those are scored exactly:
+:meth:`SearchIndex.centroid_candidates`.  ``images/chunk-NNNNN.{codes,errors}.npy``
 (optional, :mod:`vgs.codecs`) hold int8 PCA codes with error bounds: the exact stage then keeps
 ``d + 2`` floats per region in memory instead of ``D``, and the ``compact`` stage searches the codes
 alone.  The older first stage (``pooled``: FAISS proposes candidates by pooled embedding, MISA
@@ -44,7 +45,7 @@ from .progress import tqdm
 from .api import Model, load
 from .audio import load_audio
 from . import centroids as centroid_stage
-from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, project, region_centroids
+from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, Int8Centroids, project, region_centroids
 from .codecs import RegionCodec, build_codes, load_codes
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
@@ -363,7 +364,7 @@ class SearchIndex:
         self._load_captions()
         self._faiss: dict[str, object] = {}
         self._regions: RegionSearch | None = None
-        self._centroids: torch.Tensor | None = None
+        self._centroids: Int8Centroids | None = None
 
     def _load_images(self) -> None:
         folder = self.folder / "images"
@@ -539,17 +540,17 @@ class SearchIndex:
                     pass  # a read-only index: kept in memory only
             yield array
 
-    def image_centroids(self) -> torch.Tensor:
-        """The centroid first stage's image side, in memory: every image's region centroids, ``N x m x D``
-        float32, or, when the index has a PCA codec, their first :data:`~vgs.centroids.PROJECTED_DIMS`
-        principal coordinates, ``N x m x d`` (see :meth:`centroid_basis`)."""
+    def image_centroids(self) -> Int8Centroids:
+        """The centroid first stage's image side, in memory: every image's region centroids, ``N x m x D``,
+        or, when the index has a PCA codec, their first :data:`~vgs.centroids.PROJECTED_DIMS` principal
+        coordinates, ``N x m x d`` (see :meth:`centroid_basis`); int8 with one scale per image."""
         if self._centroids is None:
             basis, parts = self.centroid_basis(), []
-            for array in self._centroid_chunks():  # projected chunk by chunk: memory stays at the projected size
+            for array in self._centroid_chunks():  # projected chunk by chunk: memory stays at the int8 size
                 part = torch.from_numpy(np.asarray(array, dtype=np.float32))
-                parts.append(part if basis is None else project(part, basis))
+                parts.append(Int8Centroids.quantize(part if basis is None else project(part, basis)))
             width = self.meta["embed_dim"] if basis is None else len(basis)
-            self._centroids = torch.cat(parts) if parts else torch.zeros(0, REGION_CENTROIDS, width)
+            self._centroids = Int8Centroids.cat(parts, REGION_CENTROIDS, width)
         return self._centroids
 
     def centroid_basis(self) -> torch.Tensor | None:
@@ -562,7 +563,7 @@ class SearchIndex:
         (:func:`vgs.centroids.candidates`): the best ``count`` by the centroid bound, narrowed by MISA on
         the int8 region codes to ``max(CODE_RERANK_DEPTH, 2 k)`` when the index has codes."""
         regions = self.region_search()
-        coarse = None if regions.codes is None else (lambda ids: regions.code_scores(ids, frames.numpy()))
+        coarse = None if regions.codes is None else (lambda ids: regions.code_scores(ids, frames.numpy(), int8_query=True))
         return centroid_stage.candidates(self.image_centroids(), frames, count, self.centroid_basis(), coarse,
                                          max(centroid_stage.CODE_RERANK_DEPTH, 2 * k))
 
