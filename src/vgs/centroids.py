@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .codecs import symmetric_int8
 from .errors import VGSError
 
 REGION_CENTROIDS = 8  # per image: stored beside the regions (``chunk-NNNNN.centroids.npy``)
@@ -108,10 +109,8 @@ class Int8Centroids:
     @classmethod
     def quantize(cls, centroids: torch.Tensor) -> "Int8Centroids":
         """``N x m x d`` float centroids -> int8, symmetric, each image scaled by its largest coordinate."""
-        centroids = centroids.float()
-        scales = centroids.abs().flatten(1).amax(1).clamp_min(1e-30) / 127 if len(centroids) else torch.zeros(0)
-        values = torch.round(centroids / scales[:, None, None]).clamp(-127, 127).to(torch.int8)
-        return cls(values, scales)
+        values, scales = symmetric_int8(centroids.float(), (1, 2))
+        return cls(values, scales.flatten())
 
     @classmethod
     def cat(cls, parts: "list[Int8Centroids]", m: int, d: int) -> "Int8Centroids":
@@ -159,9 +158,8 @@ def lower_bounds(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Te
 def _int8_bounds(table: Int8Centroids, queries: torch.Tensor, shares: torch.Tensor, chunk: int) -> torch.Tensor:
     """``L`` from int8 image centroids and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
     n, m, d = table.values.shape
-    query_scales = queries.abs().amax(1).clamp_min(1e-30) / 127  # p
-    query_codes = torch.round(queries / query_scales[:, None]).clamp(-127, 127).to(torch.int8).T.contiguous()  # d x p
-    weights = shares * query_scales  # p
+    query_codes, query_scales = symmetric_int8(queries, 1)  # p x d int8, p x 1
+    query_codes, weights = query_codes.T.contiguous(), shares * query_scales.flatten()  # d x p, p
     flat = table.values.reshape(n * m, d)
     out = torch.empty(n)
     for c0 in range(0, n, chunk):
@@ -173,8 +171,8 @@ def _int8_bounds(table: Int8Centroids, queries: torch.Tensor, shares: torch.Tens
 def _best_centroid(products: torch.Tensor, m: int) -> torch.Tensor:
     """``n x (m p)`` products, ``m`` centroids of ``p`` each per row -> ``n x p``, the max over centroids.
 
-    Halved pairwise while ``m`` is even: contiguous element-wise maxima, about 2x faster than a strided
-    ``amax`` on these shapes."""
+    Halved pairwise while ``m`` is even: contiguous element-wise maxima, about 1.7x faster than a strided
+    ``amax`` on these shapes (8 x 8, 1 thread)."""
     p = products.shape[1] // m
     while m > 1 and m % 2 == 0:
         m //= 2

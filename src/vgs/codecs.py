@@ -43,6 +43,13 @@ def _round_up_f16(values: np.ndarray) -> np.ndarray:
     return half
 
 
+def symmetric_int8(values: torch.Tensor, dims: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``values`` -> int8 codes and scales with ``values ~ codes * scales``: one scale, the largest
+    magnitude over ``dims`` / 127, per slice (``scales`` keeps ``dims`` as size-1 dimensions)."""
+    scales = values.abs().amax(dim=dims, keepdim=True).clamp_min(1e-30) / 127
+    return torch.round(values / scales).clamp(-127, 127).to(torch.int8), scales
+
+
 @dataclass
 class RegionCodec:
     """``basis``: ``d x D`` orthonormal rows (float32); ``scale``: ``d`` per-dimension int8 step (float32)."""
@@ -122,15 +129,13 @@ class RegionCodec:
         """
         p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ self.basis.T).T * self.scale[:, None])  # d x T
         if int8_query:
-            frame_scales = np.maximum(np.abs(p).max(axis=0), 1e-30) / 127  # T
-            query = torch.from_numpy(np.clip(np.round(p / frame_scales), -127, 127).astype(np.int8))
-            frame_scales = torch.from_numpy(frame_scales.astype(np.float32))
+            query, frame_scales = symmetric_int8(torch.from_numpy(p), 0)  # d x T int8, 1 x T
         out = np.empty(len(codes), dtype=np.float64)
         for c0 in range(0, len(codes), chunk):
             part = np.ascontiguousarray(codes[c0: c0 + chunk])  # c x R x d
             if int8_query:
                 best = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), query)
-                best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T
+                best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T (scales 1 x T)
                 out[c0: c0 + chunk] = best.mean(1).numpy()
                 continue
             scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
