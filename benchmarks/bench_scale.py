@@ -122,24 +122,15 @@ def stage_bytes(folder: Path) -> dict[str, float]:
                           + size[".json"] + codec) / count}
 
 
-def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0,
-                    precision: str = "int8") -> dict:
-    """p50/p95 ms of the centroid stage's cascade (:func:`vgs.centroids.candidates`, as
-    :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images
-    held in memory as that stage holds them: projected centroids (``size x 8 x d`` int8, one scale per image,
-    :class:`vgs.centroids.Int8Centroids`) and int8 region codes (``size x R x d_code``).
+def cascade_gallery(index: SearchIndex, size: int, seed: int = 0) -> tuple[Int8Centroids, np.ndarray]:
+    """``size`` synthetic images as the centroid stage holds them in memory: projected centroids
+    (``size x 8 x d`` int8, one scale per image, :class:`vgs.centroids.Int8Centroids`) and int8 region
+    codes (``size x R x d_code``).
 
     Drawn from the real index (which needs codes): each synthetic image is a random real image's
     projected centroids plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
-    image's codes with a random third of its regions taken from a second real image.  Latency only:
-    the stage's own :func:`vgs.centroids.candidates` (the bound over every image, the top ``candidates``,
-    MISA on their codes, the best ``CODE_RERANK_DEPTH``), then those scored on full-precision regions
-    (here a real image's), so the cost is the stage's; the rankings are not a real model's.
-    ``precision="float32"`` runs the stage as it was before its int8 products (float32 centroids, float
-    code scores), for a side-by-side figure.
+    image's codes with a random third of its regions taken from a second real image.
     """
-    if precision not in ("int8", "float32"):
-        raise SystemExit(f"cascade precision: expected int8 or float32, got {precision!r}")
     real_centroids = index.image_centroids().dequantize().numpy()  # n x m x d
     regions = index.region_search()
     if regions.codes is None:
@@ -157,9 +148,27 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
             (count, *real_centroids.shape[1:]), dtype=np.float32))))
         mix = rng.random((count, real_codes.shape[1])) < 1 / 3
         codes[c0: c0 + count] = np.where(mix[:, :, None], real_codes[other], real_codes[base])
-    centroids_t, basis = Int8Centroids.cat(parts, *real_centroids.shape[1:]), index.centroid_basis()
-    held = centroids_t if precision == "int8" else centroids_t.dequantize()
-    int8_query = precision == "int8"
+    return Int8Centroids.cat(parts, *real_centroids.shape[1:]), codes
+
+
+def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0,
+                    precision: str = "int8", gallery: tuple[Int8Centroids, np.ndarray] | None = None) -> dict:
+    """p50/p95 ms of the centroid stage's cascade (:func:`vgs.centroids.candidates`, as
+    :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images
+    (:func:`cascade_gallery`; pass ``gallery`` to time several precisions on one draw).
+
+    Latency only: the stage's own :func:`vgs.centroids.candidates` (the bound over every image, the top
+    ``candidates``, MISA on their codes, the best ``CODE_RERANK_DEPTH``), then those scored on
+    full-precision regions (here a real image's), so the cost is the stage's; the rankings are not a
+    real model's.  ``precision="float32"`` runs the stage as it was before its int8 products (float32
+    centroids, float code scores), for a side-by-side figure.
+    """
+    if precision not in ("int8", "float32"):
+        raise SystemExit(f"cascade precision: expected int8 or float32, got {precision!r}")
+    table, codes = gallery if gallery is not None else cascade_gallery(index, size, seed)
+    held = table if precision == "int8" else table.dequantize()
+    held_bytes = table.values.nbytes + table.scales.nbytes if precision == "int8" else held.nbytes
+    int8_query, basis, regions = precision == "int8", index.centroid_basis(), index.region_search()
     times = []
     with torch.no_grad():
         for q, frames in enumerate(queries):
@@ -169,8 +178,7 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
             MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)
-    return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000,
-            "gib": ((centroids_t.values.nbytes + centroids_t.scales.nbytes if precision == "int8" else held.nbytes) + codes.nbytes) / 2**30}
+    return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000, "gib": (held_bytes + codes.nbytes) / 2**30}
 
 
 def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
@@ -178,10 +186,10 @@ def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[li
     the centroid bound on float32 and on int8 centroids (both projected as the index projects them), and
     MISA on the int8 codes with the query in float32 and in int8.  ``{ranking: depths}`` (1-based)."""
     table, basis = index.image_centroids(), index.centroid_basis()
-    regions = index.region_search()
+    float_table, regions = table.dequantize(), index.region_search()
     every = np.arange(index.image_count)
     rankings = {
-        "bound float32": lambda f: lower_bounds(table.dequantize(), f, basis=basis).numpy(),
+        "bound float32": lambda f: lower_bounds(float_table, f, basis=basis).numpy(),
         "bound int8": lambda f: lower_bounds(table, f, basis=basis).numpy(),
         "codes, float32 query": lambda f: regions.code_scores(every, f.numpy()),
         "codes, int8 query": lambda f: regions.code_scores(every, f.numpy(), int8_query=True),
@@ -308,9 +316,10 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     for size in [int(s) for s in args.cascade_sizes.split(",") if s]:
+        gallery = cascade_gallery(index, size)  # drawn once, timed at every precision
         for precision in args.cascade_precision.split(","):
             got = cascade_latency(index, queries[: max(2, args.synthetic_queries)], size, counts[0] if counts else 2000,
-                                  precision=precision)
+                                  precision=precision, gallery=gallery)
             print(f"\ncentroid stage latency ({precision}), {size} synthetic images in memory ({got['gib']:.1f} GiB), "
                   f"{max(2, args.synthetic_queries) - 1} real queries, {args.threads} thread(s): p50 {got['p50']:.1f} ms, "
                   f"p95 {got['p95']:.1f} ms")
