@@ -634,6 +634,9 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="index folder to create or add to")
     p.add_argument("--codes", type=NON_NEGATIVE, default=None, help="PCA dimensions of the int8 region codes written for "
                    "the region first stages (default 128; 0: none)")
+    p.add_argument("--regions", choices=("float16", "int8"), default=None, help="how region embeddings are stored: "
+                   "float16, or int8 with one scale per region (half the disk; scores within the rounding). Default: "
+                   "as the index at --out, float16 for a new one")
     p.add_argument("--shard", help="i/N: index only shard i of N of the images into OUT/shards/ (one worker of a job "
                    "array; resumable); then `vgs index RUN --out OUT --merge`")
     p.add_argument("--merge", action="store_true", help="merge the finished shards under OUT/shards into OUT")
@@ -656,13 +659,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.shard is not None:
         from .shards import build_shard, parse_shard
 
-        summary = build_shard(model, args.out, args.images, args.captions, parse_shard(args.shard))
+        summary = build_shard(model, args.out, args.images, args.captions, parse_shard(args.shard), precision=args.regions)
         print(f"{args.out}: shard {summary['shard']} holds {summary['images']} images ({summary['images_added']} added); "
               "merge the shards with --merge once all are done")
         for problem in summary["problems"][:20]:
             print(f"skipped: {problem}")
         return 3 if summary["problems"] else 0
-    summary = build_index(model, args.out, args.images, args.captions, codes=codes)
+    summary = build_index(model, args.out, args.images, args.captions, codes=codes, precision=args.regions)
     print(f"{args.out}: {summary['images']} images ({summary['images_added']} added), "
           f"{summary['captions']} captions ({summary['captions_added']} added)")
     for problem in summary["problems"][:20]:
@@ -676,8 +679,8 @@ def _merge_index(args: argparse.Namespace, codes: int) -> int:
     from .search import SearchIndex
     from .shards import merge_shards
 
-    if args.shard is not None or args.images is not None or args.captions is not None:
-        raise VGSError("index --merge: give only the run and --out (the shards are read from OUT/shards)")
+    if args.shard is not None or args.images is not None or args.captions is not None or args.regions is not None:
+        raise VGSError("index --merge: give only the run and --out (the shards are read from OUT/shards, stored as they are)")
     from .api import load
 
     model = load(args.run, args.checkpoint, args.device)
@@ -989,13 +992,21 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
                    "cast back to float32 on load)")
     p.add_argument("--without-trunk", action="store_true", help="leave a frozen pretrained image trunk out: loading "
                    "takes it from its pip wheel and checks it is the one trained with (how the shipped model is stored)")
+    p.add_argument("--embed-dim", type=POSITIVE, help="export a smaller model: the run's embeddings projected on their top "
+                   "K principal directions (fitted on --data's train split), folded into its last layers; its indexes "
+                   "are K/D the size")
+    p.add_argument("--data", type=Path, help="with --embed-dim: the data set to fit the projection on (default: the "
+                   "run's own)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half, without_trunk=args.without_trunk)
+    if args.data is not None and args.embed_dim is None:
+        raise VGSError("export: --data is only used with --embed-dim")
+    out = export_run(args.run, args.out, checkpoint=args.checkpoint, half=args.half, without_trunk=args.without_trunk,
+                     embed_dim=args.embed_dim, data=args.data)
     print(f"exported {args.run} to {out} (model.safetensors, config.json)")
     return 0
 

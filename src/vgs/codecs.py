@@ -50,6 +50,41 @@ def symmetric_int8(values: torch.Tensor, dims: int | tuple[int, ...]) -> tuple[t
     return torch.round(values / scales).clamp(-127, 127).to(torch.int8), scales
 
 
+REGION_PRECISIONS = ("float16", "int8")  # how an index stores its regions (``vgs index --regions``)
+
+
+def quantize_regions(regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``n x R x D`` float regions -> their stored int8 form: ``n x R x D`` int8 codes and ``n x R`` float32
+    scales, one per region (its largest magnitude / 127), so that ``regions ~ codes * scales[..., None]``."""
+    codes, scales = symmetric_int8(regions.float(), -1)
+    return codes.numpy(), scales[..., 0].numpy().astype(np.float32)
+
+
+class Int8Regions:
+    """One index chunk's regions stored as int8 (``vgs index --regions int8``): ``n x R x D`` int8 codes and
+    ``n x R`` float32 scales, memory-mapped.  Reads like the ``n x R x D`` float array it stands for:
+    ``len``, ``shape``, indexing on the first axis and ``np.asarray`` give float32 ``codes * scale``."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, codes: np.ndarray, scales: np.ndarray):
+        self.codes, self.scales = codes, scales
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.codes.shape)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, key) -> np.ndarray:  # noqa: ANN001
+        return self.codes[key].astype(np.float32) * self.scales[key][..., None]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001
+        return self[:] if dtype is None else self[:].astype(dtype, copy=False)
+
+
 @dataclass
 class RegionCodec:
     """``basis``: ``d x D`` orthonormal rows (float32); ``scale``: ``d`` per-dimension int8 step (float32)."""

@@ -4,7 +4,9 @@ An index is a folder of plain files (no pickle anywhere):
 
 * ``index.json``: the run it was built with (checkpoint checksum), shapes, and the chunk list;
 * ``images/chunk-NNNNN.{regions,pooled}.npy`` + ``.json``: per chunk of images, the region
-  embeddings (``n x R x D`` float16, for matchmap re-ranking), the pooled, L2-normalized
+  embeddings (``n x R x D`` float16, for matchmap re-ranking; or, built with ``--regions int8``, int8
+  with one float32 scale per region in ``chunk-NNNNN.scales.npy``: half the disk, the scores within
+  the rounding, see :class:`vgs.codecs.Int8Regions`), the pooled, L2-normalized
   embeddings (``n x D`` float32, for the first stage) and the image paths;
 * ``captions/...``: the same for spoken captions (packed frames, lengths, ids, texts);
 * ``faiss-images.index`` / ``faiss-captions.index``: FAISS indexes over the pooled vectors
@@ -46,7 +48,7 @@ from .api import Model, load
 from .audio import load_audio
 from . import centroids as centroid_stage
 from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, Int8Centroids, project, region_centroids
-from .codecs import RegionCodec, build_codes, load_codes
+from .codecs import REGION_PRECISIONS, Int8Regions, RegionCodec, build_codes, load_codes, quantize_regions
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
 from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
@@ -108,13 +110,19 @@ def centroid_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarray, paths: list[str],
-                      grid: tuple[int, int], pooled_vectors: np.ndarray | None = None) -> None:
-    """One image chunk of an index folder: ``n x R x D`` regions (stored float16), their pooled vectors
-    (computed from ``regions`` unless given), their centroids, then the chunk's JSON, written last so
-    that a chunk with a JSON is complete.  The one writer of this layout."""
+                      grid: tuple[int, int], pooled_vectors: np.ndarray | None = None, precision: str = "float16") -> None:
+    """One image chunk of an index folder: ``n x R x D`` regions (stored float16, or int8 with per-region
+    scales), their pooled vectors (computed from ``regions`` unless given), their centroids, then the
+    chunk's JSON, written last so that a chunk with a JSON is complete.  The one writer of this layout."""
     regions = torch.as_tensor(np.asarray(regions)) if isinstance(regions, np.ndarray) else regions
     images = Path(folder) / "images"
-    save_npy(images / f"{name}.regions.npy", regions.numpy().astype(np.float16))
+    if precision == "int8":
+        codes, scales = quantize_regions(regions)
+        save_npy(images / f"{name}.scales.npy", scales)
+        save_npy(images / f"{name}.regions.npy", codes)
+        regions = torch.from_numpy(Int8Regions(codes, scales)[:])  # centroids of what is stored
+    else:
+        save_npy(images / f"{name}.regions.npy", regions.numpy().astype(np.float16))
     save_npy(images / f"{name}.pooled.npy", pooled(regions, 1).numpy() if pooled_vectors is None
              else np.asarray(pooled_vectors, dtype=np.float32))
     save_npy(images / f"{name}.centroids.npy", centroid_array(regions))
@@ -127,13 +135,19 @@ def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarra
 class IndexWriter:
     """Adds images and captions to an index folder, chunk by chunk (resumable)."""
 
-    def __init__(self, folder: str | Path, model: Model, chunk: int = 256):
+    def __init__(self, folder: str | Path, model: Model, chunk: int = 256, precision: str | None = None):
+        """``precision``: how regions are stored, ``float16`` or ``int8`` (None: as the index at ``folder``
+        does, float16 for a new one)."""
         self.folder = Path(folder)
         self.model = model
         self.chunk = chunk
-        self.meta = self._open()
+        self.meta = self._open(precision)
 
-    def _open(self) -> dict:
+    @property
+    def precision(self) -> str:
+        return self.meta.get("region_precision", "float16")
+
+    def _open(self, precision: str | None) -> dict:
         checkpoint_sha = sha256_file(self.model.checkpoint) if self.model.checkpoint else "untrained"
         if self.folder.is_dir():
             clean_stale_tmp(self.folder)  # left by a killed `vgs index`
@@ -143,9 +157,15 @@ class IndexWriter:
             if meta["checkpoint_sha256"] != checkpoint_sha:
                 raise VGSError(f"{self.folder}: this index was built with another model ({meta['checkpoint']}); "
                                "use a new --out, or the same run")
+            if precision is not None and precision != meta.get("region_precision", "float16"):
+                raise VGSError(f"{self.folder}: this index stores {meta.get('region_precision', 'float16')} regions, "
+                               f"not {precision}; use a new --out, or the same --regions")
             return meta
+        if precision not in (None, *REGION_PRECISIONS):
+            raise VGSError(f"--regions: expected one of {', '.join(REGION_PRECISIONS)}, got {precision!r}")
         return {"format": INDEX_FORMAT, "checkpoint": str(self.model.checkpoint), "checkpoint_sha256": checkpoint_sha,
                 "embed_dim": self.model.embed_dim, "similarity": self.model.similarity_kind,
+                "region_precision": precision or "float16",
                 "image_chunks": [], "caption_chunks": [], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def _save_meta(self) -> None:
@@ -190,7 +210,7 @@ class IndexWriter:
                 continue
             regions = self.model.encode_images(torch.stack(tensors)).flatten(2).transpose(1, 2)  # n x R x D
             name = f"chunk-{len(self.meta['image_chunks']):05d}"
-            write_image_chunk(self.folder, name, regions, batch_paths, self._grid())
+            write_image_chunk(self.folder, name, regions, batch_paths, self._grid(), precision=self.precision)
             self.meta["image_chunks"].append(name)
             self._save_meta()  # the chunk is durable before it is listed
             added += len(batch_paths)
@@ -246,12 +266,13 @@ class IndexWriter:
 
 
 def build_index(model: Model, out: str | Path, images: str | Path | None = None, captions: str | Path | None = None,
-                progress: bool = True, codes: int = DEFAULT_CODE_DIM) -> dict:
+                progress: bool = True, codes: int = DEFAULT_CODE_DIM, precision: str | None = None) -> dict:
     """``vgs index``: add a folder of images and/or a caption manifest to the index at ``out``.
 
     ``codes``: PCA dimensions of the int8 region codes (:mod:`vgs.codecs`; 0: write none).
+    ``precision``: how the regions are stored (:class:`IndexWriter`).
     """
-    writer = IndexWriter(out, model)
+    writer = IndexWriter(out, model, precision=precision)
     summary: dict = {"images_added": 0, "captions_added": 0, "problems": []}
     if images is not None:
         summary["images_added"], problems = writer.add_images(list_images(images), progress, root=images)
@@ -292,6 +313,9 @@ def read_meta(folder: Path) -> dict:
         raise VGSError(f"{path}: field 'image_roots': expected a list of absolute folder paths")
     if not isinstance(meta.get("checkpoint_sha256"), str):
         raise VGSError(f"{path}: field 'checkpoint_sha256': expected a string")
+    if meta.get("region_precision", "float16") not in REGION_PRECISIONS:
+        raise VGSError(f"{path}: field 'region_precision': expected one of {', '.join(REGION_PRECISIONS)}, "
+                       f"got {str(meta.get('region_precision'))[:40]}")
     return meta
 
 
@@ -381,11 +405,25 @@ class SearchIndex:
             n = len(info["paths"])
             self.image_paths += info["paths"]
             self.grid = tuple(grid)
-            regions.append(_chunk_array(self.folder, folder / f"{name}.regions.npy", (n, grid[0] * grid[1], dim), mmap=True))
+            regions.append(self._chunk_regions(name, n, grid[0] * grid[1]))
             pooled_parts.append(_chunk_array(self.folder, folder / f"{name}.pooled.npy", (n, dim)))
         self.image_regions = regions
         self.image_offsets = np.cumsum([0] + [len(r) for r in regions])
         self.image_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
+
+    def _chunk_regions(self, name: str, n: int, per_image: int) -> np.ndarray | Int8Regions:
+        """A chunk's ``n x R x D`` regions, memory-mapped: float16 as stored, or :class:`Int8Regions`."""
+        path = self.folder / "images" / f"{name}.regions.npy"
+        stored = _chunk_array(self.folder, path, (n, per_image, self.meta["embed_dim"]), mmap=True)
+        if self.meta.get("region_precision", "float16") == "float16":
+            return stored
+        scales_path = self.folder / "images" / f"{name}.scales.npy"
+        scales = _chunk_array(self.folder, scales_path, (n, per_image))
+        if stored.dtype != np.int8:
+            raise VGSError(f"{path}: corrupt index array (expected int8 regions, got {stored.dtype})")
+        if scales.dtype != np.float32 or not (np.isfinite(scales).all() and (scales > 0).all()):
+            raise VGSError(f"{scales_path}: corrupt index array (expected finite positive float32 scales)")
+        return Int8Regions(stored, scales)
 
     def _load_captions(self) -> None:
         folder = self.folder / "captions"

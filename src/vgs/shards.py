@@ -50,13 +50,14 @@ def shard_folder(out: Path, index: int, count: int) -> Path:
 
 
 def build_shard(model, out: str | Path, images: str | Path | None, captions: str | Path | None,  # noqa: ANN001
-                shard: tuple[int, int], progress: bool = True) -> dict:
-    """``vgs index --shard i/N``: index shard ``i``'s share of ``images`` (and, on shard 0, ``captions``)."""
+                shard: tuple[int, int], progress: bool = True, precision: str | None = None) -> dict:
+    """``vgs index --shard i/N``: index shard ``i``'s share of ``images`` (and, on shard 0, ``captions``);
+    ``precision``: how its regions are stored (:class:`vgs.search.IndexWriter`)."""
     from .search import IndexWriter, list_images
 
     index, count = shard
     folder = shard_folder(Path(out), index, count)
-    writer = IndexWriter(folder, model)
+    writer = IndexWriter(folder, model, precision=precision)
     summary: dict = {"images_added": 0, "captions_added": 0, "problems": [], "shard": f"{index}/{count}"}
     if images is not None:
         mine = list_images(images)[index::count]
@@ -99,7 +100,7 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
     metas = [_shard_meta(shard_folder(out, i, count)) for i in range(count)]
     first = metas[0]
     for i, meta in enumerate(metas):
-        for key in ("checkpoint_sha256", "embed_dim", "similarity"):
+        for key in ("checkpoint_sha256", "embed_dim", "similarity", "region_precision"):
             if meta.get(key) != first.get(key):
                 raise VGSError(f"{shard_folder(out, i, count) / 'index.json'}: field {key!r} differs from shard 0's; "
                                "every shard must use the same model")
@@ -127,7 +128,8 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
         regions = _gather(shards, owner[take], local[take])
         pooled = np.stack([shards[owner[j]].image_pooled[local[j]] for j in take])
         name = f"chunk-{len(names):05d}"
-        write_image_chunk(out, name, regions, [paths[j] for j in take], next(iter(grids)), pooled_vectors=pooled)
+        write_image_chunk(out, name, regions, [paths[j] for j in take], next(iter(grids)), pooled_vectors=pooled,
+                          precision=first.get("region_precision", "float16"))
         names.append(name)
     caption_chunks = _copy_captions(shard_folder(out, 0, count), out, metas[0]["caption_chunks"])
     roots = sorted({r for m in metas for r in m.get("image_roots", [])})
@@ -140,9 +142,10 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
 
 
 def _gather(shards: list, owners: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """``n x R x D`` float16 regions of (shard, local image) pairs, one read per shard chunk file."""
+    """``n x R x D`` float32 regions of (shard, local image) pairs, as stored (float16, or int8 decoded: writing
+    them again as int8 gives back the same codes), one read per shard chunk file."""
     first = next(s for s in shards if s.image_count)
-    out = np.empty((len(owners), first.grid[0] * first.grid[1], first.meta["embed_dim"]), dtype=np.float16)
+    out = np.empty((len(owners), first.grid[0] * first.grid[1], first.meta["embed_dim"]), dtype=np.float32)
     for s in np.unique(owners):
         where = np.nonzero(owners == s)[0]
         shard = shards[s]
