@@ -40,7 +40,7 @@ from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
 from vgs.centroids import Int8Centroids, candidates as centroid_candidates, lower_bounds  # noqa: E402
-from vgs.search import INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
+from vgs.search import DEFAULT_CANDIDATES, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
 MODEL = EmbeddingScorer("misa")
@@ -67,22 +67,40 @@ def run_stage(index: SearchIndex, queries: list[PackedFrames], truth: list[list[
             "agreement": float(np.mean(same)), "overlap": float(np.mean(overlap))}
 
 
-def exhaustive(index: SearchIndex, queries: list[PackedFrames], cache: Path | None = None) -> tuple[list[list[int]], list[float]]:
-    """Each query's exhaustive MISA top-10, and the seconds each took.
+def exhaustive(index: SearchIndex, queries: list[PackedFrames], cache: Path | None = None,
+               timed: int | None = None) -> tuple[list[list[int]], list[float]]:
+    """Each query's exhaustive MISA top-10, and the seconds the exhaustive search took per query.
 
-    ``cache``: an ``.npy`` of earlier top-10s for the first queries of the same index (5.5 s a query at
-    40k images on one thread); the missing ones are computed and the file extended (atomically)."""
+    ``cache``: an ``.npy`` of earlier top-10s for the first queries of the same index; the missing ones
+    are computed and the file extended (atomically).  ``timed``: time only that many queries one by one
+    (``SearchIndex.search_audio(exhaustive=True)``, 7.6 s a query at 100k images on one thread) and
+    score the rest all at once: one pass over the regions for every query (:func:`exhaustive_top10`)."""
     known = load_npy(cache) if cache is not None and cache.is_file() else np.zeros((0, 10), dtype=np.int64)
     if known.ndim != 2 or known.shape[1] != 10 or (len(known) and int(known.max()) >= index.image_count):
         raise SystemExit(f"{cache}: not the top-10s of this index's queries")
     truth, times = [list(map(int, row)) for row in known[: len(queries)]], []
-    for frames in queries[len(truth):]:
+    for frames in queries[len(truth):][: timed]:
         start = time.perf_counter()
         truth.append([h.index for h in index.search_audio(MODEL, frames, k=10, exhaustive=True)])
         times.append(time.perf_counter() - start)
+    if len(truth) < len(queries):
+        truth += exhaustive_top10(index, queries[len(truth):])
     if cache is not None and len(truth) > len(known):
         save_npy(cache, np.asarray(truth, dtype=np.int64))
     return truth, times
+
+
+def exhaustive_top10(index: SearchIndex, queries: list[PackedFrames], chunk: int = 2048) -> list[list[int]]:
+    """The exhaustive MISA top-10 of many queries in one pass over the gallery's regions: each chunk of
+    images is scored against every query at once (``n x Q``), so the regions are read once, not once a
+    query.  Ties go to the lower image index, as in ``search_audio``."""
+    captions = PackedFrames.cat(queries)
+    scores = np.empty((index.image_count, len(queries)), dtype=np.float32)
+    for c0 in range(0, index.image_count, chunk):
+        ids = np.arange(c0, min(c0 + chunk, index.image_count))
+        scores[ids] = MODEL.scores(index.regions_of(ids), captions).numpy()
+    every = np.arange(index.image_count)
+    return [np.lexsort((every, -scores[:, q]))[:10].tolist() for q in range(len(queries))]
 
 
 def pq_agreement(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]], m: int) -> dict:
@@ -109,13 +127,17 @@ def pq_agreement(index: SearchIndex, queries: list[PackedFrames], truth: list[li
 
 def stage_bytes(folder: Path) -> dict[str, float]:
     """Bytes per image on disk that each stage reads: exact (regions), compact (codes), pooled, centroids
-    (regions for the final re-rank, centroids and the codes it narrows the candidates on)."""
+    (regions for the final re-rank, centroids and the codes it narrows the candidates on).  Regions: the
+    ``regions.npy`` files and, for an int8 index, their ``scales.npy``."""
     images = folder / "images"
     count = max(1, SearchIndex(folder).image_count)
     size = {kind: sum(p.stat().st_size for p in images.glob(f"*{kind}")) for kind in
-            (".regions.npy", ".pooled.npy", ".centroids.npy", ".codes.npy", ".errors.npy", ".json")}
+            (".regions.npy", ".scales.npy", ".pooled.npy", ".centroids.npy", ".codes.npy", ".errors.npy", ".json")}
+    size[".regions.npy"] += size.pop(".scales.npy")
     codec = sum(p.stat().st_size for p in folder.glob("codec*"))
-    return {"exact": (size[".regions.npy"] + size[".json"]) / count,
+    every = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and "captions" not in p.relative_to(folder).parts)
+    return {"index": every / count,  # everything but the spoken captions: what `vgs index` of a photo folder writes
+            "exact": (size[".regions.npy"] + size[".json"]) / count,
             "compact": (size[".codes.npy"] + size[".errors.npy"] + size[".json"] + codec) / count,
             "pooled": (size[".regions.npy"] + size[".pooled.npy"] + size[".json"]) / count,
             "centroids": (size[".regions.npy"] + size[".centroids.npy"] + size[".codes.npy"] + size[".errors.npy"]
@@ -184,16 +206,18 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
 def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
     """For each query, how deep each ranking of the centroid stage must go to hold its exhaustive top-10:
     the centroid bound on float32 and on int8 centroids (both projected as the index projects them), and
-    MISA on the int8 codes with the query in float32 and in int8.  ``{ranking: depths}`` (1-based)."""
+    MISA on the int8 codes with the query in float32 and in int8 (when the index has codes).
+    ``{ranking: depths}`` (1-based)."""
     table, basis = index.image_centroids(), index.centroid_basis()
     float_table, regions = table.dequantize(), index.region_search()
     every = np.arange(index.image_count)
     rankings = {
         "bound float32": lambda f: lower_bounds(float_table, f, basis=basis).numpy(),
         "bound int8": lambda f: lower_bounds(table, f, basis=basis).numpy(),
-        "codes, float32 query": lambda f: regions.code_scores(every, f.numpy()),
-        "codes, int8 query": lambda f: regions.code_scores(every, f.numpy(), int8_query=True),
     }
+    if regions.codes is not None:
+        rankings["codes, float32 query"] = lambda f: regions.code_scores(every, f.numpy())
+        rankings["codes, int8 query"] = lambda f: regions.code_scores(every, f.numpy(), int8_query=True)
     depths: dict[str, list[int]] = {name: [] for name in rankings}
     with torch.no_grad():
         for frames, full in zip(queries, truth):
@@ -234,6 +258,9 @@ def main() -> None:
                         "extended and kept across runs")
     parser.add_argument("--cascade-sizes", default="", help="synthetic gallery sizes held in memory for the centroid "
                         "stage's latency, comma-separated (e.g. 100000,1000000; needs about 8.3 GiB per million images)")
+    parser.add_argument("--timed-exhaustive", type=int, default=None, help="time this many exhaustive searches one by "
+                        "one; the other queries' exhaustive top-10s are computed all at once (default: time all)")
+    parser.add_argument("--depth-queries", type=int, default=None, help="queries for the depth table (default: all)")
     parser.add_argument("--cascade-precision", default="int8", help="int8 (the stage as the index runs it) and/or "
                         "float32 (as it was before its int8 products), comma-separated")
     args = parser.parse_args()
@@ -245,12 +272,12 @@ def main() -> None:
     index = SearchIndex(args.index)
     if not index.caption_count:
         sys.exit(f"{args.index}: no spoken captions to use as queries")
-    if "compact" in args.stages or "centroids" in args.stages or args.cascade_sizes:
+    if args.codes and ("compact" in args.stages or "centroids" in args.stages or args.cascade_sizes):
         index.build_codes(args.codes)  # once: kept in the folder (the centroid stage narrows its candidates on them)
         index = SearchIndex(args.index)
     queries = [index.captions_of([i]) for i in range(min(args.queries, index.caption_count))]
     stages = [s for s in args.stages.split(",") if s]
-    truth, exhaustive_s = exhaustive(index, queries, args.truth)
+    truth, exhaustive_s = exhaustive(index, queries, args.truth, args.timed_exhaustive)
     results: dict[str, object] = {}
     rows = []
     real_n = label(index.image_count)
@@ -266,32 +293,35 @@ def main() -> None:
         results[f"real_agreement10_{real_n}_{name}"] = got["agreement"]
         results[f"real_p50_ms_{real_n}_{name}"] = got["p50"]
         results[f"real_p95_ms_{real_n}_{name}"] = got["p95"]
+        if index.image_count == 100_000 and name == f"centroids@{DEFAULT_CANDIDATES}":  # the default stage at 100k
+            results.update(agreement10_100k=got["agreement"], p50_ms_100k=got["p50"], p95_ms_100k=got["p95"])
     if exhaustive_s:  # (none when every query's top-10 came from --truth)
         rows.append(["exhaustive", f"{percentile(exhaustive_s, 50) * 1000:.1f}", f"{percentile(exhaustive_s, 95) * 1000:.1f}", "100%", "100%"])
     sizes = stage_bytes(args.index)
-    print(f"\nreal: {args.index}, {index.image_count} images (grid {index.grid}, D={index.meta['embed_dim']}), "
+    print(f"\nreal: {args.index}, {index.image_count} images (grid {index.grid}, D={index.meta['embed_dim']}, "
+          f"{index.meta.get('region_precision', 'float16')} regions), "
           f"{len(queries)} spoken queries; {args.threads} thread(s)")
     print(table(["first stage", "p50 ms", "p95 ms", "agreement@10", "top-10 overlap"], rows))
-    if "centroids" in stages:
+    if "centroids" in stages and args.depth_queries != 0:
         depth_rows = []
-        for name, d in bound_depths(index, queries, truth).items():
+        for name, d in bound_depths(index, queries[: args.depth_queries], truth).items():
             depth_rows.append([name, f"{np.median(d):.0f}", f"{np.percentile(d, 95):.0f}", f"{d.max()}",
                                *(f"{np.mean(d <= c):.1%}" for c in (100, 500, 1000, 2000))])
             results[f"depth_p50_{name.replace(' ', '_').replace(',', '')}"] = float(np.median(d))
         print("\nhow deep each ranking must go to hold the exhaustive top-10 (real queries):")
         print(table(["ranking", "p50", "p95", "max", "within 100", "within 500", "within 1000", "within 2000"], depth_rows))
     pq = pq_agreement(index, queries, truth, args.pq) if args.pq else None
-    print(f"bytes per image on disk: exact {sizes['exact']:.0f}, centroids {sizes['centroids']:.0f}, pooled {sizes['pooled']:.0f}, "
+    print(f"bytes per image on disk: the whole index {sizes['index']:.0f} (captions excluded); read by: exact {sizes['exact']:.0f}, centroids {sizes['centroids']:.0f}, pooled {sizes['pooled']:.0f}, "
           f"compact (codes {args.codes} dims + errors + paths) {sizes['compact']:.0f}")
     if pq:
         print(f"PQ{args.pq} decoded (figure only, not a stage): {pq['bytes']} B of codes per image, agreement@10 "
               f"{pq['agreement']:.1%}, overlap {pq['overlap']:.1%}")
         results[f"real_pq{args.pq}_agreement10_{real_n}"] = pq["agreement"]
-    # the issue's key: the compact layout when it was measured, else what the default stage above 5,000 images reads
-    results["bytes_per_image"] = sizes["compact"] if "compact" in stages else sizes["centroids"]
+    # the issue's key: the whole index folder (regions, codes, centroids, pooled vectors, FAISS files, paths)
+    results["bytes_per_image"] = sizes["index"]
     results["bytes_per_image_exact"] = sizes["exact"]
     results["bytes_per_image_centroids"] = sizes["centroids"]
-    real = np.concatenate([np.asarray(r, dtype=np.float32) for r in index.image_regions])
+    real = np.concatenate([np.asarray(r, dtype=np.float32) for r in index.image_regions]) if args.sizes else None
     for size in [int(s) for s in args.sizes.split(",") if s]:
         folder = Path(tempfile.mkdtemp(prefix="vgs-scale-"))
         try:

@@ -278,6 +278,44 @@ def build_flickr8k_index(data_dir: Path, run: str, out: Path, images: int = 100_
     write_json(out / "index.json", meta)
 
 
+def derive_index(source: Path, out: Path, precision: str = "int8", projection: torch.Tensor | None = None) -> None:
+    """Write ``out``: the index ``source`` with its regions stored at ``precision`` and, with ``projection``
+    (``k x D``), every region and caption frame replaced by ``normalize(projection @ x)``: what a model
+    whose last layers are followed by that projection (then L2-normalized) gives, from the stored
+    unit-length embeddings, since ``normalize(P (h / |h|)) = normalize(P h)``.  No image is re-encoded."""
+    from torch.nn import functional as F
+
+    from vgs.search import SearchIndex
+
+    index = SearchIndex(source)
+    meta = {**index.meta, "region_precision": precision, "image_chunks": [], "caption_chunks": list(index.meta["caption_chunks"])}
+    if projection is not None:
+        meta.update(embed_dim=int(projection.shape[0]), checkpoint=f"{index.meta['checkpoint']} + projection",
+                    checkpoint_sha256=f"{index.meta['checkpoint_sha256']}+projection{tuple(projection.shape)}")
+    begin = 0
+    for name, regions in zip(index.meta["image_chunks"], index.image_regions):
+        emb = torch.from_numpy(np.asarray(regions, dtype=np.float32))  # n x R x D
+        if projection is not None:
+            emb = F.normalize(emb @ projection.T, dim=-1)
+        paths = index.image_paths[begin: begin + len(emb)]
+        write_image_chunk(out, name, emb, paths, index.grid, precision=precision)
+        meta["image_chunks"].append(name)
+        begin += len(emb)
+    for name in index.meta["caption_chunks"]:
+        folder, target = source / "captions", out / "captions"
+        frames = torch.from_numpy(np.load(folder / f"{name}.frames.npy").astype(np.float32))
+        lengths = np.load(folder / f"{name}.lengths.npy")
+        if projection is not None:
+            frames = F.normalize(frames @ projection.T, dim=-1)
+        save_npy(target / f"{name}.frames.npy", frames.numpy().astype(np.float16))
+        save_npy(target / f"{name}.lengths.npy", lengths)
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.from_numpy(lengths))
+        means = torch.zeros(len(lengths), frames.shape[1]).index_add(0, owner, frames)
+        save_npy(target / f"{name}.pooled.npy", F.normalize(means, dim=-1).numpy())
+        write_json(target / f"{name}.json", json.loads((folder / f"{name}.json").read_text()))
+    write_json(out / "index.json", meta)
+
+
 def synthetic_regions(real: np.ndarray, start: int, count: int, seed: int = 0, noise: float = 0.35) -> np.ndarray:
     """``count x R x D`` float32 region sets for synthetic images ``start ...``, drawn to match ``real`` (``n x R x D``).
 
@@ -333,8 +371,18 @@ def main() -> None:
                         "images, then distractors made from them (crops, flips, colour changes), up to --images")
     parser.add_argument("--workers", type=int, default=1, help="--scenes: processes drawing distractors")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
+    parser.add_argument("--derive-from", type=Path, help="DATA and RUN are ignored: write OUT from this index with its "
+                        "regions stored at --regions, projected by --projection when given (see derive_index)")
+    parser.add_argument("--regions", default="int8", choices=("float16", "int8"))
+    parser.add_argument("--projection", type=Path, help="with --derive-from: a k x D projection (.safetensors, tensor 'weight')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.derive_from:
+        from safetensors.torch import load_file
+
+        projection = load_file(args.projection)["weight"].float() if args.projection else None
+        derive_index(args.derive_from, args.out, args.regions, projection)
+        return
     if args.flickr8k:
         build_flickr8k_index(args.data, args.run, args.out, args.images, args.captions)
     elif args.scenes:

@@ -14,6 +14,7 @@ bench_scale = pytest.importorskip("bench_scale")
 
 from test_first_stage import clustered, queries, write_index  # noqa: E402
 from vgs.search import SearchIndex  # noqa: E402
+from vgs.similarity import PackedFrames  # noqa: E402
 
 
 def test_labels() -> None:
@@ -45,6 +46,9 @@ def test_exhaustive_top10s_are_cached_and_extended(tmp_path) -> None:  # noqa: A
     again, times = bench_scale.exhaustive(index, asked, cache)  # 3 read back, 2 computed
     assert len(times) == 2 and again[:3] == first and np.load(cache).shape == (5, 10)
     assert again == bench_scale.exhaustive(index, asked)[0]
+    batched, times = bench_scale.exhaustive(index, asked, timed=2)  # 2 timed one by one, 3 in one pass
+    assert len(times) == 2 and batched == again
+    assert bench_scale.exhaustive_top10(index, asked, chunk=7) == again  # chunks of images across the gallery
     np.save(cache, np.full((2, 10), 99))  # another index's: refused
     with pytest.raises(SystemExit, match="not the top-10s"):
         bench_scale.exhaustive(index, asked, cache)
@@ -55,12 +59,49 @@ def test_bound_depths_rank_the_exhaustive_top10(tmp_path) -> None:  # noqa: ANN0
     most the gallery, at least 10, and 10 when the ranking is MISA itself (codes of every dimension)."""
     write_index(tmp_path / "idx", clustered(60, 6, 24, 0), (2, 3))
     index = SearchIndex(tmp_path / "idx")
-    index.build_codes(24)
-    index = SearchIndex(tmp_path / "idx")
     asked = queries(24, 4, 1)
     truth, _ = bench_scale.exhaustive(index, asked)
+    assert set(bench_scale.bound_depths(index, asked, truth)) == {"bound float32", "bound int8"}  # no codes: no code rankings
+    index.build_codes(24)
+    index = SearchIndex(tmp_path / "idx")
     depths = bench_scale.bound_depths(index, asked, truth)
     assert set(depths) == {"bound float32", "bound int8", "codes, float32 query", "codes, int8 query"}
     for name, d in depths.items():
         assert d.shape == (4,) and (d >= 10).all() and (d <= 60).all(), name
     assert (depths["codes, float32 query"] <= 11).all()  # full-dimension int8 codes: MISA up to rounding
+
+
+def test_derived_indexes_hold_the_source_at_another_precision_or_projected(tmp_path) -> None:  # noqa: ANN001
+    """scale_data.derive_index: the int8 copy reads back as the source within half an int8 step per region, and a
+    projection gives normalize(P x) for every region and caption frame (what a model with P after its head gives)."""
+    import json
+
+    import torch
+    from scale_data import derive_index
+    from test_first_stage import write_index as write
+
+    from vgs.io import save_npy, write_json
+
+    write(tmp_path / "src", clustered(30, 6, 24, 0), (2, 3))
+    spoken = PackedFrames.cat(queries(24, 3, 2))  # three captions, in one chunk as IndexWriter writes them
+    save_npy(tmp_path / "src" / "captions" / "chunk-00000.frames.npy", spoken.frames.numpy().astype(np.float16))
+    save_npy(tmp_path / "src" / "captions" / "chunk-00000.lengths.npy", spoken.lengths.numpy())
+    save_npy(tmp_path / "src" / "captions" / "chunk-00000.pooled.npy", np.zeros((3, 24), np.float32))
+    write_json(tmp_path / "src" / "captions" / "chunk-00000.json", {"ids": list("abc"), "texts": list("abc"),
+                                                                   "audio": list("abc"), "images": list("abc")})
+    meta = json.loads((tmp_path / "src" / "index.json").read_text())
+    write_json(tmp_path / "src" / "index.json", {**meta, "caption_chunks": ["chunk-00000"]})
+    source = SearchIndex(tmp_path / "src")
+    derive_index(tmp_path / "src", tmp_path / "int8")
+    copy = SearchIndex(tmp_path / "int8")
+    assert copy.meta["region_precision"] == "int8" and copy.image_paths == source.image_paths
+    a, b = source.regions_of(np.arange(30)), copy.regions_of(np.arange(30))
+    assert ((a - b).abs().flatten(2) <= a.abs().flatten(2).amax(1, keepdim=True) / 254 + 1e-6).all()
+    projection = torch.nn.functional.normalize(torch.randn(8, 24, generator=torch.Generator().manual_seed(0)), dim=1)
+    derive_index(tmp_path / "src", tmp_path / "proj", "float16", projection)
+    small = SearchIndex(tmp_path / "proj")
+    assert small.meta["embed_dim"] == 8 and small.caption_count == source.caption_count
+    want = torch.nn.functional.normalize(torch.einsum("kd,ndhw->nkhw", projection, a), dim=1)
+    np.testing.assert_allclose(small.regions_of(np.arange(30)).numpy(), want.numpy(), atol=2e-3)
+    frames = torch.nn.functional.normalize(source.caption_frames @ projection.T, dim=1)
+    np.testing.assert_allclose(small.caption_frames.numpy(), frames.numpy(), atol=2e-3)
