@@ -65,7 +65,7 @@ def test_models_a_projection_cannot_fold_into_are_refused() -> None:
         output_layers(build_untrained(small_config(**{"model.normalize": False})).net)
 
 
-def test_export_embed_dim_writes_a_smaller_model_that_scores_like_the_run(tiny_run, tiny_scenes, tmp_path) -> None:  # noqa: ANN001
+def test_export_embed_dim_writes_a_smaller_model_that_scores_like_the_run(tiny_run, tiny_scenes, tmp_path, capsys) -> None:  # noqa: ANN001
     from vgs.cli import main
     from vgs.data.manifest import load_split
 
@@ -78,7 +78,8 @@ def test_export_embed_dim_writes_a_smaller_model_that_scores_like_the_run(tiny_r
     audio = [str(manifest.audio_path(row)) for row in rows]
     a, b = big.similarity(images, audio).flatten(), small.similarity(images, audio).flatten()
     assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.9  # 24 of 64 dimensions keep the scores' ranking
-    with pytest.raises(VGSError, match="--embed-dim"):
-        main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--embed-dim", "64"])
-    with pytest.raises(VGSError, match="only used with --embed-dim"):
-        main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--data", str(tiny_scenes)])
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--embed-dim", "64"]) == 1  # one-line errors
+    assert "--embed-dim: expected 1..63" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--data", str(tiny_scenes)]) == 1
+    assert "only used with --embed-dim" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

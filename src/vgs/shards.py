@@ -103,7 +103,7 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
         for key in ("checkpoint_sha256", "embed_dim", "similarity", "region_precision"):
             if meta.get(key) != first.get(key):
                 raise VGSError(f"{shard_folder(out, i, count) / 'index.json'}: field {key!r} differs from shard 0's; "
-                               "every shard must use the same model")
+                               "every shard must use the same model and --regions")
     if checkpoint_sha256 is not None and first["checkpoint_sha256"] != checkpoint_sha256:
         raise VGSError(f"{shard_folder(out, 0, count) / 'index.json'}: built with another model ({first.get('checkpoint')})")
     if (out / "index.json").is_file():
