@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vgs.io import save_npy, sha256_file, write_json  # noqa: E402
-from vgs.search import INDEX_FORMAT, write_image_chunk  # noqa: E402
+from vgs.io import sha256_file, write_json  # noqa: E402
+from vgs.search import INDEX_FORMAT, write_caption_chunk, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
 CHUNK = 256
@@ -89,15 +89,8 @@ def _write_captions(out: Path, meta: dict, model, data_dir: Path, split: str, ma
             packed = PackedFrames.from_padded(emb.float(), out_lengths)
             frames_list.append(packed.frames)
             length_list.append(packed.lengths)
-        frames, lens = torch.cat(frames_list), torch.cat(length_list)
         name = f"chunk-{len(meta['caption_chunks']):05d}"
-        folder = out / "captions"
-        save_npy(folder / f"{name}.frames.npy", frames.numpy().astype(np.float16))
-        save_npy(folder / f"{name}.lengths.npy", lens.numpy().astype(np.int64))
-        owner = torch.repeat_interleave(torch.arange(len(lens)), lens)
-        means = torch.zeros(len(lens), frames.shape[1]).index_add(0, owner, frames)
-        save_npy(folder / f"{name}.pooled.npy", torch.nn.functional.normalize(means, dim=-1).numpy())
-        write_json(folder / f"{name}.json", {
+        write_caption_chunk(out, name, torch.cat(frames_list), torch.cat(length_list), {
             "ids": [r["id"] for r in part], "texts": [r.get("text") for r in part],
             "audio": [str(manifest.audio_path(r).resolve()) for r in part],
             "images": [str(manifest.image_path(r).resolve()) for r in part]})
@@ -302,17 +295,12 @@ def derive_index(source: Path, out: Path, precision: str = "int8", projection: t
         meta["image_chunks"].append(name)
         begin += len(emb)
     for name in index.meta["caption_chunks"]:
-        folder, target = source / "captions", out / "captions"
+        folder = source / "captions"
         frames = torch.from_numpy(np.load(folder / f"{name}.frames.npy").astype(np.float32))
-        lengths = np.load(folder / f"{name}.lengths.npy")
         if projection is not None:
             frames = F.normalize(frames @ projection.T, dim=-1)
-        save_npy(target / f"{name}.frames.npy", frames.numpy().astype(np.float16))
-        save_npy(target / f"{name}.lengths.npy", lengths)
-        owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.from_numpy(lengths))
-        means = torch.zeros(len(lengths), frames.shape[1]).index_add(0, owner, frames)
-        save_npy(target / f"{name}.pooled.npy", F.normalize(means, dim=-1).numpy())
-        write_json(target / f"{name}.json", json.loads((folder / f"{name}.json").read_text()))
+        write_caption_chunk(out, name, frames, torch.from_numpy(np.load(folder / f"{name}.lengths.npy")),
+                            json.loads((folder / f"{name}.json").read_text()))
     write_json(out / "index.json", meta)
 
 

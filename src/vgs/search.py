@@ -129,6 +129,20 @@ def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarra
     write_json(images / f"{name}.json", {"paths": list(paths), "grid": list(grid)})
 
 
+def write_caption_chunk(folder: Path, name: str, frames: torch.Tensor, lengths: torch.Tensor, info: dict) -> None:
+    """One caption chunk of an index folder: packed ``F x D`` frames (stored float16), ``M`` lengths, the
+    captions' pooled, L2-normalized frames, then the chunk's JSON (``info``: ids, texts, audio, images),
+    written last.  The one writer of this layout."""
+    captions = Path(folder) / "captions"
+    frames, lengths = frames.detach().cpu().float(), lengths.detach().cpu()
+    save_npy(captions / f"{name}.frames.npy", frames.numpy().astype(np.float16))
+    save_npy(captions / f"{name}.lengths.npy", lengths.numpy().astype(np.int64))
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    means = torch.zeros(len(lengths), frames.shape[1]).index_add(0, owner, frames)
+    save_npy(captions / f"{name}.pooled.npy", F.normalize(means, dim=-1).numpy())
+    write_json(captions / f"{name}.json", info)
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -248,12 +262,7 @@ class IndexWriter:
                 continue
             packed = self.model.encode_audio(signals)
             name = f"chunk-{len(self.meta['caption_chunks']):05d}"
-            folder = self.folder / "captions"
-            save_npy(folder / f"{name}.frames.npy", packed.frames.cpu().numpy().astype(np.float16))
-            save_npy(folder / f"{name}.lengths.npy", packed.lengths.cpu().numpy().astype(np.int64))
-            means = torch.zeros(packed.count, packed.frames.shape[1]).index_add(0, packed.owner.cpu(), packed.frames.cpu())
-            save_npy(folder / f"{name}.pooled.npy", F.normalize(means, dim=-1).numpy())
-            write_json(folder / f"{name}.json", {
+            write_caption_chunk(self.folder, name, packed.frames, packed.lengths, {
                 "ids": [r["id"] for r in kept], "texts": [r.get("text") for r in kept],
                 "audio": [str(manifest.audio_path(r).resolve()) for r in kept],
                 "images": [str(manifest.image_path(r).resolve()) for r in kept]})
