@@ -299,7 +299,7 @@ def main() -> None:
         rows.append(["exhaustive", f"{percentile(exhaustive_s, 50) * 1000:.1f}", f"{percentile(exhaustive_s, 95) * 1000:.1f}", "100%", "100%"])
     sizes = stage_bytes(args.index)
     print(f"\nreal: {args.index}, {index.image_count} images (grid {index.grid}, D={index.meta['embed_dim']}, "
-          f"{index.meta.get('region_precision', 'float16')} regions), "
+          f"{index.meta['region_precision']} regions), "
           f"{len(queries)} spoken queries; {args.threads} thread(s)")
     print(table(["first stage", "p50 ms", "p95 ms", "agreement@10", "top-10 overlap"], rows))
     if "centroids" in stages and args.depth_queries != 0:

@@ -33,13 +33,19 @@ SAMPLE = 50_000  # regions, and as many frames, the projection is fitted on
 FIT_IMAGES = 2_000  # train images (and their captions) encoded to draw them from
 
 
+def _check_dim(dim: int, width: int) -> None:
+    if not 1 <= dim < width:
+        raise VGSError(f"--embed-dim: expected 1..{width - 1} (smaller than the model's {width}), got {dim}")
+
+
 def fit_projection(regions: torch.Tensor, frames: torch.Tensor, dim: int, sample: int = SAMPLE, seed: int = 0) -> torch.Tensor:
     """``m x D`` regions and ``m' x D`` frames (unit length) -> ``K x D`` orthonormal rows: the top ``dim``
     right singular vectors of up to ``sample`` of each, stacked (uncentered, like the scores)."""
     width = regions.shape[1]
-    if not 1 <= dim < width or frames.shape[1] != width or not len(regions) or not len(frames):
-        raise VGSError(f"--embed-dim: expected 1..{width - 1} (smaller than the model's {width}) and some regions and "
-                       f"frames to fit on, got {dim}, {len(regions)} regions, {len(frames)} frames")
+    _check_dim(dim, width)
+    if frames.shape[1] != width or not len(regions) or not len(frames):
+        raise VGSError(f"--embed-dim: expected regions and frames of {width} dimensions to fit on, got "
+                       f"{len(regions)} regions, {len(frames)} frames of {frames.shape[1]}")
     rng = np.random.default_rng(seed)
     picks = [x[torch.from_numpy(np.sort(rng.choice(len(x), min(len(x), sample), replace=False)))] for x in (regions, frames)]
     _, _, vt = torch.linalg.svd(torch.cat(picks).double(), full_matrices=False)
@@ -90,8 +96,7 @@ def model_projection(model: "Model", dim: int, data: str | None = None, progress
         raise VGSError("--embed-dim: give --data DIR, a data set with a train split to fit the projection on "
                        "(this model does not name the one it was trained on)")
     width = model.embed_dim
-    if not 1 <= dim < width:
-        raise VGSError(f"--embed-dim: expected 1..{width - 1} (smaller than the model's {width}), got {dim}")
+    _check_dim(dim, width)
     output_layers(model.net)  # refused before any encoding
     encoded = encode_split(model.net, open_split(config, "train", model.net.image, progress=progress), max_images=FIT_IMAGES,
                            progress=progress)

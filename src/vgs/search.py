@@ -159,7 +159,7 @@ class IndexWriter:
 
     @property
     def precision(self) -> str:
-        return self.meta.get("region_precision", "float16")
+        return self.meta["region_precision"]
 
     def _open(self, precision: str | None) -> dict:
         checkpoint_sha = sha256_file(self.model.checkpoint) if self.model.checkpoint else "untrained"
@@ -171,8 +171,8 @@ class IndexWriter:
             if meta["checkpoint_sha256"] != checkpoint_sha:
                 raise VGSError(f"{self.folder}: this index was built with another model ({meta['checkpoint']}); "
                                "use a new --out, or the same run")
-            if precision is not None and precision != meta.get("region_precision", "float16"):
-                raise VGSError(f"{self.folder}: this index stores {meta.get('region_precision', 'float16')} regions, "
+            if precision is not None and precision != meta["region_precision"]:
+                raise VGSError(f"{self.folder}: this index stores {meta['region_precision']} regions, "
                                f"not {precision}; use a new --out, or the same --regions")
             return meta
         if precision not in (None, *REGION_PRECISIONS):
@@ -322,9 +322,10 @@ def read_meta(folder: Path) -> dict:
         raise VGSError(f"{path}: field 'image_roots': expected a list of absolute folder paths")
     if not isinstance(meta.get("checkpoint_sha256"), str):
         raise VGSError(f"{path}: field 'checkpoint_sha256': expected a string")
-    if meta.get("region_precision", "float16") not in REGION_PRECISIONS:
+    meta.setdefault("region_precision", "float16")  # indexes written before int8 regions
+    if meta["region_precision"] not in REGION_PRECISIONS:
         raise VGSError(f"{path}: field 'region_precision': expected one of {', '.join(REGION_PRECISIONS)}, "
-                       f"got {str(meta.get('region_precision'))[:40]}")
+                       f"got {str(meta['region_precision'])[:40]}")
     return meta
 
 
@@ -417,6 +418,7 @@ class SearchIndex:
             regions.append(self._chunk_regions(name, n, grid[0] * grid[1]))
             pooled_parts.append(_chunk_array(self.folder, folder / f"{name}.pooled.npy", (n, dim)))
         self.image_regions = regions
+        self.region_dtype = np.result_type(np.float16, *(r.dtype for r in regions))  # as gathered: float32 for int8 (decoded)
         self.image_offsets = np.cumsum([0] + [len(r) for r in regions])
         self.image_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
 
@@ -424,7 +426,7 @@ class SearchIndex:
         """A chunk's ``n x R x D`` regions, memory-mapped: float16 as stored, or :class:`Int8Regions`."""
         path = self.folder / "images" / f"{name}.regions.npy"
         stored = _chunk_array(self.folder, path, (n, per_image, self.meta["embed_dim"]), mmap=True)
-        if self.meta.get("region_precision", "float16") == "float16":
+        if self.meta["region_precision"] == "float16":
             return stored
         scales_path = self.folder / "images" / f"{name}.scales.npy"
         scales = _chunk_array(self.folder, scales_path, (n, per_image))
@@ -489,8 +491,7 @@ class SearchIndex:
         this 2x slower (2,000 images of 49 x 64: 25.8 ms, most of a 100k-image query's re-ranking)."""
         indices = np.asarray(indices, dtype=np.int64)
         dim = self.meta["embed_dim"]
-        stored = np.result_type(np.float16, *(r.dtype for r in self.image_regions))  # float32 for int8 (decoded)
-        out = np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=stored)
+        out = np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=self.region_dtype)
         chunks = np.searchsorted(self.image_offsets, indices, side="right") - 1
         for chunk in np.unique(chunks):
             where = np.nonzero(chunks == chunk)[0]

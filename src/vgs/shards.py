@@ -129,7 +129,7 @@ def merge_shards(out: str | Path, checkpoint_sha256: str | None = None) -> dict:
         pooled = np.stack([shards[owner[j]].image_pooled[local[j]] for j in take])
         name = f"chunk-{len(names):05d}"
         write_image_chunk(out, name, regions, [paths[j] for j in take], next(iter(grids)), pooled_vectors=pooled,
-                          precision=first.get("region_precision", "float16"))
+                          precision=first["region_precision"])
         names.append(name)
     caption_chunks = _copy_captions(shard_folder(out, 0, count), out, metas[0]["caption_chunks"])
     roots = sorted({r for m in metas for r in m.get("image_roots", [])})
