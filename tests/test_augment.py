@@ -11,6 +11,7 @@ from vgs.augment import (
     add_noise,
     change_speed,
     corrupt,
+    draw_corruptions,
     item_rng,
     parse_corruptions,
     reverberate,
@@ -146,3 +147,22 @@ class _WhiteOnly:
 
     def __getattr__(self, name):
         return getattr(self.rng, name)
+
+
+def test_draw_corruptions_follows_the_training_ranges() -> None:
+    """Effect rates match the augmentation's probabilities; values stay in its ranges; all parse back."""
+    config = AugmentConfig()
+    draws = [draw_corruptions(config, np.random.default_rng(k)) for k in range(2000)]
+    rate = lambda kind: np.mean([any(e.kind == kind for e in d) for d in draws])  # noqa: E731
+    assert rate("speed") == pytest.approx(config.stretch_prob, abs=0.04)
+    assert rate("reverb") == pytest.approx(config.reverb_prob, abs=0.04)
+    assert rate("noise") == pytest.approx(config.noise_prob, abs=0.04)
+    noises = [e for d in draws for e in d if e.kind == "noise"]
+    assert np.mean([e.noise == "babble" for e in noises]) == pytest.approx(config.babble_share, abs=0.05)
+    assert all(config.snr_db[0] <= e.value <= config.snr_db[1] for e in noises)
+    assert all(config.stretch[0] <= e.value <= config.stretch[1] for d in draws for e in d if e.kind == "speed")
+    spec = ",".join(f"{e.kind}:{e.value:g}:{e.noise}" if e.kind == "noise" else e.kind if e.kind == "telephone"
+                    else f"{e.kind}:{e.value:g}" for e in noises[:1] + [e for d in draws[:50] for e in d if e.kind != "noise"])
+    assert parse_corruptions(spec)  # drawn values are in the --corrupt bounds
+    off = AugmentConfig(stretch_prob=0, reverb_prob=0, telephone_prob=0, noise_prob=0)
+    assert draw_corruptions(off, np.random.default_rng(0)) == []

@@ -46,6 +46,24 @@ def test_respeak_corrupts_the_source_audio(tiny_scenes, tmp_path) -> None:
         respeak_jobs(RespeakSource(tiny_scenes, ("test",), keep_audio=True), None)
 
 
+def test_respeak_random_draws_effects_per_recording(tiny_scenes, tmp_path) -> None:
+    """``--corrupt random``: each recording gets its own effects from the training ranges, the same on every build."""
+    assert main(["prepare", "respeak", str(tiny_scenes), "--splits", "test", "--keep-audio", "--corrupt", "random",
+                 "--out", str(tmp_path / "varied"), "--workers", "1", "--no-features"]) == 0
+    before = {r["id"]: r for r in load_split(tiny_scenes, "test").rows}
+    after = load_split(tmp_path / "varied", "test").rows
+    assert len(after) == len(before) == 60
+    labels = [r["speaker"][len(before[r["id"]]["speaker"]):] for r in after]
+    assert len(set(labels)) > 10 and "" in labels  # varied, and some copies stay clean
+    assert any("noise" in label for label in labels) and any("speed" in label for label in labels)
+    again = respeak_jobs(RespeakSource(tiny_scenes, ("test",), keep_audio=True, corrupt="random"), None)
+    assert [job.corrupt or [] for job in again] == [job.corrupt or [] for job in
+                                                   respeak_jobs(RespeakSource(tiny_scenes, ("test",), keep_audio=True,
+                                                                              corrupt="random"), None)]
+    other_seed = respeak_jobs(RespeakSource(tiny_scenes, ("test",), keep_audio=True, corrupt="random", seed=1), None)
+    assert [job.corrupt for job in again] != [job.corrupt for job in other_seed]
+
+
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
 def test_respeak_cli_with_another_engine(tiny_scenes, tmp_path) -> None:
     out = tmp_path / "flite"

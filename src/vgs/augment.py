@@ -173,6 +173,28 @@ def corrupt(audio: np.ndarray, effects: list[Corruption], rng: np.random.Generat
     return (out / peak * 0.99 if peak > 0.99 else out).astype(np.float32)
 
 
+def draw_corruptions(config: "AugmentConfig", rng: np.random.Generator) -> list[Corruption]:
+    """Waveform effects drawn for one recording from the training augmentation's probabilities and ranges.
+
+    The waveform counterpart of :class:`VoiceAugment` for front ends whose features are cached once and
+    cannot be augmented per step (Whisper): a speed change (``config.stretch``, with ``stretch_prob``),
+    reverberation (``reverb_prob``, ``rt60``), a telephone band (``telephone_prob``) and noise
+    (``noise_prob``, ``snr_db``; babble for ``babble_share`` of the noisy ones, else white or pink),
+    in that order.  May return no effect (a clean copy).
+    """
+    effects = []
+    if rng.random() < config.stretch_prob:
+        effects.append(Corruption("speed", round(float(rng.uniform(*config.stretch)), 3)))
+    if rng.random() < config.reverb_prob:
+        effects.append(Corruption("reverb", round(float(rng.uniform(*config.rt60)), 2)))
+    if rng.random() < config.telephone_prob:
+        effects.append(Corruption("telephone"))
+    if rng.random() < config.noise_prob:
+        kind = "babble" if rng.random() < config.babble_share else str(rng.choice(["white", "pink"]))
+        effects.append(Corruption("noise", round(float(rng.uniform(*config.snr_db)), 1), kind))
+    return effects
+
+
 # ----------------------------------------------------------------------------- feature-domain augmentation
 
 

@@ -234,7 +234,8 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", default="dev", help="splits to re-render, comma separated (default dev)")
     p.add_argument("--keep-audio", action="store_true", help="corrupt the source recordings instead of speaking the text again")
     p.add_argument("--corrupt", default=None, help="effects in order, comma separated: noise:SNR_DB[:white|pink|babble], "
-                   "reverb:RT60_S, speed:FACTOR, telephone, gain:DB (e.g. noise:10 or reverb:0.6,speed:0.9)")
+                   "reverb:RT60_S, speed:FACTOR, telephone, gain:DB (e.g. noise:10 or reverb:0.6,speed:0.9); 'random' draws "
+                   "each recording's effects from the training augmentation's ranges (varied copies for cached Whisper features)")
     p.add_argument("--seed", type=int, default=0, help="seed for the voice choice")
     _add_build_options(p)
     _add_voice_options(p)

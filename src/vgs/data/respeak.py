@@ -4,7 +4,10 @@ The cross-voice protocol: a run trained on one voice pool is scored on the very 
 caption texts it was scored on before, spoken by engines and voices it never heard
 (``--engines festival``), and/or corrupted the way real recordings are (``--corrupt noise:10``,
 ``reverb:0.6``, ``speed:0.9``; :mod:`vgs.augment`).  ``--keep-audio`` corrupts the source's own
-recordings instead of speaking the text again (the only choice for real speech).
+recordings instead of speaking the text again (the only choice for real speech).  ``--corrupt random``
+draws each recording's effects from the training augmentation's ranges
+(:func:`vgs.augment.draw_corruptions`): varied training copies for a front end whose features are cached
+once (Whisper), where the features cannot be augmented at each step.
 
 Ids, image ids and images are the source's, so ``vgs evaluate RUN --data DIR`` scores the same
 pairs; each row's ``speaker`` says what was done (``festival:ked_diphone:r170:p50+noise10dB``).
@@ -15,13 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..augment import Corruption, parse_corruptions
+from ..augment import AugmentConfig, Corruption, draw_corruptions, item_rng, parse_corruptions
 from ..errors import VGSError
 from ..tts import VoicePoolConfig, pick_voice, voice_pool
 from .build import BuildReport, PairJob
 from .manifest import load_split
 
 BABBLE_TALKERS = 3  # other captions summed into babble noise
+RANDOM = "random"  # --corrupt random: each recording's effects drawn by augment.draw_corruptions
 
 
 @dataclass
@@ -32,7 +36,7 @@ class RespeakSource:
     splits: tuple[str, ...] = ("dev",)
     voices: VoicePoolConfig = field(default_factory=VoicePoolConfig)
     keep_audio: bool = False  # corrupt the source recordings instead of speaking the text again
-    corrupt: str | None = None  # e.g. "noise:10,reverb:0.5"
+    corrupt: str | None = None  # e.g. "noise:10,reverb:0.5", or RANDOM: effects drawn per recording
     seed: int = 0
 
 
@@ -52,8 +56,9 @@ def _word_tags(row: dict, engine: str) -> list[dict] | None:
 
 def respeak_jobs(source: RespeakSource, report: BuildReport) -> list[PairJob]:
     """One job per row of the chosen splits; rows without text are skipped when re-speaking."""
-    effects: list[Corruption] = parse_corruptions(source.corrupt) if source.corrupt else []
-    if source.keep_audio and not effects:
+    drawn = source.corrupt == RANDOM
+    effects: list[Corruption] = parse_corruptions(source.corrupt) if source.corrupt and not drawn else []
+    if source.keep_audio and not effects and not drawn:
         raise VGSError("prepare respeak --keep-audio: nothing to change; add --corrupt (e.g. noise:10)")
     pool = [] if source.keep_audio else voice_pool(source.voices)
     if not source.keep_audio and not pool:
@@ -69,6 +74,8 @@ def respeak_jobs(source: RespeakSource, report: BuildReport) -> list[PairJob]:
             if not source.keep_audio and not (row.get("text") or "").strip():
                 report.skip(manifest.path, "field 'text': missing; cannot speak it again (use --keep-audio)", k + 1, row["id"])
                 continue
+            if drawn:
+                effects = draw_corruptions(AugmentConfig(), item_rng(row["id"], f"draw:{source.seed}"))
             babble = [audio_paths[(k + j * 7919) % len(audio_paths)] for j in range(1, BABBLE_TALKERS + 1)]
             jobs.append(PairJob(
                 id=row["id"], split=split, image_src=manifest.image_path(row), image_id=row["image_id"],
