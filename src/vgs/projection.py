@@ -9,9 +9,10 @@ embeddings of the original.
 
 ``P`` is the top ``K`` right singular vectors (uncentered) of equal-size samples of a data set's
 train-split regions and caption frames: the directions both branches use most.  On Flickr8k dev, the
-512-dimensional model shipped before ``runs/f8k_w2`` (``runs/f8k_whisper``) exported at K = 64 kept its recall (``full`` R@10 0.421 / 0.405 against
-0.422 / 0.400; docs/results.md, levers), and its index of 100,000 photos took 7,872 bytes per image
-against 69,022, keeping 98% of exhaustive top-10s (docs/benchmarks.md, section 8).
+512-dimensional model shipped before ``runs/f8k_w2`` (``runs/f8k_whisper``), exported at K = 64, kept
+its recall (``full`` R@10 0.421 / 0.405 against 0.422 / 0.400; docs/results.md, levers), and its index
+of 100,000 photos took 7,872 bytes per image against 69,022, keeping 98% of exhaustive top-10s
+(docs/benchmarks.md, section 8).
 """
 
 from __future__ import annotations

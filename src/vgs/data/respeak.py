@@ -57,8 +57,9 @@ def _word_tags(row: dict, engine: str) -> list[dict] | None:
 def respeak_jobs(source: RespeakSource, report: BuildReport) -> list[PairJob]:
     """One job per row of the chosen splits; rows without text are skipped when re-speaking."""
     drawn = source.corrupt == RANDOM
-    effects: list[Corruption] = parse_corruptions(source.corrupt) if source.corrupt and not drawn else []
-    if source.keep_audio and not effects and not drawn:
+    fixed: list[Corruption] = parse_corruptions(source.corrupt) if source.corrupt and not drawn else []
+    ranges = AugmentConfig()  # the training augmentation's probabilities and ranges, for RANDOM
+    if source.keep_audio and not fixed and not drawn:
         raise VGSError("prepare respeak --keep-audio: nothing to change; add --corrupt (e.g. noise:10)")
     pool = [] if source.keep_audio else voice_pool(source.voices)
     if not source.keep_audio and not pool:
@@ -74,18 +75,17 @@ def respeak_jobs(source: RespeakSource, report: BuildReport) -> list[PairJob]:
             if not source.keep_audio and not (row.get("text") or "").strip():
                 report.skip(manifest.path, "field 'text': missing; cannot speak it again (use --keep-audio)", k + 1, row["id"])
                 continue
-            if drawn:
-                effects = draw_corruptions(AugmentConfig(), item_rng(row["id"], f"draw:{source.seed}"))
+            effects = draw_corruptions(ranges, item_rng(row["id"], f"draw:{source.seed}")) if drawn else fixed
+            voice = None if source.keep_audio else pick_voice(pool, row["id"], source.seed)
             babble = [audio_paths[(k + j * 7919) % len(audio_paths)] for j in range(1, BABBLE_TALKERS + 1)]
             jobs.append(PairJob(
                 id=row["id"], split=split, image_src=manifest.image_path(row), image_id=row["image_id"],
                 text=row.get("text") or None,
-                audio_src=manifest.audio_path(row) if source.keep_audio else None,
-                speaker=row.get("speaker"), voice=None if source.keep_audio else pick_voice(pool, row["id"], source.seed),
+                audio_src=audio_paths[k] if source.keep_audio else None, speaker=row.get("speaker"), voice=voice,
                 words=row.get("words") if source.keep_audio else None, objects=row.get("objects"),
                 source=where, image_name=_image_name(row["image"]), corrupt=effects or None,
                 babble=babble if any(e.kind == "noise" and e.noise == "babble" for e in effects) else None,
-                word_tags=None if source.keep_audio else _word_tags(row, pick_voice(pool, row["id"], source.seed).engine),
+                word_tags=None if voice is None else _word_tags(row, voice.engine),
             ))
     if not jobs:
         raise VGSError(f"{source.data}: no rows to re-speak in split(s) {', '.join(source.splits)}")
