@@ -25,13 +25,34 @@ def audio_encoder(name: str) -> "torch.nn.Module":
                                            rnn_subsample=4, audio_stack=int(stack or 1)), 40)
 
 
-@pytest.mark.parametrize("name,size,hw", [("efficientnet-lite0", 224, 7), ("small-cnn", 128, 8),
+@pytest.mark.parametrize("name,size,hw", [("efficientnet-lite0", 224, 7), ("efficientnet-lite1", 224, 7),
+                                          ("efficientnet-lite2", 224, 7), ("small-cnn", 128, 8),
                                           ("vgg16", 224, 14), ("vgg19", 224, 14), ("resnet50", 224, 7)])
 def test_image_encoder_shapes(name: str, size: int, hw: int) -> None:
-    encoder = build_image_encoder(name, embed_dim=32, pretrained=name == "efficientnet-lite0").eval()
+    encoder = build_image_encoder(name, embed_dim=32, pretrained=name.startswith("efficientnet-lite")).eval()
     with torch.no_grad():
         out = encoder(torch.randn(2, 3, size, size))
     assert out.shape == (2, 32, hw, hw)
+
+
+def test_each_lite_variant_loads_its_own_pip_weights_and_refuses_another_variants() -> None:
+    """Lite1/Lite2 load their packages' ImageNet weights (not Lite0's, not random); a wrong file is named."""
+    from vgs.errors import VGSError
+    from vgs.io import load_state_dict_file
+    from vgs.models.image import resolve_weights_file
+
+    stems = {}
+    for name in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"):
+        path = resolve_weights_file(name, None)
+        stem = build_image_encoder(name, 8, pretrained=True).trunk.net._conv_stem.weight
+        torch.testing.assert_close(stem, load_state_dict_file(path)["_conv_stem.weight"])
+        stems[name] = stem
+    assert not torch.equal(stems["efficientnet-lite0"], stems["efficientnet-lite2"])
+    lite0_file = str(resolve_weights_file("efficientnet-lite0", None))
+    with pytest.raises(VGSError, match="efficientnet-lite0-.*not an efficientnet-lite2 state_dict"):
+        build_image_encoder("efficientnet-lite2", 8, pretrained=True, weights_file=lite0_file)
+    with pytest.raises(VGSError, match="stride 32, not 16"):
+        build_image_encoder("efficientnet-lite2", 8, pretrained=False, stride=16)
 
 
 def test_vgg19_head_is_3x3_and_vgg16_1x1() -> None:

