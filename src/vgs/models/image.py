@@ -120,9 +120,7 @@ class EfficientNetLiteTrunk(nn.Module):
 
     def __init__(self, weights: Path | None, stride: int = 32, variant: str = "efficientnet-lite0"):
         super().__init__()
-        if stride == 16 and variant != "efficientnet-lite0":
-            raise VGSError(f"model.image_stride: 16 is offered by efficientnet-lite0 only, not {variant}")
-        self.stride = stride
+        self.stride = stride  # 16 for Lite0 only: the registry's ``strides`` (vgs.models.factory) refuses it for the others
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name(variant)
