@@ -209,3 +209,33 @@ def test_the_trunk_reads_channels_last_pixels_on_cpu_and_gives_the_same_features
     assert seen == [False, True]
     assert features.is_contiguous()
     torch.testing.assert_close(features, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_top_blocks_split_off_the_trunk_continue_it_exactly_and_train_with_frozen_statistics() -> None:
+    """model.image_top_blocks: the trunk then ends below its last block (what the cache holds), the split-off top
+    takes it on to the same embeddings; the top's weights train while its batch norm keeps its statistics."""
+    whole = build_image_encoder("efficientnet-lite0", 8, pretrained=True).eval()
+    split = build_image_encoder("efficientnet-lite0", 8, pretrained=True, top_blocks=1)
+    split.head.load_state_dict(whole.head.state_dict())
+    pixels = torch.randn(2, 3, 96, 96)
+    below = split.eval().trunk_forward(pixels)
+    assert below.shape == (2, 192, 3, 3)  # Lite0's block 14
+    with torch.no_grad():
+        torch.testing.assert_close(split.head_forward(below), whole(pixels))
+    split.train()
+    assert not split.trunk.training and not split.top.training
+    statistics = split.top.bn.running_mean.clone()
+    split.head_forward(below).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in split.top.parameters())
+    assert not any(p.requires_grad for p in split.trunk.parameters())
+    assert torch.equal(split.top.bn.running_mean, statistics)
+    assert len(split.trunk.net._blocks) == 15 and not hasattr(split.trunk.net, "_conv_head")
+
+    with pytest.raises(VGSError, match="only the efficientnet-lite trunks train top blocks, not vgg16"):
+        build_image_encoder("vgg16", 8, pretrained=False, top_blocks=1)
+    with pytest.raises(VGSError, match="expected 0 to 15 for this trunk's 16 blocks, got 16"):
+        build_image_encoder("efficientnet-lite0", 8, pretrained=False, top_blocks=16)
+    with pytest.raises(VGSError, match="needs model.image_stride 32"):
+        build_image_encoder("efficientnet-lite0", 8, pretrained=False, top_blocks=1, stride=16)
+    with pytest.raises(VGSError, match="needs model.freeze_trunk true"):
+        ModelConfig(image_top_blocks=1, freeze_trunk=False).validate()

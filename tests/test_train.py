@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -170,3 +171,32 @@ def test_init_from_starts_from_another_runs_weights(tiny_scenes, tiny_run, tmp_p
     wider = tiny_config(tiny_scenes, **{"model.embed_dim": 32, "train.init_from": str(tiny_run)})
     with pytest.raises(VGSError, match="train.init_from: .*do not fit"):
         Trainer(wider, tmp_path / "bad", progress=False)
+
+
+def test_top_blocks_learn_at_their_own_rate_from_a_cache_of_the_blocks_below(tiny_scenes, tmp_path) -> None:
+    """model.image_top_blocks=1: the cache holds the trunk's outputs below its last block; that block and the conv
+    head train at train.top_lr_scale of the rate, the trunk below stays as pretrained; the run loads and scores."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1, "model.image_stride": 32, "model.image_top_blocks": 1,
+                                         "train.top_lr_scale": 0.25})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert [group["initial_lr"] for group in trainer.optimizer.param_groups] == [config.train.lr, 0.25 * config.train.lr]
+    assert trainer.train_set.images.features.shape[1:] == (192, 4, 4)  # block 14 of Lite0 at 128 px
+    pretrained = {k: v.clone() for k, v in trainer.model.image.state_dict().items()}
+    trainer.fit()
+    trained = load(tmp_path / "run", "last").net.image.state_dict()
+    for key, value in pretrained.items():
+        if key.startswith("trunk.") and "num_batches_tracked" not in key:
+            assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["top.conv_head.weight"], pretrained["top.conv_head.weight"])
+    assert torch.equal(trained["top.bn.running_var"], pretrained["top.bn.running_var"])
+    result = evaluate_run(tmp_path / "run", split="dev", protocol="full", progress=False)
+    assert 0 <= result["speech_to_image"]["r10"] <= 1
+
+    # an export without the frozen trunk keeps the top (it trained) and scores as the run does
+    from vgs.cli import main
+
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "slim"), "--without-trunk"]) == 0
+    rows = [json.loads(line) for line in (tiny_scenes / "test.jsonl").read_text().splitlines()[:3]]
+    images, audio = [tiny_scenes / r["image"] for r in rows], [tiny_scenes / r["audio"] for r in rows]
+    torch.testing.assert_close(load(tmp_path / "slim", device="cpu").similarity(images, audio),
+                               load(tmp_path / "run", device="cpu").similarity(images, audio), atol=1e-6, rtol=0)

@@ -44,6 +44,7 @@ class ModelConfig:
     freeze_trunk: bool = True  # keep the image trunk fixed (its outputs can then be cached)
     image_head_kernel: int = 0  # 0 = the encoder's default (1 for vgg16/resnet50, 3 for vgg19)
     image_stride: int = 32  # efficientnet-lite0 only: 16 adds a finer (S/16) map for localization
+    image_top_blocks: int = 0  # EfficientNet-Lite: train the trunk's last K blocks and its conv head on cached outputs below them
     audio_channels: int = 512  # width of the conv audio nets' middle layers (DAVEnet: 512)
     audio_stack: int = 1  # resdavenet: frames stacked before the first layer (2: every layer and matchmap see half the frames)
     rnn_hidden: int = 256
@@ -67,6 +68,9 @@ class ModelConfig:
             raise VGSError(f"model.image_head_kernel: expected 0, 1 or 3, got {self.image_head_kernel}")
         if not 0 <= self.dropout < 1:
             raise VGSError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if self.image_top_blocks and not self.freeze_trunk:
+            raise VGSError(f"model.image_top_blocks: {self.image_top_blocks} needs model.freeze_trunk true (an unfrozen "
+                           "trunk trains every block already)")
         if self.audio_stack != 1 and self.audio_encoder != "resdavenet":
             raise VGSError(f"model.audio_stack: only resdavenet stacks frames (lstm/gru use rnn_subsample), got {self.audio_stack} "
                            f"with {self.audio_encoder}")
@@ -79,6 +83,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
+    top_lr_scale: float = 0.1  # learning rate of the pretrained trunk blocks model.image_top_blocks trains, as a share of lr
     optimizer: str = "adamw"  # adam | adamw | sgd
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | constant
@@ -90,7 +95,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     cache_image_features: bool = True  # with a frozen trunk, encode each image once
-    augment_images: bool = True  # horizontal flips (cached as a second copy when caching)
+    augment_images: bool = True  # horizontal flips of image files (cached trunk outputs are not flipped)
     spec_augment: bool = True  # time and frequency masking on the audio features
     voice_pairs: bool = True  # batches hold two renderings (voices) of each caption when the data has them
     voice_loss_weight: float = 0.5  # speech-to-speech InfoNCE between renderings of one caption (0 = off)
@@ -179,6 +184,7 @@ RANGES: dict[str, Range] = {
     "model.embed_dim": Range(1, 16384),
     "model.image_head_kernel": Range(0, 3),
     "model.image_stride": Range(16, 32),
+    "model.image_top_blocks": Range(0, 8),
     "model.audio_channels": Range(1, 8192),
     "model.rnn_hidden": Range(1, 8192),
     "model.rnn_layers": Range(1, 16),
@@ -188,6 +194,7 @@ RANGES: dict[str, Range] = {
     "train.epochs": Range(1, 1_000_000),
     "train.batch_size": Range(2, 65536),
     "train.lr": Range(0, 10, open_low=True),
+    "train.top_lr_scale": Range(0, 1, open_low=True),
     "train.weight_decay": Range(0, 10),
     "train.warmup_steps": Range(0, 10_000_000),
     "train.margin": Range(0, 100),

@@ -92,7 +92,20 @@ def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(mean, dim=1)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: Config) -> torch.optim.Optimizer:
+def parameter_groups(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> list[dict]:
+    """The trainable parameters as optimizer groups: the pretrained trunk blocks that ``model.image_top_blocks``
+    trains get ``train.top_lr_scale`` of the learning rate (a fresh head's rate would wreck their weights)."""
+    top = model.image.top
+    top_ids = {id(p) for p in top.parameters()} if top is not None else set()
+    rest = [p for p in [*model.trainable_parameters(), *loss_fn.parameters()] if p.requires_grad and id(p) not in top_ids]
+    groups = [{"params": rest}]
+    if top is not None:
+        groups.append({"params": [p for p in top.parameters() if p.requires_grad], "lr": config.train.lr * config.train.top_lr_scale})
+    return groups
+
+
+def make_optimizer(params: list, config: Config) -> torch.optim.Optimizer:
+    """The configured optimizer over ``params`` (parameters, or groups that may set their own ``lr``)."""
     t = config.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
@@ -143,8 +156,7 @@ class Trainer:
                                           rank=self.rank, world_size=self.world)
         if len(self.sampler) == 0:
             raise VGSError(f"{config.data}: {len(self.train_set)} training pairs is fewer than one batch of {config.train.batch_size}")
-        params = self.model.trainable_parameters() + [p for p in self.loss_fn.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(params, config)
+        self.optimizer = make_optimizer(parameter_groups(self.model, self.loss_fn, config), config)
         self.total_steps = config.train.epochs * len(self.sampler)
         if config.train.max_steps:
             self.total_steps = min(self.total_steps, config.train.max_steps)

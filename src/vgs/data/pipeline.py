@@ -25,7 +25,10 @@ def trunk_identity(config: Config, trunk: torch.nn.Module) -> dict:
     for name, tensor in sorted(trunk.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return {"encoder": config.model.image_encoder, "stride": config.model.image_stride, "weights_sha256": digest.hexdigest()[:20]}
+    identity = {"encoder": config.model.image_encoder, "stride": config.model.image_stride, "weights_sha256": digest.hexdigest()[:20]}
+    if config.model.image_top_blocks:  # the trunk ends below its split-off top (older caches keep their keys)
+        identity["below_top_blocks"] = config.model.image_top_blocks
+    return identity
 
 
 def uses_image_cache(config: Config) -> bool:

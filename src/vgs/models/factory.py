@@ -24,7 +24,7 @@ from ..errors import VGSError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, ImageConfig
 from .audio import AudioEncoder, DavenetEncoder, FrameHead, RecurrentEncoder, ResDavenetEncoder
 from .dual import DualEncoder
-from .image import ImageEncoder, efficientnet_lite_trunk, small_cnn_trunk, torchvision_trunk
+from .image import EfficientNetLiteTrunk, ImageEncoder, efficientnet_lite_trunk, small_cnn_trunk, torchvision_trunk
 
 if TYPE_CHECKING:  # config.py validates names against these registries: no import back at run time
     from ..config import Config, ModelConfig
@@ -105,13 +105,20 @@ def _spec(registry: dict, field: str, name: str):  # noqa: ANN202
 
 
 def build_image_encoder(name: str, embed_dim: int, pretrained: bool = True, weights_file: str | None = None,
-                        freeze_trunk: bool = True, head_kernel: int = 0, stride: int = 32) -> ImageEncoder:
-    """Image encoder ``name``: ``B x 3 x S x S`` -> ``B x embed_dim x H x W`` (``head_kernel`` 0: the encoder's default)."""
+                        freeze_trunk: bool = True, head_kernel: int = 0, stride: int = 32, top_blocks: int = 0) -> ImageEncoder:
+    """Image encoder ``name``: ``B x 3 x S x S`` -> ``B x embed_dim x H x W`` (``head_kernel`` 0: the encoder's default).
+
+    ``top_blocks``: split the trunk's last blocks off into a trainable top (EfficientNet-Lite only)."""
     spec: ImageEncoderSpec = _spec(IMAGE_ENCODERS, "model.image_encoder", name)
     if stride not in spec.strides:
         raise VGSError(f"model.image_stride: {name} offers stride {' or '.join(map(str, spec.strides))}, not {stride}")
     trunk = spec.trunk(pretrained, weights_file, stride)
-    return ImageEncoder(name, trunk, spec.channels, embed_dim, freeze_trunk, head_kernel or spec.head_kernel, stride)
+    top = None
+    if top_blocks:
+        if not isinstance(trunk, EfficientNetLiteTrunk):
+            raise VGSError(f"model.image_top_blocks: only the efficientnet-lite trunks train top blocks, not {name}")
+        top = trunk.split_top(top_blocks)
+    return ImageEncoder(name, trunk, spec.channels, embed_dim, freeze_trunk, head_kernel or spec.head_kernel, stride, top)
 
 
 def build_audio_encoder(model: ModelConfig, input_dim: int) -> AudioEncoder:
@@ -132,7 +139,7 @@ def build_model(config: Config, pretrained: bool | None = None) -> DualEncoder:
     torch.manual_seed(config.train.seed)
     image = build_image_encoder(model.image_encoder, model.embed_dim, model.pretrained if pretrained is None else pretrained,
                                 model.image_weights if pretrained is not False else None, model.freeze_trunk,
-                                model.image_head_kernel, model.image_stride)
+                                model.image_head_kernel, model.image_stride, model.image_top_blocks)
     return DualEncoder(model, image, build_audio_encoder(model, config.features.dim))
 
 

@@ -121,6 +121,7 @@ class EfficientNetLiteTrunk(nn.Module):
     def __init__(self, weights: Path | None, stride: int = 32, variant: str = "efficientnet-lite0"):
         super().__init__()
         self.stride = stride  # 16 for Lite0 only: the registry's ``strides`` (vgs.models.factory) refuses it for the others
+        self.top_blocks = 0  # blocks moved out by split_top
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name(variant)
@@ -134,10 +135,31 @@ class EfficientNetLiteTrunk(nn.Module):
                 raise VGSError(f"{weights}: not an {variant} state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
         del self.net._fc
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.stride == 32:
-            return self.net.extract_features(images)
+    def split_top(self, blocks: int) -> "EfficientNetLiteTop":
+        """Move the last ``blocks`` MBConv blocks and the 1x1 conv head out of this trunk, into the returned
+        :class:`EfficientNetLiteTop`; this trunk then ends below them (``B x c x S/32 x S/32``, c = 192 for
+        Lite0 at one block), so a cache of its outputs feeds a top that trains."""
+        if self.stride != 32:
+            raise VGSError("model.image_top_blocks: needs model.image_stride 32 (the stride-16 map is packed from inside the trunk)")
+        count = len(self.net._blocks)
+        if not 1 <= blocks < count:
+            raise VGSError(f"model.image_top_blocks: expected 0 to {count - 1} for this trunk's {count} blocks, got {blocks}")
         net = self.net
+        top = EfficientNetLiteTop(list(net._blocks)[count - blocks:], net._conv_head, net._bn1, net._swish)
+        net._blocks = nn.ModuleList(list(net._blocks)[: count - blocks])
+        del net._conv_head, net._bn1
+        self.top_blocks = blocks
+        return top
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        if self.top_blocks:  # the blocks below a split-off top (drop-connect is off: the trunk is frozen)
+            x = net._swish(net._bn0(net._conv_stem(images)))
+            for block in net._blocks:
+                x = block(x)
+            return x
+        if self.stride == 32:
+            return net.extract_features(images)
         x = net._swish(net._bn0(net._conv_stem(images)))
         middle = x
         for index, block in enumerate(net._blocks):
@@ -146,6 +168,28 @@ class EfficientNetLiteTrunk(nn.Module):
                 middle = x
         x = net._swish(net._bn1(net._conv_head(x)))
         return torch.cat([nn.functional.pixel_unshuffle(middle, 2), x], dim=1)
+
+
+class EfficientNetLiteTop(nn.Module):
+    """The trainable top of an EfficientNet-Lite trunk (``model.image_top_blocks``): its last MBConv
+    blocks, then the 1x1 conv head, batch norm and ReLU6.  ``B x c x h x w`` -> ``B x 1280 x h x w``.
+
+    Pretrained like the trunk and kept in eval mode (batch-norm statistics frozen, no drop-connect);
+    its weights train.  On CPU it runs channels-last (oneDNN's faster layout for these convolutions)."""
+
+    def __init__(self, blocks: list[nn.Module], conv_head: nn.Module, bn: nn.Module, activation: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_head = conv_head
+        self.bn = bn
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for block in self.blocks:
+            x = block(x)
+        return self.activation(self.bn(self.conv_head(x))).contiguous()
 
 
 class MultiScaleHead(nn.Module):
@@ -189,16 +233,18 @@ class ImageEncoder(nn.Module):
 
     Built by :func:`vgs.models.factory.build_image_encoder` from the trunk its registry entry makes.
     With ``freeze_trunk`` the trunk stays in eval mode without gradients, and
-    :meth:`head_forward` accepts cached trunk outputs directly.  At ``stride`` 16 the head is a
+    :meth:`head_forward` accepts cached trunk outputs directly.  A ``top`` (the trunk's last blocks,
+    split off by ``model.image_top_blocks``) sits between the frozen trunk and the head and trains.  At ``stride`` 16 the head is a
     :class:`MultiScaleHead` over the packed trunk output.
     """
 
     def __init__(self, name: str, trunk: nn.Module, trunk_channels: int, embed_dim: int, freeze_trunk: bool = True,
-                 head_kernel: int = 1, stride: int = 32):
+                 head_kernel: int = 1, stride: int = 32, top: nn.Module | None = None):
         super().__init__()
         self.name = name
         self.freeze_trunk = freeze_trunk
         self.trunk = trunk
+        self.top = top  # trainable trunk blocks between the frozen trunk and the head (model.image_top_blocks)
         if stride == 16:
             self.head: nn.Module = MultiScaleHead(STRIDE16_CHANNELS, trunk_channels, embed_dim)
         else:
@@ -210,6 +256,8 @@ class ImageEncoder(nn.Module):
         super().train(mode)
         if self.freeze_trunk:
             self.trunk.eval()  # frozen batch-norm statistics
+        if self.top is not None:
+            self.top.eval()  # pretrained batch norm keeps its statistics; the weights still train
         return self
 
     def trunk_forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -226,8 +274,10 @@ class ImageEncoder(nn.Module):
         return self.trunk(images).contiguous()
 
     def head_forward(self, trunk_features: torch.Tensor) -> torch.Tensor:
-        """``B x C x H x W`` trunk features -> ``B x D x H x W`` embeddings."""
-        return self.head(trunk_features.to(next(self.head.parameters()).dtype))
+        """``B x C x H x W`` trunk features (the cached ones) -> ``B x D x H x W`` embeddings, through the
+        trainable top blocks first when the model has them."""
+        x = trunk_features.to(next(self.head.parameters()).dtype)
+        return self.head(x if self.top is None else self.top(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head_forward(self.trunk_forward(images))
