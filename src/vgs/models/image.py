@@ -153,19 +153,16 @@ class EfficientNetLiteTrunk(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         net = self.net
-        if self.top_blocks:  # the blocks below a split-off top (drop-connect is off: the trunk is frozen)
-            x = net._swish(net._bn0(net._conv_stem(images)))
-            for block in net._blocks:
-                x = block(x)
-            return x
-        if self.stride == 32:
+        if self.stride == 32 and not self.top_blocks:
             return net.extract_features(images)
         x = net._swish(net._bn0(net._conv_stem(images)))
         middle = x
-        for index, block in enumerate(net._blocks):
+        for index, block in enumerate(net._blocks):  # no drop-connect: the trunk is frozen
             x = block(x)
             if index == STRIDE16_BLOCK:
                 middle = x
+        if self.top_blocks:  # the blocks below a split-off top
+            return x
         x = net._swish(net._bn1(net._conv_head(x)))
         return torch.cat([nn.functional.pixel_unshuffle(middle, 2), x], dim=1)
 
