@@ -39,7 +39,7 @@ from _common import cpu_share_line, machine_line, percentile, result_line, table
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
-from vgs.centroids import Int8Centroids, candidates as centroid_candidates, lower_bounds  # noqa: E402
+from vgs.centroids import Int8Representatives, candidates as centroid_candidates, lower_bounds  # noqa: E402
 from vgs.search import DEFAULT_CANDIDATES, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -127,12 +127,13 @@ def pq_agreement(index: SearchIndex, queries: list[PackedFrames], truth: list[li
 
 def stage_bytes(folder: Path) -> dict[str, float]:
     """Bytes per image on disk that each stage reads: exact (regions), compact (codes), pooled, centroids
-    (regions for the final re-rank, centroids and the codes it narrows the candidates on).  Regions: the
+    (regions for the final re-rank and the representatives' vectors, their indices, and the codes it
+    narrows the candidates on).  Regions: the
     ``regions.npy`` files and, for an int8 index, their ``scales.npy``."""
     images = folder / "images"
     count = max(1, SearchIndex(folder).image_count)
     size = {kind: sum(p.stat().st_size for p in images.glob(f"*{kind}")) for kind in
-            (".regions.npy", ".scales.npy", ".pooled.npy", ".centroids.npy", ".codes.npy", ".errors.npy", ".json")}
+            (".regions.npy", ".scales.npy", ".pooled.npy", ".representatives.npy", ".codes.npy", ".errors.npy", ".json")}
     size[".regions.npy"] += size.pop(".scales.npy")
     codec = sum(p.stat().st_size for p in folder.glob("codec*"))
     every = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and "captions" not in p.relative_to(folder).parts)
@@ -140,41 +141,41 @@ def stage_bytes(folder: Path) -> dict[str, float]:
             "exact": (size[".regions.npy"] + size[".json"]) / count,
             "compact": (size[".codes.npy"] + size[".errors.npy"] + size[".json"] + codec) / count,
             "pooled": (size[".regions.npy"] + size[".pooled.npy"] + size[".json"]) / count,
-            "centroids": (size[".regions.npy"] + size[".centroids.npy"] + size[".codes.npy"] + size[".errors.npy"]
+            "centroids": (size[".regions.npy"] + size[".representatives.npy"] + size[".codes.npy"] + size[".errors.npy"]
                           + size[".json"] + codec) / count}
 
 
-def cascade_gallery(index: SearchIndex, size: int, seed: int = 0) -> tuple[Int8Centroids, np.ndarray]:
-    """``size`` synthetic images as the centroid stage holds them in memory: projected centroids
-    (``size x 8 x d`` int8, one scale per image, :class:`vgs.centroids.Int8Centroids`) and int8 region
+def cascade_gallery(index: SearchIndex, size: int, seed: int = 0) -> tuple[Int8Representatives, np.ndarray]:
+    """``size`` synthetic images as the centroid stage holds them in memory: projected representatives
+    (``size x m x d`` int8, one scale per image, :class:`vgs.centroids.Int8Representatives`) and int8 region
     codes (``size x R x d_code``).
 
     Drawn from the real index (which needs codes): each synthetic image is a random real image's
-    projected centroids plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
+    projected representatives plus Gaussian noise of 0.35 of each coordinate's spread, and the same real
     image's codes with a random third of its regions taken from a second real image.
     """
-    real_centroids = index.image_centroids().dequantize().numpy()  # n x m x d
+    real_side = index.image_representatives().dequantize().numpy()  # n x m x d
     regions = index.region_search()
     if regions.codes is None:
         raise SystemExit("cascade latency: the real index needs int8 codes (bench_scale builds them with --stages centroids)")
     real_codes = np.concatenate([np.asarray(c) for c, _ in regions.codes])  # n x R x dc
     n = len(real_codes)
     rng = np.random.default_rng(seed)
-    spread = real_centroids.reshape(-1, real_centroids.shape[-1]).std(0).astype(np.float32)
+    spread = real_side.reshape(-1, real_side.shape[-1]).std(0).astype(np.float32)
     parts = []
     codes = np.empty((size, *real_codes.shape[1:]), dtype=np.int8)
     for c0 in range(0, size, 65536):
         count = min(65536, size - c0)
         base, other = rng.integers(0, n, count), rng.integers(0, n, count)
-        parts.append(Int8Centroids.quantize(torch.from_numpy(real_centroids[base] + 0.35 * spread * rng.standard_normal(
-            (count, *real_centroids.shape[1:]), dtype=np.float32))))
+        parts.append(Int8Representatives.quantize(torch.from_numpy(real_side[base] + 0.35 * spread * rng.standard_normal(
+            (count, *real_side.shape[1:]), dtype=np.float32))))
         mix = rng.random((count, real_codes.shape[1])) < 1 / 3
         codes[c0: c0 + count] = np.where(mix[:, :, None], real_codes[other], real_codes[base])
-    return Int8Centroids.cat(parts, *real_centroids.shape[1:]), codes
+    return Int8Representatives.cat(parts, *real_side.shape[1:]), codes
 
 
 def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, candidates: int, seed: int = 0,
-                    precision: str = "int8", gallery: tuple[Int8Centroids, np.ndarray] | None = None) -> dict:
+                    precision: str = "int8", gallery: tuple[Int8Representatives, np.ndarray] | None = None) -> dict:
     """p50/p95 ms of the centroid stage's cascade (:func:`vgs.centroids.candidates`, as
     :meth:`SearchIndex.centroid_candidates` calls it, then the exact re-rank) on ``size`` synthetic images
     (:func:`cascade_gallery`; pass ``gallery`` to time several precisions on one draw).
@@ -205,10 +206,10 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
 
 def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
     """For each query, how deep each ranking of the centroid stage must go to hold its exhaustive top-10:
-    the centroid bound on float32 and on int8 centroids (both projected as the index projects them), and
+    the centroid bound on float32 and on int8 representatives (both projected as the index projects them), and
     MISA on the int8 codes with the query in float32 and in int8 (when the index has codes).
     ``{ranking: depths}`` (1-based)."""
-    table, basis = index.image_centroids(), index.centroid_basis()
+    table, basis = index.image_representatives(), index.centroid_basis()
     float_table, regions = table.dequantize(), index.region_search()
     every = np.arange(index.image_count)
     rankings = {
@@ -317,7 +318,7 @@ def main() -> None:
         print(f"PQ{args.pq} decoded (figure only, not a stage): {pq['bytes']} B of codes per image, agreement@10 "
               f"{pq['agreement']:.1%}, overlap {pq['overlap']:.1%}")
         results[f"real_pq{args.pq}_agreement10_{real_n}"] = pq["agreement"]
-    # the issue's key: the whole index folder (regions, codes, centroids, pooled vectors, FAISS files, paths)
+    # the issue's key: the whole index folder (regions, codes, representatives, pooled vectors, FAISS files, paths)
     results["bytes_per_image"] = sizes["index"]
     results["bytes_per_image_exact"] = sizes["exact"]
     results["bytes_per_image_centroids"] = sizes["centroids"]

@@ -304,6 +304,23 @@ def derive_index(source: Path, out: Path, precision: str = "int8", projection: t
     write_json(out / "index.json", meta)
 
 
+def fitted_projection(run: str, data: Path, dim: int, keep: Path) -> torch.Tensor:
+    """The ``dim x D`` projection ``vgs export RUN --embed-dim dim --data DATA`` folds into the model, saved to
+    ``keep`` (``weight``) and read back from there on a rerun."""
+    from safetensors.torch import load_file, save
+
+    from vgs.api import load
+    from vgs.io import write_bytes
+    from vgs.projection import model_projection
+
+    if keep.exists():
+        return load_file(keep)["weight"].float()
+    projection = model_projection(load(run, device="cpu"), dim, str(data))
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(keep, save({"weight": projection.contiguous()}))
+    return projection
+
+
 def synthetic_regions(real: np.ndarray, start: int, count: int, seed: int = 0, noise: float = 0.35) -> np.ndarray:
     """``count x R x D`` float32 region sets for synthetic images ``start ...``, drawn to match ``real`` (``n x R x D``).
 
@@ -363,12 +380,17 @@ def main() -> None:
                         "regions stored at --regions, projected by --projection when given (see derive_index)")
     parser.add_argument("--regions", default="int8", choices=("float16", "int8"))
     parser.add_argument("--projection", type=Path, help="with --derive-from: a k x D projection (.safetensors, tensor 'weight')")
+    parser.add_argument("--embed-dim", type=int, help="with --derive-from: fit the projection instead, as `vgs export RUN "
+                        "--embed-dim K --data DATA` does (vgs.projection.model_projection on DATA's train split); it is "
+                        "kept as OUT/projection.safetensors")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.derive_from:
         from safetensors.torch import load_file
 
         projection = load_file(args.projection)["weight"].float() if args.projection else None
+        if args.embed_dim:
+            projection = fitted_projection(args.run, args.data, args.embed_dim, args.out / "projection.safetensors")
         derive_index(args.derive_from, args.out, args.regions, projection)
         return
     if args.flickr8k:

@@ -29,9 +29,9 @@ def test_cascade_latency_runs_the_stage_on_a_synthetic_gallery_larger_than_the_r
     index.build_codes(16)
     got = bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100)
     assert got["p50"] > 0 and got["p95"] >= got["p50"]
-    assert np.isclose(got["gib"], 500 * (8 * 16 + 4 + 6 * 16) / 2**30)  # int8 projected centroids + scale + codes, as held
+    assert np.isclose(got["gib"], 500 * (6 * 24 + 4 + 6 * 16) / 2**30)  # int8 projected representatives + scale + codes, as held
     before = bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100, precision="float32")
-    assert before["p50"] > 0 and np.isclose(before["gib"], 500 * (8 * 16 * 4 + 6 * 16) / 2**30)  # float32 centroids
+    assert before["p50"] > 0 and np.isclose(before["gib"], 500 * (6 * 24 * 4 + 6 * 16) / 2**30)  # float32 representatives
     with pytest.raises(SystemExit, match="precision"):
         bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100, precision="fp8")
 
@@ -105,3 +105,16 @@ def test_derived_indexes_hold_the_source_at_another_precision_or_projected(tmp_p
     np.testing.assert_allclose(small.regions_of(np.arange(30)).numpy(), want.numpy(), atol=2e-3)
     frames = torch.nn.functional.normalize(source.caption_frames @ projection.T, dim=1)
     np.testing.assert_allclose(small.caption_frames.numpy(), frames.numpy(), atol=2e-3)
+
+
+def test_a_fitted_projection_is_kept_and_read_back_on_a_rerun(tmp_path) -> None:  # noqa: ANN001
+    """scale_data.fitted_projection: a rerun reads the kept projection (no model is loaded: the run named does not
+    exist) rather than fitting it again."""
+    import torch
+    from safetensors.torch import save_file
+    from scale_data import fitted_projection
+
+    kept = torch.randn(4, 12, generator=torch.Generator().manual_seed(1))
+    save_file({"weight": kept}, str(tmp_path / "projection.safetensors"))
+    got = fitted_projection(str(tmp_path / "no-such-run"), tmp_path / "no-such-data", 4, tmp_path / "projection.safetensors")
+    assert torch.equal(got, kept)

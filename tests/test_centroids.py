@@ -1,5 +1,6 @@
-"""The centroid first stage (vgs.centroids): a lower bound of MISA, exact with one cluster per vector,
-and the search stage built on it (stored centroids, recomputed ones, re-ranking)."""
+"""The centroid first stage (vgs.centroids): a lower bound of MISA from representative regions and frame
+centroids, exact with every region and one cluster per frame, and the search stage built on it (stored
+representatives, recomputed ones, re-ranking)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 import vgs.centroids
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
-from vgs.centroids import PROJECTED_DIMS, Int8Centroids, kmeans, lower_bounds, project, region_centroids
+from vgs.centroids import PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, principal_basis, project, representatives
 from vgs.errors import VGSError
 from vgs.search import EmbeddingScorer, SearchIndex
 from vgs.similarity import PackedFrames
@@ -23,18 +24,63 @@ def naive_misa(regions: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def kept(regions: torch.Tensor, m: int) -> torch.Tensor:
+    """Each image's representative regions, ``N x m x D``."""
+    picks = representatives(regions, m)
+    return regions.gather(1, picks[..., None].expand(-1, -1, regions.shape[2]))
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_lower_bound_never_exceeds_misa_and_equals_it_with_one_cluster_per_vector(seed: int) -> None:
+def test_lower_bound_never_exceeds_misa_and_equals_it_with_every_region_and_one_cluster_per_frame(seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     n, r, d, t = (int(v) for v in torch.randint(1, 14, (4,), generator=g))
     regions, frames = torch.randn(n, r, d + 1, generator=g), torch.randn(t, d + 1, generator=g)
     exact = naive_misa(regions, frames)
     for m in (1, 2, 5, r):
         for p in (1, 3, 8, t):
-            assert (lower_bounds(region_centroids(regions, m), frames, p) <= exact + 1e-4).all(), (m, p)
-    torch.testing.assert_close(lower_bounds(region_centroids(regions, r), frames, t), exact, atol=1e-4, rtol=1e-4)
-    more = lower_bounds(region_centroids(regions, r + 3), frames, t + 2)  # more clusters than vectors: still exact
-    torch.testing.assert_close(more, exact, atol=1e-4, rtol=1e-4)
+            assert (lower_bounds(kept(regions, m), frames, p) <= exact + 1e-4).all(), (m, p)
+    torch.testing.assert_close(lower_bounds(kept(regions, r), frames, t), exact, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lower_bounds(kept(regions, r + 3), frames, t + 2), exact, atol=1e-4, rtol=1e-4)
+
+
+def naive_farthest_points(image: torch.Tensor, m: int) -> list[int]:
+    """One image's ``R x D`` regions -> farthest-point picks by inner product, by loops."""
+    mean = image.mean(0)
+    picks = [min(range(len(image)), key=lambda r: (float(image[r] @ mean), r))]
+    while len(picks) < min(m, len(image)):
+        rest = [r for r in range(len(image)) if r not in picks]
+        picks.append(min(rest, key=lambda r: (max(float(image[r] @ image[s]) for s in picks), r)))
+    return picks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_representatives_are_farthest_point_picks(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.nn.functional.normalize(torch.randn(7, 12, 5, generator=g), dim=2)
+    for m in (1, 4, 11):
+        picks = representatives(regions, m)
+        assert picks.shape == (7, m) and all(len(set(row.tolist())) == m for row in picks)
+        assert picks.tolist() == [naive_farthest_points(image, m) for image in regions], m
+    assert torch.equal(representatives(regions, 11)[:, :4], representatives(regions, 4))  # nested: a file of more picks serves
+    assert representatives(regions, 12).tolist() == [list(range(12))] * 7  # every region when m >= R
+    assert representatives(regions, 40).shape == (7, 12)
+    with pytest.raises(VGSError, match="N x R x D"):
+        representatives(torch.zeros(3, 0, 4), 2)
+    # a small object on a plain background: kept, where a mean of regions would blur it away
+    background, thing = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
+    image = torch.stack([background] * 15 + [thing])[None]
+    assert 15 in representatives(image, 2)[0].tolist()
+
+
+def test_principal_basis_keeps_inner_products_of_low_rank_vectors() -> None:
+    g = torch.Generator().manual_seed(5)
+    vectors = torch.randn(500, 3, generator=g) @ torch.randn(3, 16, generator=g)  # rank 3 in 16 dims
+    basis = principal_basis(vectors, 3)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(3), atol=1e-5, rtol=0)
+    a, b = vectors[:20], vectors[20:40]
+    torch.testing.assert_close((a @ basis.T) @ (b @ basis.T).T, a @ b.T, atol=1e-3, rtol=1e-4)
+    assert principal_basis(vectors, 40).shape == (16, 16)
+    torch.testing.assert_close(principal_basis(vectors.flip(0), 3), basis, atol=1e-5, rtol=0)  # order-free, signs fixed
 
 
 def test_kmeans_partitions_deterministically_and_checks_its_input() -> None:
@@ -54,7 +100,7 @@ def test_kmeans_partitions_deterministically_and_checks_its_input() -> None:
 
 
 def test_centroid_stage_through_the_index(tmp_path) -> None:  # noqa: ANN001
-    write_index(tmp_path / "idx", clustered(120, 6, 24, 1), (2, 3))  # built without centroid files
+    write_index(tmp_path / "idx", clustered(120, 6, 24, 1), (2, 3))  # built without representative files
     index = SearchIndex(tmp_path / "idx")
     for frames in queries(24, 5, 7):
         full = index.search_audio(FAKE_MODEL, frames, k=10, exhaustive=True)
@@ -63,14 +109,20 @@ def test_centroid_stage_through_the_index(tmp_path) -> None:  # noqa: ANN001
         np.testing.assert_allclose([h.score for h in every], [h.score for h in full], rtol=1e-5)
         few = index.search_audio(FAKE_MODEL, frames, k=5, candidates=12, first_stage="centroids")
         assert len(few) == 5 and all(a.score >= b.score for a, b in zip(few, few[1:]))
-    stored = tmp_path / "idx" / "images" / "chunk-00000.centroids.npy"
+    stored = tmp_path / "idx" / "images" / "chunk-00000.representatives.npy"
     assert stored.is_file()  # computed once from the regions and kept
-    assert np.load(stored).shape == (16, 8, 24)
-    held = index.image_centroids()
-    assert held.values.dtype == torch.int8 and held.shape == (120, 8, 24)
-    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids().dequantize(), held.dequantize())
+    assert np.load(stored).shape == (16, 6) and np.load(stored).dtype == np.uint8  # all 6 regions of a 2 x 3 grid
+    held = index.image_representatives()
+    assert held.values.dtype == torch.int8 and held.shape == (120, 6, min(24, PROJECTED_DIMS))
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_representatives().dequantize(), held.dequantize())
     stored.write_bytes(b"not an array")  # a damaged file is recomputed, not fatal
-    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_centroids().dequantize(), held.dequantize())
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_representatives().dequantize(), held.dequantize())
+    np.save(stored, np.full((16, 6), 200, dtype=np.uint8))  # indices beyond the grid never address a region
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_representatives().dequantize(), held.dequantize())
+    assert np.load(stored).max() < 6
+    np.save(stored, np.load(stored)[:, :3])  # fewer picks than the stage keeps: recomputed
+    torch.testing.assert_close(SearchIndex(tmp_path / "idx").image_representatives().dequantize(), held.dequantize())
+    assert np.load(stored).shape == (16, 6)
 
 
 def test_an_image_whose_regions_are_spoken_is_found_with_few_candidates(tmp_path) -> None:  # noqa: ANN001
@@ -92,37 +144,37 @@ def test_an_image_whose_regions_are_spoken_is_found_with_few_candidates(tmp_path
 def test_projected_bound_is_the_bound_under_a_rotation_and_shrinks_with_the_basis() -> None:
     g = torch.Generator().manual_seed(3)
     regions, frames = torch.randn(30, 6, 16, generator=g), torch.randn(9, 16, generator=g)
-    centroids = region_centroids(regions, 4)
+    side = kept(regions, 4)
     rotation = torch.linalg.qr(torch.randn(16, 16, generator=g))[0].T  # 16 orthonormal rows
-    full = lower_bounds(centroids, frames)
-    torch.testing.assert_close(lower_bounds(project(centroids, rotation), frames, basis=rotation), full, atol=1e-4, rtol=1e-4)
-    assert project(centroids, rotation[:5]).shape == (30, 4, 5)
-    assert lower_bounds(project(centroids, rotation[:5]), frames, basis=rotation[:5]).shape == (30,)
+    full = lower_bounds(side, frames)
+    torch.testing.assert_close(lower_bounds(project(side, rotation), frames, basis=rotation), full, atol=1e-4, rtol=1e-4)
+    assert project(side, rotation[:5]).shape == (30, 4, 5)
+    assert lower_bounds(project(side, rotation[:5]), frames, basis=rotation[:5]).shape == (30,)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_int8_bound_follows_the_float_bound(seed: int) -> None:
-    """Int8 centroids (one scale per image) and int8 query centroids: ``L`` within the quantization error,
-    the same best images, and images whose centroids differ only in scale keep their order."""
+    """Int8 representatives (one scale per image) and int8 query centroids: ``L`` within the quantization
+    error, the same best images, and images whose representatives differ only in scale keep their order."""
     g = torch.Generator().manual_seed(seed)
     centroids = torch.randn(3000, 8, 64, generator=g) * torch.rand(3000, 1, 1, generator=g)
     frames = torch.randn(23, 64, generator=g)
     exact = lower_bounds(centroids, frames)
-    table = Int8Centroids.quantize(centroids)
+    table = Int8Representatives.quantize(centroids)
     assert table.values.dtype == torch.int8 and table.scales.shape == (3000,)
     assert (table.dequantize() - centroids).abs().amax() <= table.scales.amax() / 2 + 1e-6
     approx = lower_bounds(table, frames)
     assert (approx - exact).abs().amax() < 0.02 * exact.abs().amax()
     top, top_int8 = set(torch.topk(exact, 100).indices.tolist()), set(torch.topk(approx, 100).indices.tolist())
     assert len(top & top_int8) >= 95
-    scaled = Int8Centroids.quantize(torch.stack([centroids[0], 2 * centroids[0]]))
+    scaled = Int8Representatives.quantize(torch.stack([centroids[0], 2 * centroids[0]]))
     half, double = lower_bounds(scaled, frames).tolist()
     assert double == pytest.approx(2 * half, rel=1e-5)
-    for m in (1, 3, 6):  # centroid counts the pairwise max does not halve evenly
+    for m in (1, 3, 6):  # counts the pairwise max does not halve evenly
         few = torch.randn(200, m, 16, generator=g)
-        torch.testing.assert_close(lower_bounds(Int8Centroids.quantize(few), frames[:, :16]), lower_bounds(few, frames[:, :16]),
+        torch.testing.assert_close(lower_bounds(Int8Representatives.quantize(few), frames[:, :16]), lower_bounds(few, frames[:, :16]),
                                    atol=0.05, rtol=0.02)
-    empty = Int8Centroids.cat([], 8, 64)
+    empty = Int8Representatives.cat([], 8, 64)
     assert empty.shape == (0, 8, 64) and lower_bounds(empty, frames).shape == (0,)
 
 
@@ -139,13 +191,13 @@ class CountingScorer(EmbeddingScorer):
 
 
 def test_codes_narrow_the_centroid_candidates_before_the_exact_rerank(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """With int8 codes the stage projects its centroids onto the codec and reads full regions for only
+    """With int8 codes the stage reads full regions for only
     CODE_RERANK_DEPTH images; on clustered data it still returns the exhaustive top-5."""
     regions = clustered(160, 6, 24, 4)
     write_index(tmp_path / "idx", regions, (2, 3))
     index = SearchIndex(tmp_path / "idx")
     index.build_codes(16)
-    assert index.image_centroids().shape == (160, 8, min(16, PROJECTED_DIMS))  # projected onto the codec's rows
+    assert index.image_representatives().shape == (160, 6, min(24, PROJECTED_DIMS))
     monkeypatch.setattr(vgs.centroids, "CODE_RERANK_DEPTH", 20)
     same, rng = 0, np.random.default_rng(9)
     for target in range(0, 160, 20):  # queries that describe an image: some of its regions, plus noise

@@ -266,8 +266,8 @@ def test_auto_first_stage_is_exact_on_small_galleries_and_centroids_above(galler
     assert chosen  # small gallery: exact
     chosen.clear()
     monkeypatch.setattr(vgs.search, "EXACT_AUTO_MAX_IMAGES", index.image_count - 1)
-    real_centroids = index.image_centroids
-    monkeypatch.setattr(index, "image_centroids", lambda: chosen.append("centroids") or real_centroids())
+    real_side = index.image_representatives
+    monkeypatch.setattr(index, "image_representatives", lambda: chosen.append("centroids") or real_side())
     hits = index.search_audio(FAKE_MODEL, frames, k=5, candidates=3)
     assert chosen == ["centroids"] and len(hits) == 3  # above the limit: centroids, 3 candidates re-ranked
 

@@ -1,35 +1,36 @@
-"""The centroid first stage: a cheap lower bound of MISA from k-means centroids of regions and of frames.
+"""The centroid first stage: a cheap lower bound of MISA from a few of each image's regions and from
+k-means centroids of the query's frames.
 
-MISA scores image ``i`` against frames ``a_1..a_T`` as ``S_i = mean_t max_r <x_ir, a_t>``.  Group the
-image's ``R`` regions into ``m`` clusters with centroids ``c_1..c_m`` (each the mean of its members), and
-the query's ``T`` frames into ``p`` clusters with centroids ``q_1..q_p`` holding shares ``w_1..w_p`` of
-the frames.  Then
+MISA scores image ``i`` against frames ``a_1..a_T`` as ``S_i = mean_t max_r <x_ir, a_t>``.  Keep ``m`` of
+the image's ``R`` regions, its *representatives* ``x_s`` (``s`` in ``K_i``), and group the query's ``T``
+frames into ``p`` clusters with centroids ``q_1..q_p`` (each the mean of its frames) holding shares
+``w_1..w_p`` of the frames.  Then
 
-    L_i = sum_j w_j max_k <c_k, q_j>  <=  S_i
+    L_i = sum_j w_j max_{s in K_i} <x_is, q_j>  <=  S_i
 
-because a centroid's inner product is at most its best member's (``<c_k, q> <= max_r <x_ir, q>``), and a
-frame centroid's best region is at most the mean of its frames' bests (``max_r mean_t <x_r, a_t> <=
-mean_t max_r <x_r, a_t>``).  With one cluster per region and per frame ``L_i = S_i`` exactly.
+because a subset's best region is at most the image's best (``max_{s in K} <= max_r``), and a frame
+centroid's best region is at most the mean of its frames' bests (``max_r mean_t <x_r, a_t> <=
+mean_t max_r <x_r, a_t>``).  With every region kept and one cluster per frame ``L_i = S_i`` exactly.
 
-``L`` costs ``N m p D`` multiply-adds against MISA's ``N R T D`` (8 x 8 against 49 x ~25 on Flickr8k:
-about 19x less), and needs ``m`` vectors per image in memory, not ``R``.  It is a ranking proxy, not a
-certificate: :meth:`vgs.search.SearchIndex.search_audio` takes the best ``candidates`` by ``L`` and
-scores those exactly.  Measured against exhaustive MISA in docs/benchmarks.md (section 8).
+**Which regions.**  Farthest-point picks (:func:`representatives`): first the region least like the
+image's mean, then repeatedly the region least like every region picked so far.  Real regions, not
+means: an earlier version kept 8 k-means centroids of the regions, whose means blur a small object into
+its background.  On the 100k built-in scenes gallery (10 x 10 regions, small shapes on plain
+backgrounds) that ranking needed a median depth of about 2,700 to hold the exhaustive top-10 (p95
+23,000), and the stage agreed with exhaustive MISA on 38.5% of top-10s; 32 farthest-point picks agree on
+97.5% (docs/benchmarks.md, section 8, "Representative regions").  Only
+the picks' indices are stored (``chunk-NNNNN.representatives.npy``, ``n x m`` uint8 or uint16: a few
+dozen bytes per image); their vectors are read from the regions once, when the index loads.
 
-**Projected.**  When the index has a PCA codec (:mod:`vgs.codecs`, written by ``vgs index`` by default),
-the stage computes ``L`` on the centroids' first :data:`PROJECTED_DIMS` principal coordinates (``P c``
-and ``P q``, ``P`` the codec's top rows): 8x fewer multiply-adds and bytes than ``D = 512``.  The
-projected ``L`` is an approximation, no longer a bound; on 39,680 real Flickr8k images its top 2,000
-held every exhaustive top-10 of 80 spoken queries, as the full-dimension ``L`` did.
-
-**In int8.**  The index holds the image side as :class:`Int8Centroids` (one scale per image) and
-:func:`lower_bounds` computes ``L`` with an int8 x int8 -> int32 product (``torch._int_mm``) against the
-query centroids quantized per centroid: 4x fewer bytes to stream per query than float32, and the
-max over an image's centroids taken on the integers (one scale per image keeps it exact).  With the
-code narrowing also in int8, the whole stage took 28.6 ms against 63.1 ms in float32 at 100,000 images
-and 117 against 466 ms at 1,000,000 (1 thread, docs/benchmarks.md, section 8); on 7,000 real Flickr8k
-photos its ranking held the exhaustive top-10s at the float32 ranking's depths.  Still a ranking proxy,
-like the projected ``L``.
+**Projected and in int8.**  In memory the stage keeps each representative's first :data:`PROJECTED_DIMS`
+principal coordinates (``P x``; ``P`` fitted on representatives sampled across the index,
+:func:`principal_basis`) as :class:`Int8Representatives`, int8 with one scale per image, and
+:func:`lower_bounds` computes ``L`` on ``P x`` and ``P q`` with an int8 x int8 -> int32 product
+(``torch._int_mm``), the max over an image's representatives taken on the integers (one scale per image
+keeps it exact).  Projection and rounding make ``L`` an approximation, no longer a bound: a ranking
+proxy.  :meth:`vgs.search.SearchIndex.search_audio` takes the best ``candidates`` by it, narrows them by
+MISA on the int8 region codes when the index has them, and scores those exactly.  ``L`` costs ``N m p d``
+multiply-adds: 32 x 4 x 32 against MISA's 100 x ~20 x 256 on the scenes, about 1/125 of it.
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ import torch
 from .codecs import symmetric_int8
 from .errors import VGSError
 
-REGION_CENTROIDS = 8  # per image: stored beside the regions (``chunk-NNNNN.centroids.npy``)
-FRAME_CENTROIDS = 8  # per spoken query
+REPRESENTATIVES = 32  # regions kept per image (all of them when an image has fewer)
+FRAME_CENTROIDS = 4  # per spoken query
 ITERATIONS = 8
-PROJECTED_DIMS = 64  # principal coordinates the stage keeps when the index has a PCA codec
+PROJECTED_DIMS = 32  # principal coordinates the stage keeps
+BASIS_SAMPLE = 65536  # representatives the principal basis is fitted on, at most
+# Images per int8 product in the bound: keeps the n x m x p products in the core's cache (at 48 x 8
+# products per image, 2,048 images took 75 ms per 100,000 against 136 ms in chunks of 16,384; 1 thread)
+BOUND_CHUNK = 2048
 # With int8 region codes, the stage's candidates are narrowed by MISA on the codes to this many before
 # the exact re-rank (in an 80-query probe on 39,680 Flickr8k photos the codes' top 50 of 2,000 still
-# held every exhaustive top-10).
+# held every exhaustive top-10; on 100k scenes the codes held them within 91).
 CODE_RERANK_DEPTH = 100
 
 
@@ -88,32 +93,59 @@ def _update(vectors: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tenso
     return torch.where(counts[..., None] > 0, means, centroids), counts
 
 
-def region_centroids(regions: torch.Tensor, m: int = REGION_CENTROIDS) -> torch.Tensor:
-    """``N x R x D`` image regions -> ``N x m`` centroids ``N x m x D`` (float32); each the mean of its regions."""
-    return kmeans(regions, m)[0]
+def representatives(regions: torch.Tensor, m: int = REPRESENTATIVES) -> torch.Tensor:
+    """``N x R x D`` image regions -> the indices of ``min(m, R)`` of them per image, ``N x min(m, R)`` (int64),
+    in pick order: farthest-point picks by inner product (the region least like the image's mean region,
+    then each time the region whose best inner product with the picks so far is lowest).  All ``R``
+    regions, in order, when ``m >= R``."""
+    if regions.ndim != 3 or regions.shape[1] == 0:
+        raise VGSError(f"representatives: expected N x R x D regions with R >= 1, got shape {tuple(regions.shape)}")
+    n, r, _ = regions.shape
+    if m >= r:
+        return torch.arange(r).expand(n, r).clone()
+    regions, rows = regions.float(), torch.arange(n)
+    picks = torch.empty(n, m, dtype=torch.long)
+    picks[:, 0] = torch.einsum("nrd,nd->nr", regions, regions.mean(1)).argmin(1)
+    nearest = torch.full((n, r), -torch.inf)  # each region's best inner product with the picks so far
+    for j in range(1, m + 1):
+        nearest = torch.maximum(nearest, torch.einsum("nrd,nd->nr", regions, regions[rows, picks[:, j - 1]]))
+        nearest[rows, picks[:, j - 1]] = torch.inf  # never picked twice
+        if j < m:
+            picks[:, j] = nearest.argmin(1)
+    return picks
 
 
-def project(centroids: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``N x m x D`` centroids and a ``d x D`` orthonormal basis -> ``N x m x d`` coordinates (float32)."""
-    return (centroids.float().reshape(-1, centroids.shape[-1]) @ basis.T).reshape(*centroids.shape[:2], len(basis))
+def principal_basis(vectors: torch.Tensor, d: int = PROJECTED_DIMS) -> torch.Tensor:
+    """``n x D`` vectors -> the ``min(d, D) x D`` orthonormal rows of largest ``E[<x, u>^2]`` (uncentred: what
+    keeps inner products), the eigenvectors of ``X^T X``, the largest first; signs fixed for repeatability."""
+    x = vectors.double()
+    _, eigenvectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    basis = eigenvectors.flip(1)[:, : min(d, x.shape[1])].T  # d x D
+    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+    return (basis * signs).float()
+
+
+def project(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``N x m x D`` vectors and a ``d x D`` orthonormal basis -> ``N x m x d`` coordinates (float32)."""
+    return (vectors.float().reshape(-1, vectors.shape[-1]) @ basis.T).reshape(*vectors.shape[:2], len(basis))
 
 
 @dataclass(frozen=True)
-class Int8Centroids:
+class Int8Representatives:
     """The stage's image side as the index holds it in memory: ``values`` ``N x m x d`` int8 and one float32
-    scale per image (``scales``, ``N``); image ``i``'s centroids are ``values[i] * scales[i]``."""
+    scale per image (``scales``, ``N``); image ``i``'s representatives are ``values[i] * scales[i]``."""
 
     values: torch.Tensor
     scales: torch.Tensor
 
     @classmethod
-    def quantize(cls, centroids: torch.Tensor) -> "Int8Centroids":
-        """``N x m x d`` float centroids -> int8, symmetric, each image scaled by its largest coordinate."""
-        values, scales = symmetric_int8(centroids.float(), (1, 2))
+    def quantize(cls, vectors: torch.Tensor) -> "Int8Representatives":
+        """``N x m x d`` float vectors -> int8, symmetric, each image scaled by its largest coordinate."""
+        values, scales = symmetric_int8(vectors.float(), (1, 2))
         return cls(values, scales.flatten())
 
     @classmethod
-    def cat(cls, parts: "list[Int8Centroids]", m: int, d: int) -> "Int8Centroids":
+    def cat(cls, parts: "list[Int8Representatives]", m: int, d: int) -> "Int8Representatives":
         """Concatenated in order (``0 x m x d`` when ``parts`` is empty)."""
         if not parts:
             return cls(torch.zeros(0, m, d, dtype=torch.int8), torch.zeros(0))
@@ -131,13 +163,15 @@ class Int8Centroids:
         return self.values.float() * self.scales[:, None, None]
 
 
-def lower_bounds(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
-                 chunk: int = 16384, basis: torch.Tensor | None = None) -> torch.Tensor:
-    """``L`` for every image: ``N x m x D`` centroids and one query's ``T x D`` frames -> ``N`` (float32).
 
-    With a ``d x D`` ``basis`` the image centroids are given projected (``N x m x d``, :func:`project`)
-    and the query's centroids are projected the same way: the approximate ``L`` of the module docstring.
-    Float centroids give the exact bound; :class:`Int8Centroids` its int8 approximation (the query's
+def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
+                 chunk: int = BOUND_CHUNK, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """``L`` for every image: ``N x m x D`` representative regions and one query's ``T x D`` frames -> ``N``
+    (float32).
+
+    With a ``d x D`` ``basis`` the image side is given projected (``N x m x d``, :func:`project`) and the
+    query's frame centroids are projected the same way: the approximate ``L`` of the module docstring.
+    Float vectors give the exact bound; :class:`Int8Representatives` its int8 approximation (the query's
     ``p`` centroids quantized one scale each).  Chunked over images, so memory stays at ``chunk x m x p``
     scores.
     """
@@ -145,18 +179,18 @@ def lower_bounds(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Te
     queries, shares = queries[0], shares[0]  # p x D, p
     if basis is not None:
         queries = queries @ basis.T  # p x d
-    if isinstance(image_centroids, Int8Centroids):
-        return _int8_bounds(image_centroids, queries, shares, chunk)
+    if isinstance(image_side, Int8Representatives):
+        return _int8_bounds(image_side, queries, shares, chunk)
     out = []
-    for c0 in range(0, len(image_centroids), chunk):
-        part = image_centroids[c0: c0 + chunk].float()  # n x m x D
+    for c0 in range(0, len(image_side), chunk):
+        part = image_side[c0: c0 + chunk].float()  # n x m x D
         best = (part.reshape(-1, part.shape[-1]) @ queries.T).reshape(len(part), part.shape[1], -1).amax(1)  # n x p
         out.append(best @ shares)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _int8_bounds(table: Int8Centroids, queries: torch.Tensor, shares: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``L`` from int8 image centroids and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
+def _int8_bounds(table: Int8Representatives, queries: torch.Tensor, shares: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``L`` from int8 representatives and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
     n, m, d = table.values.shape
     query_codes, query_scales = symmetric_int8(queries, 1)  # p x d int8, p x 1
     query_codes, weights = query_codes.T.contiguous(), shares * query_scales.flatten()  # d x p, p
@@ -164,12 +198,12 @@ def _int8_bounds(table: Int8Centroids, queries: torch.Tensor, shares: torch.Tens
     out = torch.empty(n)
     for c0 in range(0, n, chunk):
         products = torch._int_mm(flat[c0 * m: (c0 + chunk) * m], query_codes)  # n' m x p int32
-        out[c0: c0 + chunk] = _best_centroid(products.view(-1, m * len(weights)), m).float() @ weights
+        out[c0: c0 + chunk] = _best_representative(products.view(-1, m * len(weights)), m).float() @ weights
     return out * table.scales
 
 
-def _best_centroid(products: torch.Tensor, m: int) -> torch.Tensor:
-    """``n x (m p)`` products, ``m`` centroids of ``p`` each per row -> ``n x p``, the max over centroids.
+def _best_representative(products: torch.Tensor, m: int) -> torch.Tensor:
+    """``n x (m p)`` products, ``m`` representatives of ``p`` each per row -> ``n x p``, the max over them.
 
     Halved pairwise while ``m`` is even: contiguous element-wise maxima, about 1.7x faster than a strided
     ``amax`` on these shapes (8 x 8, 1 thread)."""
@@ -180,20 +214,20 @@ def _best_centroid(products: torch.Tensor, m: int) -> torch.Tensor:
     return products if m == 1 else products.view(len(products), m, p).amax(1)
 
 
-def candidates(image_centroids: torch.Tensor | Int8Centroids, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
+def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
                coarse_scores: Callable[[np.ndarray], np.ndarray] | None = None, depth: int = CODE_RERANK_DEPTH) -> np.ndarray:
     """The stage's images worth scoring exactly for one caption's ``T x D`` frames, in index order.
 
-    The best ``count`` of the ``N`` images by :func:`lower_bounds` (``image_centroids`` and ``basis``
+    The best ``count`` of the ``N`` images by :func:`lower_bounds` (``image_side`` and ``basis``
     as there); with ``coarse_scores`` (image ids -> scores, e.g. MISA on int8 codes), narrowed to the
     best ``depth`` of those, so that the full-precision regions are read for ``depth`` images only.
     """
-    bounds = lower_bounds(image_centroids, frames, basis=basis)
+    bounds = lower_bounds(image_side, frames, basis=basis)
     ids = np.sort(torch.topk(bounds, min(count, len(bounds))).indices.numpy())
     if coarse_scores is not None and len(ids) > depth:
         ids = np.sort(ids[np.argsort(-coarse_scores(ids), kind="stable")[:depth]])
     return ids
 
 
-__all__ = ["REGION_CENTROIDS", "FRAME_CENTROIDS", "PROJECTED_DIMS", "CODE_RERANK_DEPTH", "Int8Centroids", "kmeans",
-           "region_centroids", "project", "lower_bounds", "candidates"]
+__all__ = ["REPRESENTATIVES", "FRAME_CENTROIDS", "PROJECTED_DIMS", "BASIS_SAMPLE", "CODE_RERANK_DEPTH", "Int8Representatives",
+           "kmeans", "representatives", "principal_basis", "project", "lower_bounds", "candidates"]

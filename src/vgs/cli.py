@@ -717,7 +717,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-stage", choices=("auto", "exact", "centroids", "compact", "ivf", "pooled"), default="auto",
                    help="speech -> images: auto (default: exact up to 5,000 images, centroids above), exact (the exact "
                    "MISA top-k via every region and the threshold algorithm), centroids (--candidates by a lower bound "
-                   "of MISA from 8 region and 8 frame centroids, narrowed on the int8 codes, re-ranked), compact (the threshold algorithm on the "
+                   "of MISA from 32 representative regions and 4 frame centroids, narrowed on the int8 codes, re-ranked), compact (the threshold algorithm on the "
                    "int8 codes: approximate), ivf (approximate region index) or pooled (--candidates by pooled "
                    "embedding, re-ranked)")
     p.add_argument("--voice", default="espeak:en-us:r170:p50", help="--text: TTS voice, e.g. en-us+f2 or "

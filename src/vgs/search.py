@@ -16,7 +16,8 @@ Voice search (speech -> images) is exact by default up to :data:`EXACT_AUTO_MAX_
 region of every image sits in one FAISS inner-product index, each query frame fetches its best
 regions gallery-wide, and the threshold algorithm (:mod:`vgs.first_stage`) scores candidates with the
 model's matchmap similarity (MISA) until no other image can enter the top-k.  Above that, the
-centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA (int8 products),
+centroid stage (:mod:`vgs.centroids`) ranks every image by a cheap bound of MISA on a few of its regions
+(int8 products),
 MISA on the int8 codes narrows the best :data:`DEFAULT_CANDIDATES` to
 :data:`vgs.centroids.CODE_RERANK_DEPTH`, and those are scored exactly:
 :meth:`SearchIndex.centroid_candidates`.  ``images/chunk-NNNNN.{codes,errors}.npy``
@@ -37,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from .progress import tqdm
 from .api import Model, load
 from .audio import load_audio
 from . import centroids as centroid_stage
-from .centroids import PROJECTED_DIMS, REGION_CENTROIDS, Int8Centroids, project, region_centroids
+from .centroids import BASIS_SAMPLE, REPRESENTATIVES, Int8Representatives, principal_basis, project, representatives
 from .codecs import REGION_PRECISIONS, Int8Regions, RegionCodec, build_codes, load_codes, quantize_regions
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
@@ -59,9 +60,9 @@ from .similarity import PackedFrames, similarity_matrix
 # 207 ms (p50); at 10,000 synthetic images exact 2,039 ms vs pooled 376 ms; at 39,680 real images
 # exact 5,487 ms, the centroid stage 73 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
-# Candidates of the centroid (or pooled) first stage. On 39,680 real Flickr8k images and 200 spoken
-# queries (docs/benchmarks.md, section 8) the centroid stage kept 96% of exhaustive top-10s with 1,000
-# and all of them with 2,000 (73 ms p50, 1 thread).
+# Candidates of the centroid (or pooled) first stage. On the real 100k galleries and 200 spoken queries
+# each (docs/benchmarks.md, section 8, "Representative regions") the centroid stage kept 97.5% of the
+# scenes' exhaustive top-10s with 2,000 and 94.5% with 1,000; all of the Flickr8k ones with either.
 DEFAULT_CANDIDATES = 2000
 
 log = logging.getLogger("vgs.search")
@@ -103,16 +104,22 @@ def pooled(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(embeddings.float().mean(dim=dim), dim=-1)
 
 
-def centroid_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``n x R x D`` regions -> their ``n x m x D`` float16 k-means centroids (:mod:`vgs.centroids`), as stored."""
+def representative_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``n x R x D`` regions -> the indices of each image's representative regions (:mod:`vgs.centroids`),
+    ``n x min(REPRESENTATIVES, R)``, as stored: uint8, or uint16 for grids of more than 256 regions."""
     regions = torch.as_tensor(np.asarray(regions, dtype=np.float32)) if isinstance(regions, np.ndarray) else regions
-    return region_centroids(regions.float()).numpy().astype(np.float16)
+    return representatives(regions.float()).numpy().astype(np.uint8 if regions.shape[1] <= 256 else np.uint16)
+
+
+def _float_regions(regions) -> torch.Tensor:  # noqa: ANN001
+    """One chunk's stored regions (float16 array or :class:`vgs.codecs.Int8Regions`), ``n x R x D`` float32."""
+    return torch.from_numpy(np.asarray(regions[:], dtype=np.float32))
 
 
 def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarray, paths: list[str],
                       grid: tuple[int, int], pooled_vectors: np.ndarray | None = None, precision: str = "float16") -> None:
     """One image chunk of an index folder: ``n x R x D`` regions (stored float16, or int8 with per-region
-    scales), their pooled vectors (computed from ``regions`` unless given), their centroids, then the
+    scales), their pooled vectors (computed from ``regions`` unless given), their representatives, then the
     chunk's JSON, written last so that a chunk with a JSON is complete.  The one writer of this layout."""
     regions = torch.as_tensor(np.asarray(regions)) if isinstance(regions, np.ndarray) else regions
     images = Path(folder) / "images"
@@ -120,12 +127,12 @@ def write_image_chunk(folder: Path, name: str, regions: torch.Tensor | np.ndarra
         codes, scales = quantize_regions(regions)
         save_npy(images / f"{name}.scales.npy", scales)
         save_npy(images / f"{name}.regions.npy", codes)
-        regions = torch.from_numpy(Int8Regions(codes, scales)[:])  # centroids of what is stored
+        regions = torch.from_numpy(Int8Regions(codes, scales)[:])  # representatives of what is stored
     else:
         save_npy(images / f"{name}.regions.npy", regions.numpy().astype(np.float16))
     save_npy(images / f"{name}.pooled.npy", pooled(regions, 1).numpy() if pooled_vectors is None
              else np.asarray(pooled_vectors, dtype=np.float32))
-    save_npy(images / f"{name}.centroids.npy", centroid_array(regions))
+    save_npy(images / f"{name}.representatives.npy", representative_array(regions))
     write_json(images / f"{name}.json", {"paths": list(paths), "grid": list(grid)})
 
 
@@ -398,7 +405,7 @@ class SearchIndex:
         self._load_captions()
         self._faiss: dict[str, object] = {}
         self._regions: RegionSearch | None = None
-        self._centroids: Int8Centroids | None = None
+        self._representatives: tuple[Int8Representatives, torch.Tensor] | None = None  # and their basis
 
     def _load_images(self) -> None:
         folder = self.folder / "images"
@@ -557,7 +564,7 @@ class SearchIndex:
     def build_codes(self, dim: int = DEFAULT_CODE_DIM) -> RegionCodec:
         """Write int8 region codes for every image chunk that lacks them (:func:`vgs.codecs.build_codes`)."""
         codec = build_codes(self.folder, self.meta["image_chunks"], self.image_regions, dim)
-        self._regions, self._centroids = None, None  # the centroid stage projects onto the new codec
+        self._regions = None
         return codec
 
     def region_search(self) -> RegionSearch:
@@ -571,44 +578,63 @@ class SearchIndex:
             self._regions = RegionSearch(self.image_regions, codec, codes)
         return self._regions
 
-    def _centroid_chunks(self) -> Iterator[np.ndarray]:
-        """Each image chunk's region centroids, ``n x m x D`` float16, in index order.
+    def _representative_chunks(self) -> list[np.ndarray]:
+        """Each image chunk's representative indices, ``n x m`` (:func:`representative_array`), in index order.
 
-        Read from the chunk's ``centroids.npy``; a chunk without a readable one (an index built before
-        them, or a damaged file) gets them computed from its regions, and written when the folder allows.
+        Read from the chunk's ``representatives.npy``: its first ``m`` columns, since farthest-point picks
+        are nested (a file of more picks holds the first ``m``).  A chunk without a readable one (an index
+        built before them, fewer picks, or a damaged file) gets them computed from its regions, and written
+        when the folder allows.  Indices are checked against the grid before they address a region.
         """
-        dim = self.meta["embed_dim"]
+        regions_per_image = self.grid[0] * self.grid[1] if self.image_regions else 0
+        width, out = min(REPRESENTATIVES, regions_per_image), []
         for name, regions in zip(self.meta["image_chunks"], self.image_regions):
-            path = self.folder / "images" / f"{name}.centroids.npy"
+            path = self.folder / "images" / f"{name}.representatives.npy"
             try:
-                array = _chunk_array(self.folder, path, (len(regions), REGION_CENTROIDS, dim))
+                array = _chunk_array(self.folder, path, (len(regions), None))
+                if array.dtype.kind != "u" or array.shape[1] < width or (array.size and int(array.max()) >= regions_per_image):
+                    raise VGSError(f"{path}: corrupt index array (expected at least {width} region indices per image, "
+                                   f"each below {regions_per_image})")
+                array = array[:, :width]
             except VGSError as exc:
                 if path.exists():
                     log.warning("%s; recomputing it from the regions", exc)
-                array = centroid_array(regions)
+                array = representative_array(_float_regions(regions))
                 try:
                     save_npy(path, array)
+                    path.with_name(f"{name}.centroids.npy").unlink(missing_ok=True)  # what indexes kept before them
                 except OSError:
                     pass  # a read-only index: kept in memory only
-            yield array
+            out.append(array)
+        return out
 
-    def image_centroids(self) -> Int8Centroids:
-        """The centroid first stage's image side, in memory: every image's region centroids, ``N x m x D``,
-        or, when the index has a PCA codec, their first :data:`~vgs.centroids.PROJECTED_DIMS` principal
-        coordinates, ``N x m x d`` (see :meth:`centroid_basis`); int8 with one scale per image."""
-        if self._centroids is None:
-            basis, parts = self.centroid_basis(), []
-            for array in self._centroid_chunks():  # projected chunk by chunk: memory stays at the int8 size
-                part = torch.from_numpy(np.asarray(array, dtype=np.float32))
-                parts.append(Int8Centroids.quantize(part if basis is None else project(part, basis)))
-            width = self.meta["embed_dim"] if basis is None else len(basis)
-            self._centroids = Int8Centroids.cat(parts, REGION_CENTROIDS, width)
-        return self._centroids
+    def image_representatives(self) -> Int8Representatives:
+        """The centroid stage's image side, in memory: every image's representative regions projected on
+        :meth:`centroid_basis`, ``N x m x d``, int8 with one scale per image.  Built on first use from the
+        regions (one pass over them)."""
+        return self._load_representatives()[0]
 
-    def centroid_basis(self) -> torch.Tensor | None:
-        """The ``d x D`` rows of the index's PCA codec the centroid stage projects onto; None without a codec."""
-        codec = self.region_search().codec
-        return None if codec is None else torch.from_numpy(codec.basis[:PROJECTED_DIMS])
+    def centroid_basis(self) -> torch.Tensor:
+        """The ``d x D`` principal basis the centroid stage projects regions and frames on
+        (:func:`vgs.centroids.principal_basis`, fitted on representatives of up to 8 chunks spread over
+        the index)."""
+        return self._load_representatives()[1]
+
+    def _load_representatives(self) -> tuple[Int8Representatives, torch.Tensor]:
+        if self._representatives is None:
+            picks, dim = self._representative_chunks(), self.meta["embed_dim"]
+
+            def gathered(c: int) -> torch.Tensor:  # chunk c's representatives, n x m x D float32
+                index = torch.from_numpy(picks[c].astype(np.int64))
+                return _float_regions(self.image_regions[c]).gather(1, index[..., None].expand(-1, -1, dim))
+
+            spread = np.unique(np.linspace(0, max(len(picks) - 1, 0), min(len(picks), 8)).round().astype(int))
+            sample = torch.cat([gathered(c).reshape(-1, dim) for c in spread]) if len(spread) else torch.zeros(1, dim)
+            basis = principal_basis(sample[torch.linspace(0, len(sample) - 1, min(len(sample), BASIS_SAMPLE)).long()])
+            width = picks[0].shape[1] if picks else 0
+            parts = [Int8Representatives.quantize(project(gathered(c), basis)) for c in range(len(picks))]
+            self._representatives = Int8Representatives.cat(parts, width, len(basis)), basis
+        return self._representatives
 
     def centroid_candidates(self, frames: torch.Tensor, count: int, k: int = 10) -> np.ndarray:
         """Images worth scoring exactly for one caption's ``T x D`` frames, in index order
@@ -616,7 +642,7 @@ class SearchIndex:
         the int8 region codes to ``max(CODE_RERANK_DEPTH, 2 k)`` when the index has codes."""
         regions = self.region_search()
         coarse = None if regions.codes is None else (lambda ids: regions.code_scores(ids, frames.numpy(), int8_query=True))
-        return centroid_stage.candidates(self.image_centroids(), frames, count, self.centroid_basis(), coarse,
+        return centroid_stage.candidates(self.image_representatives(), frames, count, self.centroid_basis(), coarse,
                                          max(centroid_stage.CODE_RERANK_DEPTH, 2 * k))
 
     # -------------------------------------------------------------- queries
@@ -627,8 +653,8 @@ class SearchIndex:
 
         ``first_stage``: ``auto`` (default: ``exact`` up to :data:`EXACT_AUTO_MAX_IMAGES` images, where it
         costs about what the others do, else ``centroids``), ``exact`` (the exhaustive MISA top-k, see
-        :mod:`vgs.first_stage`), ``centroids`` (``candidates`` by a lower bound of MISA from region and
-        frame centroids, :mod:`vgs.centroids`, re-ranked), ``compact`` (exact on the int8 codes), ``ivf``
+        :mod:`vgs.first_stage`), ``centroids`` (``candidates`` by a lower bound of MISA from representative
+        regions and frame centroids, :mod:`vgs.centroids`, re-ranked), ``compact`` (exact on the int8 codes), ``ivf``
         (approximate region index) or ``pooled`` (``candidates`` by pooled embedding, re-ranked);
         ``exhaustive`` scores every image. Models whose similarity is not MISA use ``pooled``.
         """
