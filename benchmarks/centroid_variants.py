@@ -1,5 +1,5 @@
 """The centroid stage's image side, variant by variant, on a real gallery (issue 15; docs/benchmarks.md,
-section 8, "Representative regions").
+section 8, "The scenes gallery at 100k").
 
     python benchmarks/centroid_variants.py depths INDEX TRUTH.npy --variants means8x64,fps16x64,fps32x32 --queries 40
     python benchmarks/centroid_variants.py stage INDEX TRUTH.npy --variants 48/24/8,32/32/4 --candidates 1000,2000

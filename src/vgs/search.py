@@ -61,7 +61,7 @@ from .similarity import PackedFrames, similarity_matrix
 # exact 5,487 ms, the centroid stage 73 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
 # Candidates of the centroid (or pooled) first stage. On the real 100k galleries and 200 spoken queries
-# each (docs/benchmarks.md, section 8, "Representative regions") the centroid stage kept 97.5% of the
+# each (docs/benchmarks.md, section 8, "The scenes gallery at 100k") the centroid stage kept 97.5% of the
 # scenes' exhaustive top-10s with 2,000 and 94.5% with 1,000; all of the Flickr8k ones with either.
 DEFAULT_CANDIDATES = 2000
 
