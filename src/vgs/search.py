@@ -104,10 +104,9 @@ def pooled(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(embeddings.float().mean(dim=dim), dim=-1)
 
 
-def representative_array(regions: torch.Tensor | np.ndarray) -> np.ndarray:
+def representative_array(regions: torch.Tensor) -> np.ndarray:
     """``n x R x D`` regions -> the indices of each image's representative regions (:mod:`vgs.centroids`),
     ``n x min(REPRESENTATIVES, R)``, as stored: uint8, or uint16 for grids of more than 256 regions."""
-    regions = torch.as_tensor(np.asarray(regions, dtype=np.float32)) if isinstance(regions, np.ndarray) else regions
     return representatives(regions.float()).numpy().astype(np.uint8 if regions.shape[1] <= 256 else np.uint16)
 
 
