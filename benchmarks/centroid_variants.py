@@ -65,12 +65,12 @@ def depths(index: search.SearchIndex, truth: np.ndarray, variants: list[str], qu
 
 
 def stages(folder: Path, truth: np.ndarray, variants: list[str], candidates: list[int], queries: int) -> None:
-    lower_bounds, principal_basis = stage.lower_bounds, stage.principal_basis
+    lower_bounds = stage.lower_bounds
     rows = [list(map(int, r)) for r in truth]
     for variant in variants:
         m, d, p = (int(x) for x in variant.split("/"))
         search.REPRESENTATIVES = m
-        search.principal_basis = functools.partial(principal_basis, d=d)
+        search.PROJECTED_DIMS = d
         stage.lower_bounds = functools.partial(lower_bounds, p=p)
         index = search.SearchIndex(folder)
         spoken = [index.captions_of([i]) for i in range(min(queries, len(rows)))]

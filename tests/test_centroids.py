@@ -10,7 +10,8 @@ import torch
 
 import vgs.centroids
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
-from vgs.centroids import PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, principal_basis, project, representatives
+from vgs.centroids import PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, project, representatives
+from vgs.codecs import principal_basis
 from vgs.errors import VGSError
 from vgs.search import EmbeddingScorer, SearchIndex
 from vgs.similarity import PackedFrames

@@ -24,7 +24,7 @@ dozen bytes per image); their vectors are read from the regions once, when the i
 
 **Projected and in int8.**  In memory the stage keeps each representative's first :data:`PROJECTED_DIMS`
 principal coordinates (``P x``; ``P`` fitted on representatives sampled across the index,
-:func:`principal_basis`) as :class:`Int8Representatives`, int8 with one scale per image, and
+:func:`vgs.codecs.principal_basis`) as :class:`Int8Representatives`, int8 with one scale per image, and
 :func:`lower_bounds` computes ``L`` on ``P x`` and ``P q`` with an int8 x int8 -> int32 product
 (``torch._int_mm``), the max over an image's representatives taken on the integers (one scale per image
 keeps it exact).  Projection and rounding make ``L`` an approximation, no longer a bound: a ranking
@@ -113,16 +113,6 @@ def representatives(regions: torch.Tensor, m: int = REPRESENTATIVES) -> torch.Te
         if j < m:
             picks[:, j] = nearest.argmin(1)
     return picks
-
-
-def principal_basis(vectors: torch.Tensor, d: int = PROJECTED_DIMS) -> torch.Tensor:
-    """``n x D`` vectors -> the ``min(d, D) x D`` orthonormal rows of largest ``E[<x, u>^2]`` (uncentred: what
-    keeps inner products), the eigenvectors of ``X^T X``, the largest first; signs fixed for repeatability."""
-    x = vectors.double()
-    _, eigenvectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
-    basis = eigenvectors.flip(1)[:, : min(d, x.shape[1])].T  # d x D
-    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
-    return (basis * signs).float()
 
 
 def project(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -230,4 +220,4 @@ def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Ten
 
 
 __all__ = ["REPRESENTATIVES", "FRAME_CENTROIDS", "PROJECTED_DIMS", "BASIS_SAMPLE", "CODE_RERANK_DEPTH", "Int8Representatives",
-           "kmeans", "representatives", "principal_basis", "project", "lower_bounds", "candidates"]
+           "kmeans", "representatives", "project", "lower_bounds", "candidates"]

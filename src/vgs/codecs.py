@@ -85,6 +85,16 @@ class Int8Regions:
         return self[:] if dtype is None else self[:].astype(dtype, copy=False)
 
 
+def principal_basis(vectors: torch.Tensor, d: int) -> torch.Tensor:
+    """``n x D`` vectors -> the ``min(d, D) x D`` orthonormal rows of largest ``E[<x, u>^2]`` (uncentred: what
+    keeps inner products), the eigenvectors of ``X^T X``, the largest first; signs fixed for repeatability."""
+    x = vectors.double()
+    _, eigenvectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    basis = eigenvectors.flip(1)[:, : min(d, x.shape[1])].T  # d x D
+    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+    return (basis * signs).float()
+
+
 @dataclass
 class RegionCodec:
     """``basis``: ``d x D`` orthonormal rows (float32); ``scale``: ``d`` per-dimension int8 step (float32)."""
@@ -116,8 +126,7 @@ class RegionCodec:
         if dim >= d_full:
             basis = np.eye(d_full, dtype=np.float32)
         else:
-            _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
-            basis = vt[:dim].astype(np.float32)
+            basis = principal_basis(torch.from_numpy(sample), dim).numpy()
         projected = np.abs(sample @ basis.T)
         top = np.quantile(projected, 0.9999, axis=0) if len(projected) > 1 else projected.max(0)
         return cls(basis, np.maximum(top / 127.0, 1e-8).astype(np.float32))

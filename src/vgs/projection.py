@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .codecs import principal_basis
 from .errors import VGSError
 
 if TYPE_CHECKING:
@@ -49,8 +50,7 @@ def fit_projection(regions: torch.Tensor, frames: torch.Tensor, dim: int, sample
                        f"{len(regions)} regions, {len(frames)} frames of {frames.shape[1]}")
     rng = np.random.default_rng(seed)
     picks = [x[torch.from_numpy(np.sort(rng.choice(len(x), min(len(x), sample), replace=False)))] for x in (regions, frames)]
-    _, _, vt = torch.linalg.svd(torch.cat(picks).double(), full_matrices=False)
-    return vt[:dim].float()
+    return principal_basis(torch.cat(picks), dim)
 
 
 def output_layers(net: nn.Module) -> list[nn.Module]:

@@ -48,8 +48,8 @@ from .progress import tqdm
 from .api import Model, load
 from .audio import load_audio
 from . import centroids as centroid_stage
-from .centroids import BASIS_SAMPLE, REPRESENTATIVES, Int8Representatives, principal_basis, project, representatives
-from .codecs import REGION_PRECISIONS, Int8Regions, RegionCodec, build_codes, load_codes, quantize_regions
+from .centroids import BASIS_SAMPLE, PROJECTED_DIMS, REPRESENTATIVES, Int8Representatives, project, representatives
+from .codecs import REGION_PRECISIONS, Int8Regions, RegionCodec, build_codes, load_codes, principal_basis, quantize_regions
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
 from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
@@ -615,7 +615,7 @@ class SearchIndex:
 
     def centroid_basis(self) -> torch.Tensor:
         """The ``d x D`` principal basis the centroid stage projects regions and frames on
-        (:func:`vgs.centroids.principal_basis`, fitted on representatives of up to 8 chunks spread over
+        (:func:`vgs.codecs.principal_basis`, fitted on representatives of up to 8 chunks spread over
         the index)."""
         return self._load_representatives()[1]
 
@@ -629,7 +629,7 @@ class SearchIndex:
 
             spread = np.unique(np.linspace(0, max(len(picks) - 1, 0), min(len(picks), 8)).round().astype(int))
             sample = torch.cat([gathered(c).reshape(-1, dim) for c in spread]) if len(spread) else torch.zeros(1, dim)
-            basis = principal_basis(sample[torch.linspace(0, len(sample) - 1, min(len(sample), BASIS_SAMPLE)).long()])
+            basis = principal_basis(sample[torch.linspace(0, len(sample) - 1, min(len(sample), BASIS_SAMPLE)).long()], PROJECTED_DIMS)
             width = picks[0].shape[1] if picks else 0
             parts = [Int8Representatives.quantize(project(gathered(c), basis)) for c in range(len(picks))]
             self._representatives = Int8Representatives.cat(parts, width, len(basis)), basis
