@@ -3,6 +3,8 @@ section 8, "The scenes gallery at 100k").
 
     python benchmarks/centroid_variants.py depths INDEX TRUTH.npy --variants means8x64,fps16x64,fps32x32 --queries 40
     python benchmarks/centroid_variants.py stage INDEX TRUTH.npy --variants 48/24/8,32/32/4 --candidates 1000,2000
+    python benchmarks/centroid_variants.py profile INDEX TRUTH.npy --queries 60
+    python benchmarks/centroid_variants.py ivf INDEX TRUTH.npy --queries 60
 
 ``depths``: how deep each ranking must go to hold each query's exhaustive top-10 (TRUTH: bench_scale.py
 --truth), for image sides ``meansMxD`` (M k-means means of the regions, as the stage kept before) and
@@ -10,6 +12,11 @@ section 8, "The scenes gallery at 100k").
 principal coordinates of the index's codec, in float32, against 8 frame centroids.  ``stage``: the stage as
 ``vgs search`` runs it (int8, codes, exact re-rank), with ``m`` representatives, ``d`` dimensions and ``p``
 frame centroids (``m/d/p``), side by side in one process: p50/p95 ms and agreement@10 (1 thread).
+``profile``: the default stage's four steps timed (the bound, the top ``candidates``, MISA on their int8
+codes, the exact re-rank), torch threads alternated 1, 2, 1, 2 in one process.  ``ivf``: a FAISS inverted
+file (8-bit scalar quantizer) over every projected representative as a shortlist before the bound, against
+the full bound timed in the same loop: whether the exhaustive top-10 stays inside the kept ``candidates``
+(a lever measured and not kept; docs/benchmarks.md, "Where the centroid stage's time goes").
 """
 
 from __future__ import annotations
@@ -83,23 +90,114 @@ def stages(folder: Path, truth: np.ndarray, variants: list[str], candidates: lis
                   f"agreement@10 {got['agreement']:.3f}, overlap {got['overlap']:.3f} (table built in {built:.0f} s)", flush=True)
 
 
+def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count: int, rounds: int = 3) -> dict[int, list[list[float]]]:
+    """Each query's four steps (and their total) in seconds, per thread count: ``{1: [...], 2: [...]}``."""
+    table, basis, regions = index.image_representatives(), index.centroid_basis(), index.region_search()
+    if regions.codes is None:
+        sys.exit("profile: the index needs its int8 codes (bench_scale.py builds them)")
+    scorer = search.EmbeddingScorer("misa")
+
+    def timed(frames: search.PackedFrames) -> list[float]:  # the four steps' seconds, then the total
+        f = frames.frames.float()
+        t0 = time.perf_counter()
+        bounds = stage.lower_bounds(table, f, basis=basis)
+        t1 = time.perf_counter()
+        ids = np.sort(torch.topk(bounds, min(count, len(bounds))).indices.numpy())
+        t2 = time.perf_counter()
+        coarse = regions.code_scores(ids, f.numpy(), int8_query=True)
+        kept = np.sort(ids[np.argsort(-coarse, kind="stable")[: stage.CODE_RERANK_DEPTH]])
+        t3 = time.perf_counter()
+        search._chunked_scores(scorer, index, kept, frames)
+        t4 = time.perf_counter()
+        return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]
+
+    for frames in spoken:  # warm-up: the codes and regions paged in
+        timed(frames)
+    got: dict[int, list[list[float]]] = {1: [], 2: []}
+    before = torch.get_num_threads()
+    try:
+        for r in range(rounds):  # each query on 1 and on 2 threads back to back, the order alternated
+            for q, frames in enumerate(spoken):
+                for threads in ((1, 2) if (q + r) % 2 == 0 else (2, 1)):
+                    torch.set_num_threads(threads)
+                    got[threads].append(timed(frames))
+    finally:
+        torch.set_num_threads(before)
+    names = ("bound", "top", "codes", "re-rank", "total")
+    for threads, rows in got.items():
+        print(f"{threads} thread(s): " + ", ".join(f"{n} {np.median([row[i] for row in rows]) * 1000:.1f}"
+                                                 for i, n in enumerate(names)) + " ms (p50)", flush=True)
+    ratios = [a[-1] / b[-1] for a, b in zip(got[1], got[2])]
+    print(f"per-query total, 1 thread / 2 threads: median {np.median(ratios):.2f}x over {len(ratios)} pairs", flush=True)
+    return got
+
+
+def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.ndarray, count: int) -> dict[str, list[tuple[bool, float, int]]]:
+    """Per shortlist (and the full bound): for each query, whether its exhaustive top-10 is inside the kept
+    ``count``, the seconds, and the images the shortlist held."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    table, basis = index.image_representatives(), index.centroid_basis()
+    n, m, d = table.shape
+    vectors = np.ascontiguousarray(table.dequantize().reshape(-1, d).numpy())
+    nlist = int(4 * np.sqrt(n * m))
+    start = time.perf_counter()
+    lists = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    lists.train(vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 40 * nlist), replace=False)])
+    lists.add(vectors)
+    print(f"inverted file: {nlist} lists over {len(vectors)} representatives, built in {time.perf_counter() - start:.0f} s", flush=True)
+    results: dict[str, list[tuple[bool, float, int]]] = {}
+    for q in range(min(len(spoken), len(truth))):
+        frames = spoken[q].frames.float()
+        answers = set(truth[q].tolist())
+        start = time.perf_counter()
+        full = set(torch.topk(stage.lower_bounds(table, frames, basis=basis), count).indices.tolist())
+        results.setdefault("full bound", []).append((answers <= full, time.perf_counter() - start, n))
+        centroids, _ = stage.kmeans(frames[None], min(stage.FRAME_CENTROIDS, len(frames)))
+        query = np.ascontiguousarray((centroids[0] @ basis.T).numpy())
+        for nprobe, k in ((16, 2048), (16, 8192), (64, 8192), (256, 8192), (64, 32768), (256, 32768)):
+            start = time.perf_counter()
+            lists.nprobe = nprobe
+            _, found = lists.search(query, k)
+            owners = np.unique(found[found >= 0] // m)
+            bounds = stage.lower_bounds(stage.Int8Representatives(table.values[owners], table.scales[owners]), frames, basis=basis)
+            kept = set(owners[torch.topk(bounds, min(count, len(owners))).indices.numpy()].tolist())
+            results.setdefault(f"ivf nprobe={nprobe} K={k}", []).append((answers <= kept, time.perf_counter() - start, len(owners)))
+    base = np.median([r[1] for r in results["full bound"]])
+    for name, rows in results.items():
+        print(f"{name:>26}: top-10 inside the kept {count} {np.mean([r[0] for r in rows]):.0%}, "
+              f"{np.median([r[1] for r in rows]) * 1000:.1f} ms p50 ({np.median([r[1] for r in rows]) / base:.2f}x the full bound), "
+              f"shortlist p50 {np.median([r[2] for r in rows]):.0f} images", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("depths", "stage"))
+    parser.add_argument("mode", choices=("depths", "stage", "profile", "ivf"))
     parser.add_argument("index", type=Path)
     parser.add_argument("truth", type=Path, help="the queries' exhaustive top-10s (bench_scale.py --truth)")
-    parser.add_argument("--variants", required=True)
+    parser.add_argument("--variants", default="", help="depths and stage: the variants to compare")
     parser.add_argument("--candidates", default="1000,2000")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(1 if args.mode == "stage" else 2)
+    torch.set_num_threads(1 if args.mode in ("stage", "ivf") else 2)
     truth = np.load(args.truth, allow_pickle=False)
     variants = [v for v in args.variants.split(",") if v]
+    if args.mode in ("depths", "stage") and not variants:
+        parser.error(f"{args.mode}: --variants is required")
     if args.mode == "depths":
         depths(search.SearchIndex(args.index), truth, variants, min(args.queries, len(truth)))
-    else:
+    elif args.mode == "stage":
         stages(args.index, truth, variants, [int(c) for c in args.candidates.split(",") if c], args.queries)
-
+    else:
+        index = search.SearchIndex(args.index)
+        spoken = [index.captions_of([i]) for i in range(min(args.queries, index.caption_count, len(truth)))]
+        count = int(args.candidates.split(",")[-1])
+        if args.mode == "profile":
+            profile(index, spoken, count)
+        else:
+            ivf(index, spoken, truth, count)
 
 if __name__ == "__main__":
     main()

@@ -102,6 +102,11 @@ top1() {  # whisper2's data and schedule, with Lite0's last block and conv head 
       --set model.image_top_blocks=1
 }
 
+top1_bf16() {  # top1 with bf16 autocast on CPU (AMX/AVX-512 BF16), so the whole 2,300-step cosine fits (runs/f8k_w2top1bf)
+  $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2top1bf" --preset whisper --epochs 5 --max-steps 2300 --max-minutes 70 \
+      --set model.image_top_blocks=1 --set train.amp_cpu=true
+}
+
 whisper2_long() {  # whisper2's data and network on a longer cosine (3,200 steps) within the issue's 90 minutes: at most
   # 60 minutes of training after the 3.6 minutes of effects and about 20 of features (runs/f8k_w2long)
   $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2long" --preset whisper --epochs 7 --max-steps 3200 --max-minutes 60
@@ -133,9 +138,10 @@ case "${1:-all}" in
   whisper2) whisper2 ;;
   lite2) lite2 ;;
   top1) top1 ;;
+  top1_bf16) top1_bf16 ;;
   whisper2_long) whisper2_long ;;
   whisper_more) whisper_more ;;
   eval) evaluate "${2:-$RUNS/f8k_c192}" "${3:-}" ;;
   all) data; testsets; train; evaluate "$RUNS/f8k_c192" ;;
-  *) echo "usage: $0 data|testsets|train|whisper|whisper2|lite2|top1|whisper2_long|whisper_more|eval [RUN [OUT]]|all" >&2; exit 2 ;;
+  *) echo "usage: $0 data|testsets|train|whisper|whisper2|lite2|top1|top1_bf16|whisper2_long|whisper_more|eval [RUN [OUT]]|all" >&2; exit 2 ;;
 esac

@@ -118,3 +118,24 @@ def test_a_fitted_projection_is_kept_and_read_back_on_a_rerun(tmp_path) -> None:
     save_file({"weight": kept}, str(tmp_path / "projection.safetensors"))
     got = fitted_projection(str(tmp_path / "no-such-run"), tmp_path / "no-such-data", 4, tmp_path / "projection.safetensors")
     assert torch.equal(got, kept)
+
+
+def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path) -> None:  # noqa: ANN001
+    """The two probes behind docs/benchmarks.md's "Where the centroid stage's time goes": the step timings
+    per thread count, and the inverted-file shortlist against the full bound (the full bound always keeps
+    an exhaustive top-10 that fits in its candidates; a shortlist never holds more images than the gallery)."""
+    variants = pytest.importorskip("centroid_variants")
+    write_index(tmp_path / "idx", clustered(60, 6, 24, 0), (2, 3))
+    index = SearchIndex(tmp_path / "idx")
+    asked = queries(24, 3, 1)
+    with pytest.raises(SystemExit, match="codes"):
+        variants.profile(index, asked, 20)
+    index.build_codes(16)
+    index = SearchIndex(tmp_path / "idx")
+    timings = variants.profile(index, asked, 20, rounds=1)
+    assert set(timings) == {1, 2} and all(len(rows) == 3 and all(len(r) == 5 for r in rows) for rows in timings.values())
+    assert all(abs(sum(r[:4]) - r[4]) < 1e-3 for rows in timings.values() for r in rows)  # the steps add up to the total
+    truth = np.asarray(bench_scale.exhaustive(index, asked)[0])
+    got = variants.ivf(index, asked, truth, 60)
+    assert [ok for ok, _, _ in got["full bound"]] == [True] * 3 and len(got) == 7
+    assert all(0 < held <= 60 for rows in got.values() for _, _, held in rows)
