@@ -70,3 +70,17 @@ def test_the_int8_bound_and_the_code_scores_do_not_depend_on_the_thread_count() 
     for threads in (2, 3):
         assert torch.equal(got[threads][0], got[1][0])
         np.testing.assert_array_equal(got[threads][1], got[1][1])
+
+
+def test_a_failing_first_range_still_waits_for_the_others() -> None:
+    finished: list[int] = []
+
+    def work(a: int, b: int) -> None:
+        if a == 0:
+            raise ValueError("first range failed")
+        threading.Event().wait(0.05)
+        finished.append(a)
+
+    with pytest.raises(ValueError, match="first range failed"):
+        over_ranges(work, 300, 100, threads=3)
+    assert sorted(finished) == [100, 200]  # none of them still running after the error reached the caller

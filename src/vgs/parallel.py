@@ -8,14 +8,16 @@ the ranges run in parallel.  One owner for that decision: the stages call it, no
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
 import torch
 
 from .errors import VGSError
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by worker count; shared by every caller (a server's queries too)
+_POOLS_LOCK = threading.Lock()
 
 
 def split_ranges(n: int, chunk: int, parts: int) -> list[tuple[int, int]]:
@@ -39,11 +41,15 @@ def over_ranges(work: Callable[[int, int], None], n: int, chunk: int, threads: i
         for start, stop in ranges:
             work(start, stop)
         return
-    pool = _POOLS.get(len(ranges) - 1)
-    if pool is None:
-        pool = _POOLS.setdefault(len(ranges) - 1, ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="vgs-range"))
+    with _POOLS_LOCK:
+        pool = _POOLS.get(len(ranges) - 1)
+        if pool is None:
+            pool = _POOLS[len(ranges) - 1] = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="vgs-range")
     futures = [pool.submit(work, start, stop) for start, stop in ranges[1:]]
-    work(*ranges[0])
+    try:
+        work(*ranges[0])
+    finally:
+        wait(futures)  # no range still writing after this returns or raises
     for future in futures:
         future.result()
 
