@@ -43,7 +43,6 @@ import torch
 
 from .codecs import symmetric_int8
 from .errors import VGSError
-from .parallel import over_ranges
 
 REPRESENTATIVES = 32  # regions kept per image (all of them when an image has fewer)
 FRAME_CENTROIDS = 4  # per spoken query
@@ -187,14 +186,9 @@ def _int8_bounds(table: Int8Representatives, queries: torch.Tensor, shares: torc
     query_codes, weights = query_codes.T.contiguous(), shares * query_scales.flatten()  # d x p, p
     flat = table.values.reshape(n * m, d)
     out = torch.empty(n)
-
-    def bound(start: int, stop: int) -> None:  # images start..stop, chunk by chunk
-        for c0 in range(start, stop, chunk):
-            c1 = min(c0 + chunk, stop)
-            products = torch._int_mm(flat[c0 * m: c1 * m], query_codes)  # n' m x p int32
-            out[c0: c1] = _best_representative(products.view(-1, m * len(weights)), m).float() @ weights
-
-    over_ranges(bound, n, chunk)  # one range of chunks per thread
+    for c0 in range(0, n, chunk):
+        products = torch._int_mm(flat[c0 * m: (c0 + chunk) * m], query_codes)  # n' m x p int32
+        out[c0: c0 + chunk] = _best_representative(products.view(-1, m * len(weights)), m).float() @ weights
     return out * table.scales
 
 

@@ -30,7 +30,6 @@ import torch
 
 from .errors import VGSError
 from .io import load_npy, save_npy, write_json
-from .parallel import over_ranges
 
 CODEC_KIND = "pca-int8"
 MAX_DIM = 16384
@@ -176,19 +175,15 @@ class RegionCodec:
         if int8_query:
             query, frame_scales = symmetric_int8(torch.from_numpy(p), 0)  # d x T int8, 1 x T
         out = np.empty(len(codes), dtype=np.float64)
-
-        def score(start: int, stop: int) -> None:  # images start..stop, chunk by chunk
-            for c0 in range(start, stop, chunk):
-                part = np.ascontiguousarray(codes[c0: min(c0 + chunk, stop)])  # c x R x d
-                if int8_query:
-                    best = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), query)
-                    best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T (scales 1 x T)
-                    out[c0: c0 + len(part)] = best.mean(1).numpy()
-                    continue
-                scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
-                out[c0: c0 + len(part)] = scores.reshape(len(part), part.shape[1], -1).max(axis=1).mean(axis=1)
-
-        over_ranges(score, len(codes), chunk)  # one range of chunks per thread
+        for c0 in range(0, len(codes), chunk):
+            part = np.ascontiguousarray(codes[c0: c0 + chunk])  # c x R x d
+            if int8_query:
+                best = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), query)
+                best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T (scales 1 x T)
+                out[c0: c0 + chunk] = best.mean(1).numpy()
+                continue
+            scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
+            out[c0: c0 + chunk] = scores.reshape(len(part), part.shape[1], -1).max(axis=1).mean(axis=1)
         return out
 
     # ------------------------------------------------------------------ files
