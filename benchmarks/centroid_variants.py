@@ -13,7 +13,8 @@ principal coordinates of the index's codec, in float32, against 8 frame centroid
 ``vgs search`` runs it (int8, codes, exact re-rank), with ``m`` representatives, ``d`` dimensions and ``p``
 frame centroids (``m/d/p``), side by side in one process: p50/p95 ms and agreement@10 (1 thread).
 ``profile``: the default stage's four steps timed (the bound, the top ``candidates``, MISA on their int8
-codes, the exact re-rank), torch threads alternated 1, 2, 1, 2 in one process.  ``ivf``: a FAISS inverted
+codes, the exact re-rank), after a warm-up pass, each query on 1 and on 2 torch threads back to back (the
+order alternated), in one process.  ``ivf``: a FAISS inverted
 file (8-bit scalar quantizer) over every projected representative as a shortlist before the bound, against
 the full bound timed in the same loop: whether the exhaustive top-10 stays inside the kept ``candidates``
 (a lever measured and not kept; docs/benchmarks.md, "Where the centroid stage's time goes").
@@ -152,7 +153,7 @@ def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.
         frames = spoken[q].frames.float()
         answers = set(truth[q].tolist())
         start = time.perf_counter()
-        full = set(torch.topk(stage.lower_bounds(table, frames, basis=basis), count).indices.tolist())
+        full = set(torch.topk(stage.lower_bounds(table, frames, basis=basis), min(count, n)).indices.tolist())
         results.setdefault("full bound", []).append((answers <= full, time.perf_counter() - start, n))
         centroids, _ = stage.kmeans(frames[None], min(stage.FRAME_CENTROIDS, len(frames)))
         query = np.ascontiguousarray((centroids[0] @ basis.T).numpy())
@@ -198,6 +199,7 @@ def main() -> None:
             profile(index, spoken, count)
         else:
             ivf(index, spoken, truth, count)
+
 
 if __name__ == "__main__":
     main()
