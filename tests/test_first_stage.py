@@ -212,6 +212,14 @@ def test_codes_exact_and_compact_stages(gallery, tmp_path) -> None:  # noqa: ANN
         assert [h.index for h in index.search_audio(FAKE_MODEL, frames, k=10)] == full  # exact: full regions
         same += len(set(full) & {h.index for h in index.search_audio(FAKE_MODEL, frames, k=10, first_stage="compact")})
     assert same / 60 > 0.3  # compact is approximate: it ranks by the 12-dim int8 codes
+    # MISA on the codes of any ids, in any order and across chunks (the gallery's chunks hold 16 images),
+    # is the codec's MISA of those images' codes gathered by hand
+    regions, frames = index.region_search(), queries(24, 1, 2)[0].frames.numpy()
+    every = np.concatenate([np.asarray(codes) for codes, _ in regions.codes])
+    ids = np.array([149, 3, 17, 16, 15, 3, 80, 0, 148, 33])  # unsorted, a repeat, chunk edges, first and last
+    for int8_query in (False, True):
+        np.testing.assert_array_equal(regions.code_scores(ids, frames, int8_query), regions.codec.misa(every[ids], frames, int8_query=int8_query))
+    assert regions.code_scores(np.zeros(0, dtype=np.int64), frames).shape == (0,)
 
 
 def test_padded_frames_do_not_count(gallery) -> None:  # noqa: ANN001

@@ -277,11 +277,13 @@ class RegionSearch:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
         an approximation, :meth:`vgs.codecs.RegionCodec.misa`)."""
         offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
-        chunks = np.searchsorted(offsets, ids, side="right") - 1
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        edges = np.searchsorted(ordered, offsets)  # each chunk's ids are ordered[edges[c]: edges[c + 1]]
         gathered = np.empty((len(ids), self.regions_per_image, self.codec.dim), dtype=np.int8)
-        for chunk in np.unique(chunks):
-            where = np.nonzero(chunks == chunk)[0]
-            gathered[where] = self.codes[chunk][0][ids[where] - offsets[chunk]]
+        for chunk in np.nonzero(np.diff(edges))[0]:
+            rows = order[edges[chunk]: edges[chunk + 1]]
+            gathered[rows] = self.codes[chunk][0][ordered[edges[chunk]: edges[chunk + 1]] - offsets[chunk]]
         return self.codec.misa(gathered, frames, int8_query=int8_query)
 
     def search(self, frames: np.ndarray, k: int, mode: str, exact_scores: Callable[[np.ndarray], np.ndarray],
