@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from .errors import VGSError
+from .io import gather_rows
 
 if TYPE_CHECKING:
     from .codecs import RegionCodec
@@ -277,13 +278,8 @@ class RegionSearch:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
         an approximation, :meth:`vgs.codecs.RegionCodec.misa`)."""
         offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
-        order = np.argsort(ids, kind="stable")
-        ordered = ids[order]
-        edges = np.searchsorted(ordered, offsets)  # each chunk's ids are ordered[edges[c]: edges[c + 1]]
-        gathered = np.empty((len(ids), self.regions_per_image, self.codec.dim), dtype=np.int8)
-        for chunk in np.nonzero(np.diff(edges))[0]:
-            rows = order[edges[chunk]: edges[chunk + 1]]
-            gathered[rows] = self.codes[chunk][0][ordered[edges[chunk]: edges[chunk + 1]] - offsets[chunk]]
+        gathered = gather_rows([codes for codes, _ in self.codes], offsets, ids,
+                               np.empty((len(ids), self.regions_per_image, self.codec.dim), dtype=np.int8))
         return self.codec.misa(gathered, frames, int8_query=int8_query)
 
     def search(self, frames: np.ndarray, k: int, mode: str, exact_scores: Callable[[np.ndarray], np.ndarray],

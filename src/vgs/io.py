@@ -120,6 +120,22 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
         raise VGSError(f"{path}: not a plain numpy array ({exc})") from exc
 
 
+def gather_rows(parts: Any, offsets: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of the concatenation of ``parts`` (chunk arrays, often memory-mapped; ``offsets``: each
+    part's first row, then the total, ``len(parts) + 1``) written into ``out`` (``len(ids) x ...``) in the order
+    of ``ids``: one indexed read per part that holds any, rows in file order.  Returns ``out``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= int(offsets[-1])):
+        raise VGSError(f"row ids: expected 0..{int(offsets[-1]) - 1}, got {int(ids.min())}..{int(ids.max())}")
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    edges = np.searchsorted(ordered, offsets)  # part c's ids are ordered[edges[c]: edges[c + 1]]
+    for part in np.nonzero(np.diff(edges))[0]:
+        run = slice(edges[part], edges[part + 1])
+        out[order[run]] = parts[part][ordered[run] - offsets[part]]
+    return out
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -52,7 +52,7 @@ from .centroids import BASIS_SAMPLE, PROJECTED_DIMS, REPRESENTATIVES, Int8Repres
 from .codecs import REGION_PRECISIONS, Int8Regions, RegionCodec, build_codes, load_codes, principal_basis, quantize_regions
 from .errors import InputError, VGSError
 from .first_stage import FIRST_STAGES, RegionSearch
-from .io import clean_stale_tmp, load_npy, save_npy, sha256_file, write_json, write_text
+from .io import clean_stale_tmp, gather_rows, load_npy, save_npy, sha256_file, write_json, write_text
 from .similarity import PackedFrames, similarity_matrix
 
 # ``auto`` uses the exact first stage up to this many images, the centroid stage above. Measured side
@@ -497,13 +497,8 @@ class SearchIndex:
         this 2x slower (2,000 images of 49 x 64: 25.8 ms, most of a 100k-image query's re-ranking)."""
         indices = np.asarray(indices, dtype=np.int64)
         dim = self.meta["embed_dim"]
-        out = np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=self.region_dtype)
-        chunks = np.searchsorted(self.image_offsets, indices, side="right") - 1
-        for chunk in np.unique(chunks):
-            where = np.nonzero(chunks == chunk)[0]
-            local = indices[where] - self.image_offsets[chunk]
-            order = np.argsort(local)  # memory-mapped reads in file order
-            out[where[order]] = self.image_regions[chunk][local[order]]
+        out = gather_rows(self.image_regions, self.image_offsets, indices,
+                          np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=self.region_dtype))
         return torch.from_numpy(out).float().transpose(1, 2).reshape(len(indices), dim, *self.grid)
 
     def captions_of(self, indices: Sequence[int]) -> PackedFrames:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VGSError
-from .io import atomic_write, write_json
+from .io import atomic_write, gather_rows, write_json
 
 SHARD_SPEC = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
 SHARD_DIR = re.compile(r"([0-9]{5})-of-([0-9]{5})")
@@ -149,10 +149,7 @@ def _gather(shards: list, owners: np.ndarray, local: np.ndarray) -> np.ndarray:
     for s in np.unique(owners):
         where = np.nonzero(owners == s)[0]
         shard = shards[s]
-        chunks = np.searchsorted(shard.image_offsets, local[where], side="right") - 1
-        for c in np.unique(chunks):
-            sel = where[chunks == c]
-            out[sel] = shard.image_regions[c][local[sel] - shard.image_offsets[c]]
+        out[where] = gather_rows(shard.image_regions, shard.image_offsets, local[where], np.empty((len(where), *out.shape[1:]), dtype=out.dtype))
     return out
 
 
