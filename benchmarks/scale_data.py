@@ -307,14 +307,15 @@ def derive_index(source: Path, out: Path, precision: str = "int8", projection: t
 def fitted_projection(run: str, data: Path, dim: int, keep: Path) -> torch.Tensor:
     """The ``dim x D`` projection ``vgs export RUN --embed-dim dim --data DATA`` folds into the model, saved to
     ``keep`` (``weight``) and read back from there on a rerun."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
     from vgs.api import load
+    from vgs.export import read_exported_weights
     from vgs.io import write_bytes
     from vgs.projection import model_projection
 
     if keep.exists():
-        return load_file(keep)["weight"].float()
+        return read_exported_weights(keep)["weight"]
     projection = model_projection(load(run, device="cpu"), dim, str(data))
     keep.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(keep, save({"weight": projection.contiguous()}))
@@ -386,9 +387,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.derive_from:
-        from safetensors.torch import load_file
+        from vgs.export import read_exported_weights
 
-        projection = load_file(args.projection)["weight"].float() if args.projection else None
+        projection = read_exported_weights(args.projection)["weight"] if args.projection else None
         if args.embed_dim:
             projection = fitted_projection(args.run, args.data, args.embed_dim, args.out / "projection.safetensors")
         derive_index(args.derive_from, args.out, args.regions, projection)
