@@ -2,7 +2,7 @@
 # The cross-voice protocol on Flickr8k dev (docs/results.md, "Any voice"): train on espeak-ng + flite,
 # hold festival out, and score the run on the same dev captions in other voices and conditions.
 #
-#   bash benchmarks/cross_voice_flickr8k.sh data   # step: data | testsets | train | whisper | whisper2 | lite2 | top1 | whisper2_long | whisper_more | eval | all
+#   bash benchmarks/cross_voice_flickr8k.sh data   # step: data | testsets | train | whisper | whisper2 | lite2 | top1 | top1_bf16 | top1_queue | top1_clusters | top1_b256 | whisper2_long | whisper_more | eval | all
 #
 # Environment: F8K (../shared/data/flickr8k), DATA (data), RUNS (runs), MINUTES (60), STEPS (2200),
 # VGS (vgs). `top1` is the shipped model's recipe (runs/f8k_w2top1; it needs `whisper2`'s data/f8k-w2, which needs
@@ -107,6 +107,22 @@ top1_bf16() {  # top1 with bf16 autocast on CPU (AMX/AVX-512 BF16), so the whole
       --set model.image_top_blocks=1 --set train.amp_cpu=true
 }
 
+top1_queue() {  # top1_bf16 with a queue of the last 2 batches' images and captions as extra impostors (runs/f8k_w2top1q)
+  $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2top1q" --preset whisper --epochs 5 --max-steps 2300 --max-minutes 75 \
+      --set model.image_top_blocks=1 --set train.amp_cpu=true --set train.negative_queue=2
+}
+
+top1_clusters() {  # top1_bf16 with batches drawn from 32 clusters of similar training images (runs/f8k_w2top1c)
+  $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2top1c" --preset whisper --epochs 5 --max-steps 2300 --max-minutes 70 \
+      --set model.image_top_blocks=1 --set train.amp_cpu=true --set train.batch_clusters=32
+}
+
+top1_b256() {  # top1_bf16 with batches of 256 (128 captions in two voices): twice the in-batch impostors, the same
+  # 5 epochs in half the steps (runs/f8k_w2top1b256)
+  $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2top1b256" --preset whisper --epochs 5 --max-steps 1150 --max-minutes 70 \
+      --set model.image_top_blocks=1 --set train.amp_cpu=true --set train.batch_size=256
+}
+
 whisper2_long() {  # whisper2's data and network on a longer cosine (3,200 steps) within the issue's 90 minutes: at most
   # 60 minutes of training after the 3.6 minutes of effects and about 20 of features (runs/f8k_w2long)
   $VGS train --data "$DATA/f8k-w2" --out "$RUNS/f8k_w2long" --preset whisper --epochs 7 --max-steps 3200 --max-minutes 60
@@ -139,9 +155,12 @@ case "${1:-all}" in
   lite2) lite2 ;;
   top1) top1 ;;
   top1_bf16) top1_bf16 ;;
+  top1_queue) top1_queue ;;
+  top1_clusters) top1_clusters ;;
+  top1_b256) top1_b256 ;;
   whisper2_long) whisper2_long ;;
   whisper_more) whisper_more ;;
   eval) evaluate "${2:-$RUNS/f8k_c192}" "${3:-}" ;;
   all) data; testsets; train; evaluate "$RUNS/f8k_c192" ;;
-  *) echo "usage: $0 data|testsets|train|whisper|whisper2|lite2|top1|top1_bf16|whisper2_long|whisper_more|eval [RUN [OUT]]|all" >&2; exit 2 ;;
+  *) echo "usage: $0 data|testsets|train|whisper|whisper2|lite2|top1|top1_bf16|top1_queue|top1_clusters|top1_b256|whisper2_long|whisper_more|eval [RUN [OUT]]|all" >&2; exit 2 ;;
 esac

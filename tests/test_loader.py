@@ -68,3 +68,28 @@ def test_clean_epochs_train_on_clean_speech_first(tiny_scenes) -> None:
     np.testing.assert_array_equal(dataset[0]["audio"], cached)
     dataset.set_epoch(1)
     assert dataset[0]["audio"].shape[1] == cached.shape[1] and not np.array_equal(dataset[0]["audio"], cached)
+
+
+def test_cluster_batches_hold_one_cluster_when_pools_fit_them() -> None:
+    """With ``clusters``, units are pooled cluster by cluster: pools the size of a cluster give one-cluster batches."""
+    rng = np.random.default_rng(0)
+    clusters = rng.permutation(np.repeat(np.arange(4), 64))  # 4 clusters of 64 items, interleaved
+    lengths = rng.integers(10, 100, len(clusters))
+    sampler = BucketBatchSampler(lengths, 16, seed=1, pool_batches=4, clusters=clusters)
+    batches = sampler.all_batches()
+    assert sorted(i for b in batches for i in b) == list(range(256))
+    assert all(len(set(clusters[b].tolist())) == 1 for b in batches)
+    assert batches == BucketBatchSampler(lengths, 16, seed=1, pool_batches=4, clusters=clusters).all_batches()
+    sampler.set_epoch(1)
+    assert sampler.all_batches() != batches  # another order each epoch
+    plain = BucketBatchSampler(lengths, 16, seed=1, pool_batches=4).all_batches()
+    assert sum(len(set(clusters[b].tolist())) == 1 for b in plain) < len(plain) // 2
+
+
+def test_cluster_batches_keep_voice_pairs_together() -> None:
+    groups = np.repeat(np.arange(64), 2)  # 64 captions in two voices each
+    clusters = np.repeat(np.arange(4), 32)  # 16 captions per cluster
+    sampler = BucketBatchSampler(np.full(128, 50), 8, seed=0, pool_batches=4, groups=groups, clusters=clusters)
+    for batch in sampler.all_batches():
+        assert len(set(clusters[batch].tolist())) == 1
+        assert sorted(np.bincount(groups[batch]).tolist())[-4:] == [2, 2, 2, 2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vgs.loss import ContrastiveLoss, hinge_all, hinge_sampled, info_nce, same_image_mask
+from vgs.loss import ContrastiveLoss, Impostors, hinge_all, hinge_sampled, info_nce, same_image_mask
 
 
 def separated(b: int = 6, gap: float = 1.5) -> torch.Tensor:
@@ -85,3 +85,42 @@ def test_voice_info_nce_matches_the_naive_reference() -> None:
     assert voice_info_nce(pooled, torch.arange(8)) == 0  # no pairs: nothing to pull together
     together = torch.nn.functional.normalize(torch.eye(4).repeat_interleave(2, 0), dim=1)
     assert voice_info_nce(together, torch.arange(4).repeat_interleave(2), 10.0) < 0.01
+
+
+def _info_nce_naive(sim, ids, scale, impostors):
+    """Loop reference: each image against the batch captions then the extra ones, each caption likewise."""
+    b = len(ids)
+    total = 0.0
+    for i in range(b):
+        candidates = [sim[i, j] for j in range(b) if j == i or ids[j] != ids[i]]
+        candidates += [impostors.captions[i, q] for q in range(impostors.captions.shape[1]) if not impostors.captions_same[i, q]]
+        total += -(scale * sim[i, i] - torch.logsumexp(scale * torch.stack(candidates), 0)) / (2 * b)
+    for j in range(b):
+        candidates = [sim[i, j] for i in range(b) if i == j or ids[i] != ids[j]]
+        candidates += [impostors.images[q, j] for q in range(impostors.images.shape[0]) if not impostors.images_same[q, j]]
+        total += -(scale * sim[j, j] - torch.logsumexp(scale * torch.stack(candidates), 0)) / (2 * b)
+    return total
+
+
+def test_info_nce_with_queued_impostors_matches_the_naive_reference() -> None:
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.tensor([0, 0, 1, 2, 3, 3])
+    sim = torch.rand(6, 6, generator=generator)
+    queued_caption_ids, queued_image_ids = torch.tensor([1, 5, 6, 0]), torch.tensor([7, 2, 8])
+    impostors = Impostors(torch.rand(6, 4, generator=generator), ids[:, None] == queued_caption_ids[None, :],
+                          torch.rand(3, 6, generator=generator), queued_image_ids[:, None] == ids[None, :])
+    assert impostors.captions_same.any() and impostors.images_same.any()  # stale positives are in the test
+    scale = torch.tensor(2.0)
+    got = info_nce(sim, same_image_mask(ids), scale, impostors)
+    assert torch.allclose(got, _info_nce_naive(sim, ids, scale.exp(), impostors), atol=1e-5)
+    assert got > info_nce(sim, same_image_mask(ids), scale)  # more impostors, a larger loss
+
+
+def test_masked_impostors_change_nothing_and_need_infonce() -> None:
+    ids = torch.arange(5)
+    sim = torch.rand(5, 5)
+    masked = Impostors(torch.rand(5, 3), torch.ones(5, 3, dtype=torch.bool), torch.rand(2, 5), torch.ones(2, 5, dtype=torch.bool))
+    scale = torch.tensor(1.5)
+    assert torch.allclose(info_nce(sim, same_image_mask(ids), scale, masked), info_nce(sim, same_image_mask(ids), scale))
+    with pytest.raises(ValueError, match="infonce"):
+        ContrastiveLoss("hinge_all")(sim, ids, impostors=masked)

@@ -154,6 +154,31 @@ def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path) -> Non
         assert trained[direction]["r10"] > baseline[direction]["r10"] + 0.05, (trained[direction], baseline[direction])
 
 
+def test_negative_queue_trains_and_needs_infonce(tiny_scenes, tmp_path) -> None:
+    """train.negative_queue: the last batches' images and captions join the impostors; the run trains."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1, "train.max_steps": 4, "train.negative_queue": 2})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    state = trainer.fit()
+    assert state.global_step == 4 and state.skipped_steps == 0 and len(trainer.queue) == 2
+    assert math.isfinite(float(read_metrics(tmp_path / "run")[0]["train_loss"]))
+    with pytest.raises(VGSError, match="train.negative_queue"):
+        tiny_config(tiny_scenes, **{"train.negative_queue": 2, "train.loss": "hinge_all"})
+
+
+def test_batch_clusters_train_and_need_cached_image_features(tiny_scenes, tmp_path) -> None:
+    """train.batch_clusters: batches come from clusters of similar images (one or two per batch here)."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1, "train.max_steps": 3, "train.batch_clusters": 6})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    clusters = trainer.sampler.clusters
+    assert clusters is not None and len(clusters) == len(trainer.train_set) and len(set(clusters.tolist())) == 6
+    spans = [len(set(clusters[b].tolist())) for b in trainer.sampler.all_batches()]
+    assert sorted(spans)[len(spans) // 2] <= 2
+    assert trainer.fit().global_step == 3
+    files = tiny_config(tiny_scenes, **{"train.batch_clusters": 6, "train.cache_image_features": False})
+    with pytest.raises(VGSError, match="train.batch_clusters"):
+        Trainer(files, tmp_path / "run2", progress=False)
+
+
 def test_init_from_starts_from_another_runs_weights(tiny_scenes, tiny_run, tmp_path) -> None:
     """train.init_from: the model (and the learned temperature) start from the source; mismatches are refused."""
     source = load_checkpoint(tiny_run / "checkpoints" / "best.pt")

@@ -99,6 +99,8 @@ class TrainConfig:
     spec_augment: bool = True  # time and frequency masking on the audio features
     voice_pairs: bool = True  # batches hold two renderings (voices) of each caption when the data has them
     voice_loss_weight: float = 0.5  # speech-to-speech InfoNCE between renderings of one caption (0 = off)
+    batch_clusters: int = 0  # draw each batch from a few of this many clusters of similar images (vgs.negatives; 0 = random)
+    negative_queue: int = 0  # past batches whose images and captions are extra InfoNCE impostors (vgs.negatives; 0 = off)
     eval_split: str = "dev"
     eval_every: int = 1  # epochs
     eval_max_items: int = 1000  # dev recall on at most this many images per evaluation
@@ -121,6 +123,8 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         if not (self.voice_loss_weight >= 0 and self.voice_loss_weight <= 10):
             raise VGSError(f"train.voice_loss_weight: expected 0..10, got {self.voice_loss_weight!r}")
+        if self.negative_queue and self.loss != "infonce":
+            raise VGSError(f"train.negative_queue: queued impostors need train.loss=infonce, got {self.loss!r}")
         if self.batch_size < 2:
             raise VGSError(f"train.batch_size: expected at least 2 (impostors come from the batch), got {self.batch_size}")
 
@@ -208,6 +212,8 @@ RANGES: dict[str, Range] = {
     "train.max_minutes": Range(0, 1e7),  # 0 = no limit
     "train.max_steps": Range(0, 1e9),  # 0 = no limit
     "train.max_bad_steps": Range(1, 1_000_000),
+    "train.batch_clusters": Range(0, 4096),
+    "train.negative_queue": Range(0, 1024),  # each queued batch holds its embeddings in memory
     "train.threads": Range(0, 1024),  # 0 = all cores
 }
 FINITE = Range(-math.inf, math.inf)

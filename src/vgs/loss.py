@@ -7,12 +7,15 @@ equal (two captions of one image in the batch): those are never impostors.
   impostor image drawn at random from the batch,
   ``max(0, m - S_ii + S_i,imp) + max(0, m - S_ii + S_imp,i)``.
 * ``hinge_all``: the same hinge averaged over every valid in-batch impostor.
-* ``infonce``: symmetric cross-entropy over ``S / temperature`` (learnable).
+* ``infonce``: symmetric cross-entropy over ``S / temperature`` (learnable); with
+  :class:`Impostors` from past batches (a queue, :mod:`vgs.negatives`) appended to the
+  candidates of each direction.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -55,12 +58,38 @@ def hinge_all(sim: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> tor
     return (image_to_caption.sum() + caption_to_image.sum()) / per_pair
 
 
-def info_nce(sim: torch.Tensor, same: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE; other captions of the same image are masked out. Returns a scalar."""
+@dataclass
+class Impostors:
+    """Extra candidates for InfoNCE, scored against the batch.
+
+    ``captions``: ``B x Qc`` scores of each batch image against ``Qc`` extra captions;
+    ``images``: ``Qi x B`` scores of ``Qi`` extra images against each batch caption;
+    ``captions_same`` / ``images_same``: the same shapes, True where the pair shares an image
+    (a stale positive, masked out rather than pushed away).
+    """
+
+    captions: torch.Tensor
+    captions_same: torch.Tensor
+    images: torch.Tensor
+    images_same: torch.Tensor
+
+
+def info_nce(sim: torch.Tensor, same: torch.Tensor, logit_scale: torch.Tensor,
+             impostors: Impostors | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE; other captions of the same image are masked out. Returns a scalar.
+
+    With ``impostors``, image ``i`` is scored against the ``B`` batch captions then the ``Qc`` extra
+    ones, and caption ``j`` against the ``B`` batch images then the ``Qi`` extra ones.
+    """
+    scale = logit_scale.exp().clamp(max=100.0)
     off_diagonal_same = same & ~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
-    logits = (sim * logit_scale.exp().clamp(max=100.0)).masked_fill(off_diagonal_same, float("-inf"))
+    logits = (sim * scale).masked_fill(off_diagonal_same, float("-inf"))
+    per_image, per_caption = logits, logits.T
+    if impostors is not None:
+        per_image = torch.cat([per_image, (impostors.captions * scale).masked_fill(impostors.captions_same, float("-inf"))], 1)
+        per_caption = torch.cat([per_caption, (impostors.images * scale).masked_fill(impostors.images_same, float("-inf")).T], 1)
     targets = torch.arange(sim.shape[0], device=sim.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    return 0.5 * (F.cross_entropy(per_image, targets) + F.cross_entropy(per_caption, targets))
 
 
 def voice_info_nce(pooled: torch.Tensor, groups: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
@@ -92,10 +121,14 @@ class ContrastiveLoss(nn.Module):
         self.margin = margin
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=kind == "infonce")
 
-    def forward(self, sim: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, sim: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator | None = None,
+                impostors: Impostors | None = None) -> torch.Tensor:
+        """``B x B`` scores and ``B`` image ids -> scalar loss; ``impostors`` only with InfoNCE."""
+        if impostors is not None and self.kind != "infonce":
+            raise ValueError(f"extra impostors need the infonce loss, not {self.kind!r}")
         same = same_image_mask(image_ids.to(sim.device))
         if self.kind == "hinge_sampled":
             return hinge_sampled(sim, same, self.margin, generator)
         if self.kind == "hinge_all":
             return hinge_all(sim, same, self.margin)
-        return info_nce(sim, same, self.logit_scale)
+        return info_nce(sim, same, self.logit_scale, impostors)

@@ -5,7 +5,8 @@ A run folder holds ``config.yaml``, ``metrics.csv``, TensorBoard logs (``tb/``),
 ``checkpoints/best.pt`` (best dev mean recall) and plots.  ``--resume`` continues
 from ``last.pt`` on exactly the batches an uninterrupted run would have seen:
 batch order, augmentation and dropout are all seeded per ``(seed, epoch)`` and the
-RNG state is saved with every checkpoint.
+RNG state is saved with every checkpoint.  (With ``train.negative_queue`` the queued
+impostors are not saved: a resumed run refills its queue in that many steps.)
 
 Multi-GPU / multi-node: launch with ``torchrun``; each process trains on its shard
 of the batches (DistributedDataParallel, NCCL on GPU, gloo on CPU).
@@ -31,14 +32,15 @@ from torch.utils.data import DataLoader
 from .progress import tqdm
 
 from .config import Config, from_dict, save_config, to_dict
-from .data.loader import Batch, BucketBatchSampler, PairDataset, collate
+from .data.loader import Batch, BucketBatchSampler, CachedImages, PairDataset, collate
 from .data.pipeline import describe, feature_statistics, open_split
 from .errors import VGSError, first_line
 from .evaluate import encode_split, mean_recall, pairs_protocol
 from .io import load_checkpoint, save_checkpoint, write_text
-from .loss import ContrastiveLoss, voice_info_nce
+from .loss import ContrastiveLoss, Impostors, voice_info_nce
 from .models.audio import frame_mask
 from .models.factory import build_model, pixel_config
+from .negatives import ImpostorQueue, first_of_each, image_clusters
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "skipped_steps", "minutes",
                  "dev_s2i_r1", "dev_s2i_r5", "dev_s2i_r10", "dev_i2s_r1", "dev_i2s_r5", "dev_i2s_r10", "dev_mean_recall"]
@@ -90,6 +92,19 @@ def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     mask = frame_mask(lengths, frames.shape[-1]).to(frames.dtype)
     mean = (frames * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True).clamp_min(1.0)
     return torch.nn.functional.normalize(mean, dim=1)
+
+
+def distinct_rows(images: torch.Tensor, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score each image of a batch once: ``B x D x H x W`` embeddings, ``B`` ids -> (``U`` rows, ``B`` expand).
+
+    ``images[rows][expand]`` equals ``images``: when every copy of an id (two voices of one caption) has
+    the same embedding, ``rows`` holds one copy per id; otherwise (copies flipped differently) every row.
+    """
+    first, inverse = first_of_each(image_ids)
+    if len(first) < len(image_ids) and torch.equal(images[first][inverse], images):
+        return first, inverse
+    every = torch.arange(len(image_ids), device=image_ids.device)
+    return every, every
 
 
 def parameter_groups(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> list[dict]:
@@ -153,7 +168,7 @@ class Trainer:
         self.model.audio.input_norm.set_statistics(mean.to(self.device), std.to(self.device))
         groups = self.train_set.caption_index if config.train.voice_pairs else None
         self.sampler = BucketBatchSampler(self.train_set.lengths(), config.train.batch_size, seed=config.train.seed, groups=groups,
-                                          rank=self.rank, world_size=self.world)
+                                          rank=self.rank, world_size=self.world, clusters=self._item_clusters())
         if len(self.sampler) == 0:
             raise VGSError(f"{config.data}: {len(self.train_set)} training pairs is fewer than one batch of {config.train.batch_size}")
         self.optimizer = make_optimizer(parameter_groups(self.model, self.loss_fn, config), config)
@@ -169,6 +184,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.train.compile:
             self.ddp_model = torch.compile(self.ddp_model)
+        self.queue = ImpostorQueue(config.train.negative_queue) if config.train.negative_queue else None
         self.state = TrainState()
         self._bad_in_a_row = 0  # non-finite steps since the last good one
         self.out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +197,18 @@ class Trainer:
         if self.rank == 0:
             save_config(config, self.out / "config.yaml")
         self.writer = self._tensorboard()
+
+    def _item_clusters(self) -> np.ndarray | None:
+        """Each training pair's image cluster (``train.batch_clusters``), or None for random batches."""
+        k = self.config.train.batch_clusters
+        if not k:
+            return None
+        images = self.train_set.images
+        if not isinstance(images, CachedImages):
+            raise VGSError("train.batch_clusters: image clusters come from cached trunk features; "
+                           "use a frozen trunk with train.cache_image_features=true")
+        rows = np.array([images.index[image_id] for image_id in self.train_set.image_ids])
+        return image_clusters(images.features, rows, k)[self.train_set.image_index]
 
     def _open_dev(self) -> PairDataset | None:
         try:
@@ -270,13 +298,30 @@ class Trainer:
         t = self.config.train
         amp = t.amp and (self.device.type == "cuda" or t.amp_cpu)
         images_in = batch.images.contiguous(memory_format=torch.channels_last) if t.channels_last else batch.images
+        image_ids = batch.image_index.to(self.device)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
             images, audio, lengths = self.ddp_model(images_in, batch.audio, batch.lengths, self.train_set.images.is_features)
-            sim = self.model.similarity(images, audio, lengths)
-        loss = self.loss_fn(sim.float(), batch.image_index)
+            rows, expand = distinct_rows(images, image_ids)
+            sim = self.model.similarity(images[rows], audio, lengths)[expand]
+            impostors = self._queued_impostors(images[rows], expand, audio, lengths, image_ids) if self.queue else None
+        loss = self.loss_fn(sim.float(), batch.image_index, impostors=impostors)
         if t.voice_loss_weight > 0 and batch.caption_index is not None:
             loss = loss + t.voice_loss_weight * voice_info_nce(pooled_audio(audio.float(), lengths), batch.caption_index)
+        if self.queue is not None:
+            self.queue.push(images, image_ids, audio, lengths)
         return loss
+
+    def _queued_impostors(self, images: torch.Tensor, expand: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor,
+                          image_ids: torch.Tensor) -> Impostors:
+        """The batch against the queue: ``U x D x H x W`` images (row ``expand[b]`` is pair ``b``'s), ``B x D x T'``
+        frames with ``B`` lengths, the pairs' ``B`` image ids."""
+        assert self.queue is not None
+        queued_images, queued_image_ids = self.queue.images()
+        queued_captions, queued_caption_ids = self.queue.captions()
+        return Impostors(self.model.similarity(images, queued_captions)[expand].float(),
+                         image_ids[:, None] == queued_caption_ids[None, :],
+                         self.model.similarity(queued_images, audio, lengths).float(),
+                         queued_image_ids[:, None] == image_ids[None, :])
 
     def train_step(self, batch: Batch) -> float | None:
         """One optimisation step; returns the loss, or None when it was non-finite and skipped."""

@@ -170,11 +170,17 @@ class BucketBatchSampler(Sampler[list[int]]):
     drawn and sit side by side in a batch, so a batch of ``B`` holds ``B / 2`` captions in two
     voices each.  Items whose group has one member are left out then; when fewer than half of
     the items have a partner, batching is as without ``groups``.
+
+    With ``clusters`` (``N`` labels, e.g. of each item's image, :func:`vgs.negatives.image_clusters`),
+    the shuffled units are ordered cluster by cluster (clusters in a random order) before the pools
+    are cut, so each pool, and each batch, holds units of one or a few clusters: harder impostors.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 32,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True, groups: np.ndarray | None = None):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True, groups: np.ndarray | None = None,
+                 clusters: np.ndarray | None = None):
         self.lengths = np.asarray(lengths)
+        self.clusters = None if clusters is None else np.asarray(clusters)
         self.batch_size = batch_size
         self.seed = seed
         self.pool = batch_size * pool_batches
@@ -208,6 +214,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch, 7919])
         units, lengths, per_batch = self._units(np.random.default_rng([self.seed, self.epoch, 104729]))
         order = rng.permutation(len(units))
+        if self.clusters is not None:
+            cluster_rank = rng.permutation(int(self.clusters.max()) + 1)
+            unit_cluster = self.clusters[[int(u[0]) for u in units]]
+            order = order[np.argsort(cluster_rank[unit_cluster[order]], kind="stable")]
         pool_units = self.pool // (self.batch_size // per_batch)
         batches: list[list[int]] = []
         for p0 in range(0, len(order), pool_units):
