@@ -97,7 +97,7 @@ def test_non_finite_losses_are_skipped_then_stop(tiny_scenes, tmp_path, monkeypa
     calls = {"n": 0}
     original = trainer.loss_fn.forward
 
-    def flaky(sim, ids, generator=None):
+    def flaky(sim, ids, generator=None, impostors=None):
         calls["n"] += 1
         loss = original(sim, ids)
         return loss * float("nan") if calls["n"] == 2 else loss
@@ -108,7 +108,7 @@ def test_non_finite_losses_are_skipped_then_stop(tiny_scenes, tmp_path, monkeypa
     assert read_metrics(tmp_path / "run")[-1]["skipped_steps"] == "1"
 
     broken = Trainer(config, tmp_path / "run2", progress=False)
-    monkeypatch.setattr(broken.loss_fn, "forward", lambda sim, ids, generator=None: sim.sum() * float("inf"))
+    monkeypatch.setattr(broken.loss_fn, "forward", lambda sim, ids, generator=None, impostors=None: sim.sum() * float("inf"))
     before = {k: v.clone() for k, v in broken.model.state_dict().items()}
     with pytest.raises(VGSError, match="3 consecutive steps"):
         broken.fit()
@@ -171,6 +171,7 @@ def test_batch_clusters_train_and_need_cached_image_features(tiny_scenes, tmp_pa
     trainer = Trainer(config, tmp_path / "run", progress=False)
     clusters = trainer.sampler.clusters
     assert clusters is not None and len(clusters) == len(trainer.train_set) and len(set(clusters.tolist())) == 6
+    trainer.sampler.pool = 2 * config.train.batch_size  # pools smaller than a cluster, as on Flickr8k (32 x 128 of 60,000)
     spans = [len(set(clusters[b].tolist())) for b in trainer.sampler.all_batches()]
     assert sorted(spans)[len(spans) // 2] <= 2
     assert trainer.fit().global_step == 3
