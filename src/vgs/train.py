@@ -301,9 +301,8 @@ class Trainer:
         image_ids = batch.image_index.to(self.device)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
             images, audio, lengths = self.ddp_model(images_in, batch.audio, batch.lengths, self.train_set.images.is_features)
-            rows, expand = distinct_rows(images, image_ids)
-            sim = self.model.similarity(images[rows], audio, lengths)[expand]
-            impostors = self._queued_impostors(images[rows], expand, audio, lengths, image_ids) if self.queue else None
+            sim = self.model.similarity(images, audio, lengths)
+            impostors = self._queued_impostors(images, audio, lengths, image_ids) if self.queue else None
         loss = self.loss_fn(sim.float(), batch.image_index, impostors=impostors)
         if t.voice_loss_weight > 0 and batch.caption_index is not None:
             loss = loss + t.voice_loss_weight * voice_info_nce(pooled_audio(audio.float(), lengths), batch.caption_index)
@@ -311,11 +310,13 @@ class Trainer:
             self.queue.push(images, image_ids, audio, lengths)
         return loss
 
-    def _queued_impostors(self, images: torch.Tensor, expand: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor,
+    def _queued_impostors(self, images: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor,
                           image_ids: torch.Tensor) -> Impostors:
-        """The batch against the queue: ``U x D x H x W`` images (row ``expand[b]`` is pair ``b``'s), ``B x D x T'``
-        frames with ``B`` lengths, the pairs' ``B`` image ids."""
+        """The batch against the queue: ``B x D x H x W`` images, ``B x D x T'`` frames with ``B`` lengths, the
+        pairs' ``B`` image ids."""
         assert self.queue is not None
+        rows, expand = distinct_rows(images, image_ids)  # each distinct image scored once
+        images = images[rows]
         queued_images, queued_image_ids = self.queue.images()
         queued_captions, queued_caption_ids = self.queue.captions()
         return Impostors(self.model.similarity(images, queued_captions)[expand].float(),
