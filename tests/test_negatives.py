@@ -7,8 +7,7 @@ import torch
 
 import numpy as np
 
-from vgs.negatives import ImpostorQueue, first_of_each, image_clusters
-from vgs.train import distinct_rows
+from vgs.negatives import ImpostorQueue, distinct_rows, first_of_each, image_clusters
 
 
 def test_first_of_each_finds_each_ids_first_position() -> None:

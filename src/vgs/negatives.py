@@ -67,6 +67,19 @@ def first_of_each(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, inverse
 
 
+def distinct_rows(images: torch.Tensor, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score each image of a batch once: ``B x D x H x W`` embeddings, ``B`` ids -> (``U`` rows, ``B`` expand).
+
+    ``images[rows][expand]`` equals ``images``: when every copy of an id (two voices of one caption) has
+    the same embedding, ``rows`` holds one copy per id; otherwise (copies flipped differently) every row.
+    """
+    first, inverse = first_of_each(image_ids)
+    if len(first) < len(image_ids) and torch.equal(images[first][inverse], images):
+        return first, inverse
+    every = torch.arange(len(image_ids), device=image_ids.device)
+    return every, every
+
+
 class ImpostorQueue:
     """The last ``batches`` batches' embeddings (first in, first out)."""
 

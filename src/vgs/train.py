@@ -40,7 +40,7 @@ from .io import load_checkpoint, save_checkpoint, write_text
 from .loss import ContrastiveLoss, Impostors, voice_info_nce
 from .models.audio import frame_mask
 from .models.factory import build_model, pixel_config
-from .negatives import ImpostorQueue, first_of_each, image_clusters
+from .negatives import ImpostorQueue, distinct_rows, image_clusters
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "skipped_steps", "minutes",
                  "dev_s2i_r1", "dev_s2i_r5", "dev_s2i_r10", "dev_i2s_r1", "dev_i2s_r5", "dev_i2s_r10", "dev_mean_recall"]
@@ -92,19 +92,6 @@ def pooled_audio(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     mask = frame_mask(lengths, frames.shape[-1]).to(frames.dtype)
     mean = (frames * mask[:, None, :]).sum(-1) / mask.sum(-1, keepdim=True).clamp_min(1.0)
     return torch.nn.functional.normalize(mean, dim=1)
-
-
-def distinct_rows(images: torch.Tensor, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score each image of a batch once: ``B x D x H x W`` embeddings, ``B`` ids -> (``U`` rows, ``B`` expand).
-
-    ``images[rows][expand]`` equals ``images``: when every copy of an id (two voices of one caption) has
-    the same embedding, ``rows`` holds one copy per id; otherwise (copies flipped differently) every row.
-    """
-    first, inverse = first_of_each(image_ids)
-    if len(first) < len(image_ids) and torch.equal(images[first][inverse], images):
-        return first, inverse
-    every = torch.arange(len(image_ids), device=image_ids.device)
-    return every, every
 
 
 def parameter_groups(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> list[dict]:
