@@ -115,6 +115,36 @@ def test_sparse_misa_backward_splits_exact_ties_like_amax() -> None:
     torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "bfloat16"])
+@pytest.mark.parametrize("chunk_bytes", [2**30, 900])
+def test_sparse_misa_backward_off_the_convolution_path(layout: str, chunk_bytes: int) -> None:
+    """Channels-last or bfloat16 regions take the matmul path (frame-major scores), ties and all.
+
+    Entries in {-1, 0, 1} make every score a small integer, exact in bfloat16, so regions tie often and
+    both sides round alike: the gradients must match the dense definition (amax shares a tie's gradient).
+    """
+    torch.manual_seed(3)
+    images = torch.randint(-1, 2, (4, 8, 3, 4)).float()
+    audio = torch.randint(-1, 2, (3, 8, 90)).float()
+    lengths = torch.tensor([90, 41, 7])
+    dtype = torch.bfloat16 if layout == "bfloat16" else torch.float32
+    weights = torch.randn(4, 3)
+    grads = []
+    for path in ("dense", "sparse"):
+        i, a = images.to(dtype).requires_grad_(True), audio.to(dtype).requires_grad_(True)
+        if path == "dense":
+            score = torch.stack([torch.stack([matchmap(i[x], a[y, :, : lengths[y]]).flatten(0, 1).amax(0).float().mean()
+                                              for y in range(3)]) for x in range(4)])
+        else:
+            regions = i.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else i
+            score = similarity_matrix(regions, a, lengths, "misa", chunk_bytes=chunk_bytes)
+        (score * weights).sum().backward()
+        grads.append((i.grad.float(), a.grad.float()))
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-4}
+    torch.testing.assert_close(grads[1][0], grads[0][0], **tolerance)
+    torch.testing.assert_close(grads[1][1], grads[0][1], **tolerance)
+
+
 def test_region_max_gradcheck() -> None:
     chunk = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     frames = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)

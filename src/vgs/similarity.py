@@ -150,18 +150,18 @@ class RegionMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        scores = _scores(chunk, frames)  # n x f x R
-        best, where = scores.max(dim=2)  # n x f, and the (first) best region's index
-        tied = scores == best.unsqueeze(2)  # one True per (n, f) unless regions tie exactly
-        ctx.save_for_backward(chunk, frames, where, tied if int(tied.sum()) > best.numel() else None)
-        return best
+        scores = _scores_by_frame(chunk, frames)  # f x n x R
+        best, where = scores.max(dim=2)  # f x n, and the (first) best region's index
+        tied = scores == best.unsqueeze(2)  # one True per (f, n) unless regions tie exactly
+        ctx.save_for_backward(chunk, frames, where, tied if int(torch.count_nonzero(tied)) > best.numel() else None)
+        return best.t().contiguous()  # n x f
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
         chunk, frames, where, tied = ctx.saved_tensors
         n, d, r = chunk.shape
-        f = frames.shape[0]
-        weights = _best_region_weights(grad.float(), where, r) if tied is None else _tied_region_weights(grad.float(), tied)
+        by_frame = grad.float().t()  # f x n
+        weights = _best_region_weights(by_frame, where, r) if tied is None else _tied_region_weights(by_frame, tied)
         grad_chunk = grad_frames = None
         if ctx.needs_input_grad[0]:
             grad_chunk = (weights.t() @ frames.float()).view(n, r, d).transpose(1, 2).to(chunk.dtype)
@@ -178,24 +178,39 @@ def _sparse_is_beta() -> Iterator[None]:
         yield
 
 
+def _scores_by_frame(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """:func:`_scores` laid out frame-major, ``f x n x R``: the order of the sparse backward's rows.
+
+    Off the 1x1-convolution path this is the same product with its output transposed, so the score block
+    is written once in this order and the max and ties read it contiguously; on that path it is a view.
+    """
+    if _onednn(chunk, frames):
+        return _scores(chunk, frames).transpose(0, 1)
+    n_c, d, r = chunk.shape
+    block = chunk.transpose(1, 2).reshape(-1, d)  # (n_c * R) x D: a view for channels-last regions, else a copy
+    return (frames @ block.T).view(-1, n_c, r)
+
+
 def _best_region_weights(grad: torch.Tensor, where: torch.Tensor, r: int) -> torch.Tensor:
-    """``n x f`` gradient and best-region indices -> the ``f x (n * R)`` CSR matrix that routes it."""
-    n, f = grad.shape
-    # Row f holds one entry per image n, at column n * R + where[n, f]: already sorted, a valid CSR matrix.
-    columns = (where.T + torch.arange(n, device=where.device)[None, :] * r).reshape(-1)
+    """``f x n`` gradient and best-region indices -> the ``f x (n * R)`` CSR matrix that routes it."""
+    f, n = grad.shape
+    # Row f holds one entry per image n, at column n * R + where[f, n]: already sorted, a valid CSR matrix.
+    columns = (where + torch.arange(n, device=where.device)[None, :] * r).reshape(-1)
     rows = torch.arange(0, f * n + 1, n, device=where.device)
     with _sparse_is_beta():
-        return torch.sparse_csr_tensor(rows, columns, grad.T.reshape(-1), (f, n * r), check_invariants=False)
+        return torch.sparse_csr_tensor(rows, columns, grad.reshape(-1), (f, n * r), check_invariants=False)
 
 
 def _tied_region_weights(grad: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
-    """The same with ``n x f x R`` ties: each tied region gets an equal share of its pair's gradient."""
-    n, f, r = tied.shape
-    image, frame, region = tied.nonzero(as_tuple=True)
-    share = grad[image, frame] / tied.sum(2)[image, frame]
+    """The same with ``f x n x R`` ties: each tied region gets an equal share of its pair's gradient."""
+    f, n, r = tied.shape
+    frame, image, region = tied.nonzero(as_tuple=True)  # in row-major order: by frame, then column
+    pair = frame * n + image
+    share = grad.reshape(-1)[pair] / torch.bincount(pair, minlength=f * n)[pair]
+    rows = torch.zeros(f + 1, dtype=torch.int64, device=tied.device)
+    rows[1:] = torch.bincount(frame, minlength=f).cumsum(0)
     with _sparse_is_beta():
-        weights = torch.sparse_coo_tensor(torch.stack([frame, image * r + region]), share, (f, n * r), check_invariants=False)
-        return weights.coalesce().to_sparse_csr()
+        return torch.sparse_csr_tensor(rows, image * r + region, share, (f, n * r), check_invariants=False)
 
 
 def _region_max(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
