@@ -134,7 +134,7 @@ def _scores(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
             return F.conv1d(chunk, frames.unsqueeze(-1))
         return torch.matmul(frames, chunk)  # a few frames (search queries): batched, still without a copy
     block = chunk.transpose(1, 2).reshape(-1, d)  # (n_c * R) x D: a view for channels-last regions, else a copy
-    return (block @ frames.T).view(n_c, r, -1).transpose(1, 2)
+    return (frames @ block.T).view(-1, n_c, r).transpose(0, 1)  # written frame-major: see _scores_by_frame
 
 
 class RegionMax(torch.autograd.Function):
@@ -179,16 +179,12 @@ def _sparse_is_beta() -> Iterator[None]:
 
 
 def _scores_by_frame(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """:func:`_scores` laid out frame-major, ``f x n x R``: the order of the sparse backward's rows.
+    """:func:`_scores` as ``f x n x R``, the order of the sparse backward's rows.
 
-    Off the 1x1-convolution path this is the same product with its output transposed, so the score block
-    is written once in this order and the max and ties read it contiguously; on that path it is a view.
+    Off the 1x1-convolution path the product writes the score block in this order, so the max and the ties
+    read it contiguously; on that path it is a transposed view.
     """
-    if _onednn(chunk, frames):
-        return _scores(chunk, frames).transpose(0, 1)
-    n_c, d, r = chunk.shape
-    block = chunk.transpose(1, 2).reshape(-1, d)  # (n_c * R) x D: a view for channels-last regions, else a copy
-    return (frames @ block.T).view(-1, n_c, r)
+    return _scores(chunk, frames).transpose(0, 1)
 
 
 def _best_region_weights(grad: torch.Tensor, where: torch.Tensor, r: int) -> torch.Tensor:
