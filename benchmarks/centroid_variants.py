@@ -162,7 +162,7 @@ def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.
             lists.nprobe = nprobe
             _, found = lists.search(query, k)
             owners = np.unique(found[found >= 0] // m)
-            bounds = stage.lower_bounds(stage.Int8Representatives(table.values[owners], table.scales[owners]), frames, basis=basis)
+            bounds = stage.lower_bounds(stage.Int8Representatives(table.columns[owners], table.scales[owners]), frames, basis=basis)
             kept = set(owners[torch.topk(bounds, min(count, len(owners))).indices.numpy()].tolist())
             results.setdefault(f"ivf nprobe={nprobe} K={k}", []).append((answers <= kept, time.perf_counter() - start, len(owners)))
     base = np.median([r[1] for r in results["full bound"]])

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("similarity", "search", "eval", "features", "train")
+NAMES = ("similarity", "search", "eval", "features", "train", "int8_kernels")
 
 
 def command(name: str, args: argparse.Namespace) -> list[str] | None:

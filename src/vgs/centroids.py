@@ -25,9 +25,10 @@ dozen bytes per image); their vectors are read from the regions once, when the i
 **Projected and in int8.**  In memory the stage keeps each representative's first :data:`PROJECTED_DIMS`
 principal coordinates (``P x``; ``P`` fitted on representatives sampled across the index,
 :func:`vgs.codecs.principal_basis`) as :class:`Int8Representatives`, int8 with one scale per image, and
-:func:`lower_bounds` computes ``L`` on ``P x`` and ``P q`` with an int8 x int8 -> int32 product
-(``torch._int_mm``), the max over an image's representatives taken on the integers (one scale per image
-keeps it exact).  Projection and rounding make ``L`` an approximation, no longer a bound: a ranking
+:func:`lower_bounds` computes ``L`` on ``P x`` and ``P q`` with the int8 kernel of
+:func:`vgs.kernels.representative_bounds` (exact integer products, the max over an image's
+representatives taken on them: one scale per image keeps it exact).  Projection and rounding make ``L``
+an approximation, no longer a bound: a ranking
 proxy.  :meth:`vgs.search.SearchIndex.search_audio` takes the best ``candidates`` by it, narrows them by
 MISA on the int8 region codes when the index has them, and scores those exactly.  ``L`` costs ``N m p d``
 multiply-adds: 32 x 4 x 32 against MISA's 100 x ~20 x 256 on the scenes, about 1/125 of it.
@@ -43,14 +44,14 @@ import torch
 
 from .codecs import symmetric_int8
 from .errors import VGSError
+from .kernels import representative_bounds
 
 REPRESENTATIVES = 32  # regions kept per image (all of them when an image has fewer)
 FRAME_CENTROIDS = 4  # per spoken query
 ITERATIONS = 8
 PROJECTED_DIMS = 32  # principal coordinates the stage keeps
 BASIS_SAMPLE = 65536  # representatives the principal basis is fitted on, at most
-# Images per int8 product in the bound: keeps the n x m x p products in the core's cache (at 48 x 8
-# products per image, 2,048 images took 75 ms per 100,000 against 136 ms in chunks of 16,384; 1 thread)
+# Images per float product in the exact (float) bound: keeps the n x m x p products in the core's cache
 BOUND_CHUNK = 2048
 # With int8 region codes, the stage's candidates are narrowed by MISA on the codes to this many before
 # the exact re-rank (in an 80-query probe on 39,680 Flickr8k photos the codes' top 50 of 2,000 still
@@ -122,36 +123,47 @@ def project(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Int8Representatives:
-    """The stage's image side as the index holds it in memory: ``values`` ``N x m x d`` int8 and one float32
-    scale per image (``scales``, ``N``); image ``i``'s representatives are ``values[i] * scales[i]``."""
+    """The stage's image side as the index holds it in memory: ``columns`` ``N x d x m`` int8 (image ``i``'s
+    ``m`` representatives as the columns of ``columns[i]``, the layout the bound's kernel reads) and one
+    float32 scale per image (``scales``, ``N``); image ``i``'s representatives are ``values[i] * scales[i]``."""
 
-    values: torch.Tensor
+    columns: torch.Tensor
     scales: torch.Tensor
 
     @classmethod
     def quantize(cls, vectors: torch.Tensor) -> "Int8Representatives":
         """``N x m x d`` float vectors -> int8, symmetric, each image scaled by its largest coordinate."""
         values, scales = symmetric_int8(vectors.float(), (1, 2))
-        return cls(values, scales.flatten())
+        return cls.from_values(values, scales.flatten())
+
+    @classmethod
+    def from_values(cls, values: torch.Tensor, scales: torch.Tensor) -> "Int8Representatives":
+        """From ``N x m x d`` int8 rows and ``N`` scales."""
+        return cls(values.transpose(1, 2).contiguous(), scales)
 
     @classmethod
     def cat(cls, parts: "list[Int8Representatives]", m: int, d: int) -> "Int8Representatives":
-        """Concatenated in order (``0 x m x d`` when ``parts`` is empty)."""
+        """Concatenated in order (``0 x d x m`` when ``parts`` is empty)."""
         if not parts:
-            return cls(torch.zeros(0, m, d, dtype=torch.int8), torch.zeros(0))
-        return cls(torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]))
+            return cls(torch.zeros(0, d, m, dtype=torch.int8), torch.zeros(0))
+        return cls(torch.cat([p.columns for p in parts]), torch.cat([p.scales for p in parts]))
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.columns)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``N x m x d`` int8 (a view of ``columns``)."""
+        return self.columns.transpose(1, 2)
 
     @property
     def shape(self) -> torch.Size:
+        """``N x m x d``."""
         return self.values.shape
 
     def dequantize(self) -> torch.Tensor:
         """``N x m x d`` float32."""
         return self.values.float() * self.scales[:, None, None]
-
 
 
 def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
@@ -170,7 +182,7 @@ def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.T
     if basis is not None:
         queries = queries @ basis.T  # p x d
     if isinstance(image_side, Int8Representatives):
-        return _int8_bounds(image_side, queries, shares, chunk)
+        return _int8_bounds(image_side, queries, shares)
     out = []
     for c0 in range(0, len(image_side), chunk):
         part = image_side[c0: c0 + chunk].float()  # n x m x D
@@ -179,29 +191,10 @@ def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.T
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _int8_bounds(table: Int8Representatives, queries: torch.Tensor, shares: torch.Tensor, chunk: int) -> torch.Tensor:
+def _int8_bounds(table: Int8Representatives, queries: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
     """``L`` from int8 representatives and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
-    n, m, d = table.values.shape
     query_codes, query_scales = symmetric_int8(queries, 1)  # p x d int8, p x 1
-    query_codes, weights = query_codes.T.contiguous(), shares * query_scales.flatten()  # d x p, p
-    flat = table.values.reshape(n * m, d)
-    out = torch.empty(n)
-    for c0 in range(0, n, chunk):
-        products = torch._int_mm(flat[c0 * m: (c0 + chunk) * m], query_codes)  # n' m x p int32
-        out[c0: c0 + chunk] = _best_representative(products.view(-1, m * len(weights)), m).float() @ weights
-    return out * table.scales
-
-
-def _best_representative(products: torch.Tensor, m: int) -> torch.Tensor:
-    """``n x (m p)`` products, ``m`` representatives of ``p`` each per row -> ``n x p``, the max over them.
-
-    Halved pairwise while ``m`` is even: contiguous element-wise maxima, about 1.5x faster than a strided
-    ``amax`` on these shapes (32 x 4: 9.5 against 14.3 ms per 100,000 images, 1 thread)."""
-    p = products.shape[1] // m
-    while m > 1 and m % 2 == 0:
-        m //= 2
-        products = torch.maximum(products[:, : m * p], products[:, m * p:])
-    return products if m == 1 else products.view(len(products), m, p).amax(1)
+    return representative_bounds(table.columns, query_codes, shares * query_scales.flatten()) * table.scales
 
 
 def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,

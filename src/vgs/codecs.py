@@ -30,6 +30,7 @@ import torch
 
 from .errors import VGSError
 from .io import load_npy, save_npy, write_json
+from .kernels import region_maxima
 
 CODEC_KIND = "pca-int8"
 MAX_DIM = 16384
@@ -168,19 +169,19 @@ class RegionCodec:
         ``<s * c, P q> = <c, s * P q>``: the scale goes into the query, and each chunk is one
         ``(c R) x d`` by ``d x T`` product: 18 ms against 43 ms for decoding and a batched product per image
         (2,000 images of 49 x 128 codes, 22 frames, 1 thread).  ``int8_query``: the scaled query is
-        quantized too (one scale per frame) and the product runs in int8 -> int32 (``torch._int_mm``),
-        about 2x faster again; an approximation of these scores, for ranking candidates only.
+        quantized too (one scale per frame) and the product runs on integers
+        (:func:`vgs.kernels.region_maxima`: about 2x faster again with VNNI, and 11x faster than
+        ``torch._int_mm`` without it); an approximation of these scores, for ranking candidates only.
         """
         p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ self.basis.T).T * self.scale[:, None])  # d x T
         if int8_query:
             query, frame_scales = symmetric_int8(torch.from_numpy(p), 0)  # d x T int8, 1 x T
+            query, frame_scales = np.ascontiguousarray(query.numpy().T), frame_scales.numpy()  # T x d, 1 x T
         out = np.empty(len(codes), dtype=np.float64)
         for c0 in range(0, len(codes), chunk):
             part = np.ascontiguousarray(codes[c0: c0 + chunk])  # c x R x d
             if int8_query:
-                best = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), query)
-                best = best.view(len(part), part.shape[1], -1).amax(1).float() * frame_scales  # c x T (scales 1 x T)
-                out[c0: c0 + chunk] = best.mean(1).numpy()
+                out[c0: c0 + chunk] = (region_maxima(part, query) * frame_scales).mean(1)  # c x T -> c
                 continue
             scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
             out[c0: c0 + chunk] = scores.reshape(len(part), part.shape[1], -1).max(axis=1).mean(axis=1)

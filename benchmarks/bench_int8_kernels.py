@@ -1,0 +1,94 @@
+"""Benchmark the search stages' int8 products (vgs.kernels) against ``torch._int_mm``, side by side.
+
+    python benchmarks/bench_int8_kernels.py [--quick] [--repeats 7] [--threads 1]
+
+The stage's shapes, per spoken query: the centroid bound over a 100,000-image gallery (32 representatives
+of 32 int8 dimensions per image, 4 query centroids; ``vgs.kernels.representative_bounds``) and MISA on
+the int8 codes of the 2,000 candidates it keeps (49 or 100 regions of 128 dimensions, about 22 frames;
+``vgs.kernels.region_maxima``).  The reference is what the library ran before: one ``torch._int_mm``
+per chunk and the max over each group.  The integers must agree exactly (the codes' ``diff`` is 0; the bound's
+weighted sums may differ by float32 rounding of their order).  Prints
+whether this CPU has VNNI: without it ``torch._int_mm`` is a reference loop.  Ends with one ``RESULT`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_share_line, interleaved, machine_line, median, ratios, result_line, spread, table  # noqa: E402
+
+from vgs import kernels  # noqa: E402
+
+CHUNK = 2048  # images per torch._int_mm in the bound, as the library's torch path had it
+
+
+def torch_bounds(rows: torch.Tensor, query: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``N x m x d`` int8, ``p x d`` int8, ``p`` weights -> ``N``: the old torch path of the bound."""
+    n, m, d = rows.shape
+    flat, q = rows.reshape(n * m, d), query.T.contiguous()
+    out = torch.empty(n)
+    for c0 in range(0, n, CHUNK):
+        products = torch._int_mm(flat[c0 * m: (c0 + CHUNK) * m], q).view(-1, m, len(weights))
+        out[c0: c0 + CHUNK] = products.amax(1).float() @ weights
+    return out
+
+
+def torch_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``n x R x d`` and ``T x d`` int8 -> ``n x T``: the old torch path of the codes' MISA, chunks of 1,024."""
+    out = []
+    q = torch.from_numpy(np.ascontiguousarray(query.T))
+    for c0 in range(0, len(codes), 1024):
+        part = codes[c0: c0 + 1024]
+        products = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), q)
+        out.append(products.view(len(part), part.shape[1], -1).amax(1).float().numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 images and 3 repeats")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the kernels run on one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats, images = (3, 10_000) if args.quick else (args.repeats, 100_000)
+    print(machine_line())
+    print(f"int8 instructions for torch._int_mm (VNNI/AMX): {kernels.int8_instructions()}")
+    rng = np.random.default_rng(0)
+    rows = torch.from_numpy(rng.integers(-127, 128, (images, 32, 32), dtype=np.int8))
+    columns = rows.transpose(1, 2).contiguous()
+    query, weights = torch.from_numpy(rng.integers(-127, 128, (4, 32), dtype=np.int8)), torch.tensor([0.4, 0.3, 0.2, 0.1])
+    cases = {"bound": (f"bound, {images:,} x 32 x 32, 4 centroids",
+                       lambda: kernels.representative_bounds(columns, query, weights), lambda: torch_bounds(rows, query, weights))}
+    for regions in (49, 100):
+        codes, frames = rng.integers(-127, 128, (2000, regions, 128), dtype=np.int8), rng.integers(-127, 128, (22, 128), dtype=np.int8)
+        cases[f"codes{regions}"] = (f"codes, 2,000 x {regions} x 128, 22 frames",
+                                    lambda c=codes, f=frames: _numba_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
+    rows_out, out = [], {}
+    for key, (name, kernel, reference) in cases.items():
+        got, want = np.asarray(kernel(), dtype=np.float64), np.asarray(reference(), dtype=np.float64)
+        diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))  # the bound's weighted sums: float order
+        times = interleaved({"kernel": kernel, "torch": reference}, repeats)
+        speedup = median(ratios(times["torch"], times["kernel"]))
+        rows_out.append([name, spread(times["kernel"]), spread(times["torch"]), f"{speedup:.2f}x", f"{diff:g}"])
+        out[f"{key}_speedup"], out[f"{key}_ms"] = speedup, median(times["kernel"]) * 1000
+    print(table(["product", "numba kernel", "torch._int_mm", "torch / kernel", "max diff / max"], rows_out))
+    print(cpu_share_line())
+    print(result_line(out))
+
+
+def _numba_maxima(codes: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The numba kernel of :func:`vgs.kernels.region_maxima` (whatever this CPU would pick)."""
+    out = np.empty((len(codes), len(frames)), dtype=np.float32)
+    kernels._kernels()[1](codes, np.ascontiguousarray(frames, dtype=np.float32), out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

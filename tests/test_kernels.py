@@ -1,0 +1,93 @@
+"""The int8 kernels of the search stages equal ``torch._int_mm``'s integers exactly, on either path."""
+
+import numpy as np
+import pytest
+import torch
+
+from vgs import kernels
+
+
+def _int8(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.integers(-127, 128, shape, dtype=np.int8)
+
+
+def _reference_maxima(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``n x g x d`` and ``p x d`` int8 -> ``n x p`` int64: max over the group of the int_mm products."""
+    n, g, d = rows.shape
+    products = torch._int_mm(torch.from_numpy(rows.reshape(n * g, d)), torch.from_numpy(np.ascontiguousarray(query.T)))
+    return products.view(n, g, len(query)).amax(1).long().numpy()
+
+
+@pytest.mark.parametrize("n,m,d,p", [(1, 1, 8, 1), (37, 32, 32, 4), (5, 7, 24, 3), (300, 9, 64, 2), (0, 32, 32, 4)])
+def test_representative_bounds_are_the_exact_integer_maxima(n, m, d, p):
+    rng = np.random.default_rng(n + m + d + p)
+    rows, query = _int8(rng, n, m, d), _int8(rng, p, d)
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    maxima = _reference_maxima(rows, query)
+    for j in range(p):  # one-hot weights read each centroid's maximum alone: equal to the integer
+        weights = torch.zeros(p)
+        weights[j] = 1.0
+        got = kernels.representative_bounds(columns, torch.from_numpy(query), weights).numpy()
+        np.testing.assert_array_equal(got.astype(np.int64), maxima[:, j])
+    weights = torch.rand(p, generator=torch.Generator().manual_seed(0))
+    got = kernels.representative_bounds(columns, torch.from_numpy(query), weights)
+    torch.testing.assert_close(got, torch.from_numpy(maxima).float() @ weights, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+@pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (40, 49, 128, 22), (7, 3, 16, 5), (0, 49, 128, 4)])
+def test_region_maxima_on_both_paths(monkeypatch, vnni, n, r, d, t):
+    monkeypatch.setattr(kernels, "int8_instructions", lambda: vnni)
+    rng = np.random.default_rng(n * r + d + t)
+    codes, query = _int8(rng, n, r, d), _int8(rng, t, d)
+    got = kernels.region_maxima(codes, query)
+    assert got.shape == (n, t) and got.dtype == np.float32
+    np.testing.assert_array_equal(got.astype(np.int64), _reference_maxima(codes, query))
+
+
+def test_the_largest_exact_sums_stay_exact(monkeypatch):
+    monkeypatch.setattr(kernels, "int8_instructions", lambda: False)
+    d = kernels.EXACT_TERMS
+    codes = np.full((2, 3, d), 127, dtype=np.int8)
+    codes[1] = -127
+    query = np.full((2, d), 127, dtype=np.int8)
+    query[1, 1::2] = -126  # sums that are not round numbers
+    np.testing.assert_array_equal(kernels.region_maxima(codes, query).astype(np.int64), _reference_maxima(codes, query))
+    columns = torch.from_numpy(np.ascontiguousarray(codes.transpose(0, 2, 1)))
+    got = kernels.representative_bounds(columns, torch.from_numpy(query), torch.tensor([1.0, 0.0]))
+    assert got.tolist() == [127 * 127 * d, -127 * 127 * d]
+
+
+def test_too_many_dimensions_are_refused():
+    with pytest.raises(ValueError, match="at most 1024"):
+        kernels.region_maxima(np.zeros((1, 1, 1025), dtype=np.int8), np.zeros((1, 1025), dtype=np.int8))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parts_on_several_threads_give_the_same_integers(monkeypatch, threads):
+    monkeypatch.setattr(kernels, "int8_instructions", lambda: False)
+    before = torch.get_num_threads()
+    rng = np.random.default_rng(threads)
+    codes, query, rows = _int8(rng, 1001, 5, 16), _int8(rng, 3, 16), _int8(rng, 1001, 8, 16)
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    try:
+        torch.set_num_threads(threads)
+        maxima = kernels.region_maxima(codes, query)
+        bounds = kernels.representative_bounds(columns, torch.from_numpy(query), torch.tensor([1.0, 0.0, 0.0]))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(maxima.astype(np.int64), _reference_maxima(codes, query))
+    np.testing.assert_array_equal(bounds.numpy().astype(np.int64), _reference_maxima(rows, query)[:, 0])
+
+
+def test_the_benchmark_runs_and_finds_the_same_integers() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_int8_kernels.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("RESULT bound_speedup=")
+    rows = [line for line in done.stdout.splitlines() if line.strip().startswith(("bound,", "codes,"))]
+    assert len(rows) == 3 and all(float(row.split()[-1]) < 1e-6 for row in rows)
