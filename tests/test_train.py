@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import os
@@ -17,6 +18,8 @@ from vgs.api import evaluate_run, load
 from vgs.errors import VGSError
 from vgs.io import load_checkpoint
 from vgs.train import Trainer, train
+
+train_module = importlib.import_module("vgs.train")
 
 
 def read_metrics(run) -> list[dict]:
@@ -137,14 +140,16 @@ def test_ddp_two_cpu_processes(tiny_scenes, tmp_path) -> None:
     assert all(torch.isfinite(p).all() for p in model.net.parameters())
 
 
-def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path) -> None:
-    """The mixed-precision and memory-format code paths (used on GPU) run and learn on CPU too.
+def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path, monkeypatch) -> None:
+    """The mixed-precision and memory-format code paths (used on GPU) run and learn on CPU too (bf16
+    forced on CPUs without bf16 instructions, where the trainer would otherwise fall back to float32).
 
     Two short epochs stay near the loss of chance, where the epoch means are noise; what they do
     reliably is fit some of the training pairs, so that is what is checked (all 120 training images
     against their 600 captions: R@10 gains of 0.11-0.13 over the untrained model for two seeds)."""
     config = tiny_config(tiny_scenes, **{"train.epochs": 2, "train.amp_cpu": True, "train.channels_last": True,
                                          "train.cache_image_features": False, "image.size": 64})
+    monkeypatch.setattr(train_module, "cpu_bf16_instructions", lambda: True)
     state = train(config, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert state.skipped_steps == 0 and all(math.isfinite(float(row["train_loss"])) for row in rows)
@@ -152,6 +157,17 @@ def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path) -> Non
     baseline = evaluate_run(tmp_path / "run", split="train", protocol="full", untrained=True, progress=False)
     for direction in ("speech_to_image", "image_to_speech"):  # chance R@10 is about 0.08
         assert trained[direction]["r10"] > baseline[direction]["r10"] + 0.05, (trained[direction], baseline[direction])
+
+
+def test_amp_cpu_trains_in_float32_without_bf16_instructions(tiny_scenes, tmp_path, monkeypatch, capsys) -> None:
+    """train.amp_cpu on a CPU that would emulate bf16 (30-120x slower): float32, with a warning."""
+    config = tiny_config(tiny_scenes, **{"train.epochs": 1, "train.amp_cpu": True})
+    monkeypatch.setattr(train_module, "cpu_bf16_instructions", lambda: False)
+    assert Trainer(config, tmp_path / "cpu", progress=False).autocast is False
+    assert "train.amp_cpu: this CPU has no bf16 instructions" in capsys.readouterr().out
+    monkeypatch.setattr(train_module, "cpu_bf16_instructions", lambda: True)
+    assert Trainer(config, tmp_path / "bf16", progress=False).autocast is True
+    assert Trainer(tiny_config(tiny_scenes, **{"train.epochs": 1}), tmp_path / "off", progress=False).autocast is False
 
 
 def test_negative_queue_trains_and_needs_infonce(tiny_scenes, tmp_path) -> None:

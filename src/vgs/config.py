@@ -108,7 +108,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
     max_steps: int = 0  # stop after this many optimizer steps; the schedule ends there too (0 = epochs decide)
     amp: bool = True  # bf16 autocast on GPU
-    amp_cpu: bool = False  # bf16 autocast on CPU too (worth it with AVX-512 BF16 / AMX)
+    amp_cpu: bool = False  # bf16 autocast on CPU too (worth it with AVX-512 BF16 / AMX; float32, with a warning, without them)
     channels_last: bool = False  # channels-last memory format for the image branch (faster convs on GPU)
     compile: bool = False  # torch.compile the model (GPU; slow to start on CPU)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
