@@ -114,17 +114,23 @@ def _kernels() -> tuple[Callable, Callable]:
     def maxima(codes, query, out):  # pragma: no cover - compiled
         n, r, d = codes.shape
         t_count = query.shape[0]
-        row = np.empty(d, dtype=np.float32)
+        rows = np.empty((4, d), dtype=np.float32)  # four regions at a time share each frame's loads
         for i in range(n):
             out[i, :] = -np.inf
-            for s in range(r):
-                for k in range(d):
-                    row[k] = codes[i, s, k]
-                for t in range(t_count):  # one dot product of d per frame
-                    a = np.float32(0.0)
+            for s in range(0, r, 4):
+                for u in range(4):  # a short last block repeats the last region: the max is unchanged
+                    su = min(s + u, r - 1)
                     for k in range(d):
-                        a += row[k] * query[t, k]
-                    out[i, t] = max(out[i, t], a)
+                        rows[u, k] = codes[i, su, k]
+                for t in range(t_count):
+                    a0 = a1 = a2 = a3 = np.float32(0.0)
+                    for k in range(d):
+                        q = query[t, k]
+                        a0 += rows[0, k] * q
+                        a1 += rows[1, k] * q
+                        a2 += rows[2, k] * q
+                        a3 += rows[3, k] * q
+                    out[i, t] = max(out[i, t], max(max(a0, a1), max(a2, a3)))
 
     return bounds, maxima
 
