@@ -4,14 +4,14 @@ Both stages that score int8 vectors (the centroid bound, :mod:`vgs.centroids`, a
 codes, :meth:`vgs.codecs.RegionCodec.misa`) need "the best of a group of int8 rows against a few int8
 query vectors".  ``torch._int_mm`` does that fast only where oneDNN has int8 instructions (AVX-512 VNNI
 or AMX): on AVX2 CPUs it falls back to a reference loop, about 0.7 G multiply-adds a second per core,
-**12x slower** than the float32 kernels below (docs/benchmarks.md, section 8, "int8 products on AVX2").
+**10-21x slower** than the float32 kernels below (docs/benchmarks.md, section 8, "int8 products on AVX2").
 
 The kernels here are compiled by numba (a librosa dependency, so already installed) on first use.  They
 multiply in float32 on integer values: every product is at most ``127^2`` and every sum of up to 1,024 of
 them stays below ``2^24``, so float32 holds each sum exactly in any order and the results equal
 ``torch._int_mm``'s to the bit, whichever kernel a machine runs.  They release the GIL, and a call
-splits its images into ``torch.get_num_threads()`` contiguous parts run side by side (2.0x on 2 AVX2
-cores for the codes' shape), so ``torch.set_num_threads`` governs them as it governs torch.
+splits its images into ``torch.get_num_threads()`` contiguous parts run side by side (1.4-1.9x on 2 AVX2
+cores when the second core is free), so ``torch.set_num_threads`` governs them as it governs torch.
 """
 
 from __future__ import annotations
