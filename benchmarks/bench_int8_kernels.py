@@ -86,7 +86,7 @@ def main() -> None:
         speedup = median(ratios(times["torch"], times["kernel"]))
         rows_out.append([name, spread(times["kernel"]), spread(times["torch"]), f"{speedup:.2f}x", f"{diff:g}"])
         out[f"{key}_speedup"], out[f"{key}_ms"] = speedup, median(times["kernel"]) * 1000
-    print(table(["product", "numba kernel", "torch._int_mm", "torch / kernel", "max diff / max"], rows_out))
+    print(table(["product", "vgs.kernels", "torch._int_mm", "torch / kernel", "max diff / max"], rows_out))
     print(cpu_share_line())
     print(result_line(out))
 

@@ -18,7 +18,8 @@ def _reference_maxima(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     return products.view(n, g, len(query)).amax(1).long().numpy()
 
 
-@pytest.mark.parametrize("n,m,d,p", [(1, 1, 8, 1), (37, 32, 32, 4), (5, 7, 24, 3), (300, 9, 64, 2), (0, 32, 32, 4)])
+@pytest.mark.parametrize("n,m,d,p", [(1, 1, 8, 1), (37, 32, 32, 4), (5, 7, 24, 3), (300, 9, 64, 2), (0, 32, 32, 4),
+                                     (4, 16, 16, 4), (20, 17, 32, 5), (9, 33, 8, 8), (3, 48, 1, 6)])
 def test_representative_bounds_are_the_exact_integer_maxima(n, m, d, p):
     rng = np.random.default_rng(n + m + d + p)
     rows, query = _int8(rng, n, m, d), _int8(rng, p, d)
@@ -91,3 +92,8 @@ def test_the_benchmark_runs_and_finds_the_same_integers() -> None:
     assert done.stdout.splitlines()[-1].startswith("RESULT bound_speedup=")
     rows = [line for line in done.stdout.splitlines() if line.strip().startswith(("bound,", "codes,"))]
     assert len(rows) == 3 and all(float(row.split()[-1]) < 1e-6 for row in rows)
+
+
+def test_the_bound_refuses_images_without_representatives():
+    with pytest.raises(ValueError, match="at least one representative"):
+        kernels.representative_bounds(torch.zeros(3, 8, 0, dtype=torch.int8), torch.zeros(1, 8, dtype=torch.int8), torch.ones(1))
