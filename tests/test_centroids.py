@@ -211,3 +211,14 @@ def test_codes_narrow_the_centroid_candidates_before_the_exact_rerank(tmp_path, 
         assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
         same += [h.index for h in hits] == [h.index for h in full]
     assert same >= 7, same
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 50, 80])
+def test_candidates_are_the_best_by_the_bound_in_index_order(count: int) -> None:
+    generator = torch.Generator().manual_seed(count)
+    table = Int8Representatives.quantize(torch.randn(50, 8, 16, generator=generator))
+    frames = torch.randn(12, 16, generator=generator)
+    got = vgs.centroids.candidates(table, frames, count)
+    bounds = lower_bounds(table, frames)
+    want = np.sort(torch.topk(bounds, min(count, 50)).indices.numpy())
+    np.testing.assert_array_equal(got, want)

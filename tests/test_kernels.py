@@ -97,3 +97,14 @@ def test_the_benchmark_runs_and_finds_the_same_integers() -> None:
 def test_the_bound_refuses_images_without_representatives():
     with pytest.raises(ValueError, match="at least one representative"):
         kernels.representative_bounds(torch.zeros(3, 8, 0, dtype=torch.int8), torch.zeros(1, 8, dtype=torch.int8), torch.ones(1))
+
+
+def test_the_bound_takes_each_images_scale():
+    rng = np.random.default_rng(5)
+    rows, query = _int8(rng, 300, 32, 16), _int8(rng, 4, 16)
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    weights, scales = torch.rand(4), torch.rand(300) + 0.5
+    plain = kernels.representative_bounds(columns, torch.from_numpy(query), weights)
+    torch.testing.assert_close(kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales), plain * scales)
+    with pytest.raises(ValueError, match="image scales: expected 300"):
+        kernels.representative_bounds(columns, torch.from_numpy(query), weights, torch.ones(299))

@@ -194,7 +194,7 @@ def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.T
 def _int8_bounds(table: Int8Representatives, queries: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
     """``L`` from int8 representatives and ``p x d`` float query centroids with their ``p`` shares -> ``N``."""
     query_codes, query_scales = symmetric_int8(queries, 1)  # p x d int8, p x 1
-    return representative_bounds(table.columns, query_codes, shares * query_scales.flatten()) * table.scales
+    return representative_bounds(table.columns, query_codes, shares * query_scales.flatten(), table.scales)
 
 
 def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
@@ -205,11 +205,21 @@ def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Ten
     as there); with ``coarse_scores`` (image ids -> scores, e.g. MISA on int8 codes), narrowed to the
     best ``depth`` of those, so that the full-precision regions are read for ``depth`` images only.
     """
-    bounds = lower_bounds(image_side, frames, basis=basis)
-    ids = np.sort(torch.topk(bounds, min(count, len(bounds))).indices.numpy())
+    ids = _best(lower_bounds(image_side, frames, basis=basis).numpy(), count)
     if coarse_scores is not None and len(ids) > depth:
         ids = np.sort(ids[np.argsort(-coarse_scores(ids), kind="stable")[:depth]])
     return ids
+
+
+def _best(bounds: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest of ``N`` bounds, ascending.  numpy, not ``torch.topk``: one thread
+    and no OpenMP region, whose spinning threads would slow the next kernel (:mod:`vgs.kernels`)."""
+    n = len(bounds)
+    if count >= n:
+        return np.arange(n)
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.argpartition(bounds, n - count)[n - count:])
 
 
 __all__ = ["REPRESENTATIVES", "FRAME_CENTROIDS", "PROJECTED_DIMS", "BASIS_SAMPLE", "CODE_RERANK_DEPTH", "Int8Representatives",

@@ -46,10 +46,16 @@ def int8_instructions() -> bool:
     return bool(probe is not None and probe())
 
 
-def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The centroid bound before each image's scale: ``N x d x m`` int8 representatives stored as
-    columns (image ``i``'s ``m`` representatives are ``columns[i, :, s]``), ``p x d`` int8 query
-    centroids and their ``p`` float weights -> ``N`` float32, ``sum_j w_j max_s <x_is, q_j>``."""
+def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weights: torch.Tensor,
+                          image_scales: torch.Tensor | None = None) -> torch.Tensor:
+    """The centroid bound: ``N x d x m`` int8 representatives stored as columns (image ``i``'s ``m``
+    representatives are ``columns[i, :, s]``), ``p x d`` int8 query centroids, their ``p`` float weights and
+    optionally ``N`` image scales ``c_i`` -> ``N`` float32, ``c_i sum_j w_j max_s <x_is, q_j>``.
+
+    The scales are applied in the kernel, not by a torch op over the ``N`` values: a torch op that large
+    runs on torch's OpenMP threads, which then spin for milliseconds and share a core with the next
+    kernel's second thread (the bound over 100,000 images on 2 threads: 11 ms alone, 15-19 ms right after
+    a 100,000-element torch multiply or any torch product).  With one thread it makes no difference."""
     n, d, m = columns.shape
     _check_terms(d)
     if m == 0:
@@ -63,9 +69,12 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     weights_ = np.zeros(len(queries), dtype=np.float32)
     weights_[: len(weights)] = weights.numpy()
     table = np.ascontiguousarray(columns.numpy())
+    scales = np.ones(n, dtype=np.float32) if image_scales is None else np.ascontiguousarray(image_scales.numpy(), dtype=np.float32)
+    if scales.shape != (n,):
+        raise ValueError(f"image scales: expected {n}, got shape {scales.shape}")
     kernel = _bounds_kernel()
     _in_parts(n, lambda a, b: kernel(table[a:b].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
-                                     weights_.ctypes.data, out[a:b].ctypes.data))
+                                     weights_.ctypes.data, scales[a:b].ctypes.data, out[a:b].ctypes.data))
     return torch.from_numpy(out)
 
 
@@ -118,8 +127,8 @@ _COMPILE_LOCK = threading.Lock()
 @lru_cache(maxsize=1)
 def _compile_bounds() -> Callable[..., None]:
     """The bound's kernel (:func:`_bounds_ir`) compiled for this CPU, as a ctypes function: arguments
-    ``(columns, n, d, m, queries, p, weights, out)``, pointers to ``n x d x m`` int8, ``p x d`` float32 (``p``
-    a multiple of :data:`BOUND_CENTROIDS`), ``p`` float32 and ``n`` float32.  ctypes releases the GIL
+    ``(columns, n, d, m, queries, p, weights, scales, out)``, pointers to ``n x d x m`` int8, ``p x d`` float32
+    (``p`` a multiple of :data:`BOUND_CENTROIDS`), ``p`` float32 and ``n`` float32 twice.  ctypes releases the GIL
     while it runs."""
     import llvmlite.binding as llvm
 
@@ -134,7 +143,7 @@ def _compile_bounds() -> Callable[..., None]:
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.finalize_object()
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    kernel = ctypes.CFUNCTYPE(None, pointer, size, size, size, pointer, size, pointer, pointer)(
+    kernel = ctypes.CFUNCTYPE(None, pointer, size, size, size, pointer, size, pointer, pointer, pointer)(
         engine.get_function_address("representative_bounds"))
     _COMPILED.append(engine)  # the machine code lives as long as its engine
     return kernel
@@ -159,9 +168,9 @@ def _bounds_ir(triple: str) -> str:
     maxnum = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.maxnum.v{BOUND_LANES}f32")
     reduce_max = ir.Function(module, ir.FunctionType(f32, [lanes]), name=f"llvm.vector.reduce.fmax.v{BOUND_LANES}f32")
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer()]),
+        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer(), f32.as_pointer()]),
         name="representative_bounds")
-    columns, n, d, m, queries, p, weights, out = function.args
+    columns, n, d, m, queries, p, weights, scales, out = function.args
     b = ir.IRBuilder(function.append_basic_block("entry"))
     const = lambda value: ir.Constant(i64, value)  # noqa: E731
     loop = _LoopBuilder(b, function)
@@ -204,7 +213,7 @@ def _bounds_ir(triple: str) -> str:
                 total = [b.fadd(total[0], b.fmul(weight, b.call(reduce_max, [best[c]], fastmath=("nnan",))))]
             return total
         total = loop.range("g", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
-        b.store(total[0], b.gep(out, [i]))
+        b.store(b.fmul(total[0], b.load(b.gep(scales, [i]))), b.gep(out, [i]))
         return []
 
     loop.range("i", const(0), n, const(1), [], image_bound)
