@@ -94,9 +94,13 @@ def test_the_benchmark_runs_and_finds_the_same_integers() -> None:
     assert len(rows) == 3 and all(float(row.split()[-1]) < 1e-6 for row in rows)
 
 
-def test_the_bound_refuses_images_without_representatives():
+def test_the_bound_refuses_images_without_representatives_and_mismatched_queries():
     with pytest.raises(ValueError, match="at least one representative"):
         kernels.representative_bounds(torch.zeros(3, 8, 0, dtype=torch.int8), torch.zeros(1, 8, dtype=torch.int8), torch.ones(1))
+    with pytest.raises(ValueError, match="expected p x 8 query centroids"):
+        kernels.representative_bounds(torch.zeros(3, 8, 4, dtype=torch.int8), torch.zeros(2, 16, dtype=torch.int8), torch.ones(2))
+    with pytest.raises(ValueError, match="and p weights"):
+        kernels.representative_bounds(torch.zeros(3, 8, 4, dtype=torch.int8), torch.zeros(2, 8, dtype=torch.int8), torch.ones(3))
 
 
 def test_the_bound_takes_each_images_scale():

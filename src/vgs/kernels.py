@@ -60,6 +60,9 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     _check_terms(d)
     if m == 0:
         raise ValueError("the bound needs at least one representative per image")
+    if query_codes.ndim != 2 or query_codes.shape[1] != d or len(weights) != len(query_codes):
+        raise ValueError(f"the bound: expected p x {d} query centroids and p weights for representatives of {d} "
+                         f"dimensions, got {tuple(query_codes.shape)} and {len(weights)}")
     out = np.empty(n, dtype=np.float32)
     if n == 0:
         return torch.from_numpy(out)
