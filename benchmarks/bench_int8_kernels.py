@@ -57,6 +57,18 @@ def numba_maxima(codes: np.ndarray, frames: np.ndarray) -> np.ndarray:
         return kernels.region_maxima(codes, frames)
 
 
+def after_torch_product(columns: torch.Tensor, query: torch.Tensor, weights: torch.Tensor, repeats: int) -> dict:
+    """The bound alone, and right after a small torch product (4 x 256 by 256 x 32, the size of projecting a
+    query's centroids): torch's OpenMP threads spin for milliseconds after one, and on more than one thread
+    the kernel's pool thread then shares a core with a spinning one.  With 1 thread the two should match."""
+    left, right = torch.randn(4, 256), torch.randn(256, 32)
+    times = interleaved({"alone": lambda: kernels.representative_bounds(columns, query, weights),
+                         "after": lambda: (left @ right, kernels.representative_bounds(columns, query, weights))}, repeats)
+    print(f"bound on {torch.get_num_threads()} thread(s): alone {spread(times['alone'])}, "
+          f"right after a torch product {spread(times['after'])} (torch's OpenMP threads spin after one)")
+    return {"bound_alone_ms": median(times["alone"]) * 1000, "bound_after_torch_ms": median(times["after"]) * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 images and 3 repeats")
@@ -87,6 +99,7 @@ def main() -> None:
         rows_out.append([name, spread(times["kernel"]), spread(times["torch"]), f"{speedup:.2f}x", f"{diff:g}"])
         out[f"{key}_speedup"], out[f"{key}_ms"] = speedup, median(times["kernel"]) * 1000
     print(table(["product", "vgs.kernels", "torch._int_mm", "torch / kernel", "max diff / max"], rows_out))
+    out.update(after_torch_product(columns, query, weights, repeats))
     print(cpu_share_line())
     print(result_line(out))
 

@@ -99,6 +99,8 @@ def test_the_bound_refuses_images_without_representatives_and_mismatched_queries
         kernels.representative_bounds(torch.zeros(3, 8, 0, dtype=torch.int8), torch.zeros(1, 8, dtype=torch.int8), torch.ones(1))
     with pytest.raises(ValueError, match="expected p x 8 query centroids"):
         kernels.representative_bounds(torch.zeros(3, 8, 4, dtype=torch.int8), torch.zeros(2, 16, dtype=torch.int8), torch.ones(2))
+    with pytest.raises(ValueError, match="int8 representatives, got torch.int16"):
+        kernels.representative_bounds(torch.zeros(3, 8, 4, dtype=torch.int16), torch.zeros(2, 8, dtype=torch.int8), torch.ones(2))
     with pytest.raises(ValueError, match="and p weights"):
         kernels.representative_bounds(torch.zeros(3, 8, 4, dtype=torch.int8), torch.zeros(2, 8, dtype=torch.int8), torch.ones(3))
 

@@ -56,6 +56,8 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     runs on torch's OpenMP threads, which then spin for milliseconds and share a core with the next
     kernel's second thread (the bound over 100,000 images on 2 threads: 11 ms alone, 15-19 ms right after
     a 100,000-element torch multiply or any torch product).  With one thread it makes no difference."""
+    if columns.dtype != torch.int8 or columns.ndim != 3:
+        raise ValueError(f"the bound: expected N x d x m int8 representatives, got {columns.dtype} of shape {tuple(columns.shape)}")
     n, d, m = columns.shape
     _check_terms(d)
     if m == 0:
