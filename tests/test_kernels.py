@@ -114,3 +114,18 @@ def test_the_bound_takes_each_images_scale():
     torch.testing.assert_close(kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales), plain * scales)
     with pytest.raises(ValueError, match="image scales: expected 300"):
         kernels.representative_bounds(columns, torch.from_numpy(query), weights, torch.ones(299))
+
+
+def test_the_bound_compiles_where_llvm_cannot_list_the_cpu_features(monkeypatch):
+    import llvmlite.binding as llvm
+
+    def unknown():
+        raise RuntimeError("failed to get host cpu features")
+
+    monkeypatch.setattr(llvm, "get_host_cpu_features", unknown)
+    monkeypatch.setattr(kernels, "_compile_bounds", kernels._compile_bounds.__wrapped__)  # a fresh compile
+    rng = np.random.default_rng(7)
+    rows, query = _int8(rng, 40, 17, 24), _int8(rng, 1, 24)
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    got = kernels.representative_bounds(columns, torch.from_numpy(query), torch.ones(1))
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), _reference_maxima(rows, query)[:, 0])

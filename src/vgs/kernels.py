@@ -137,10 +137,7 @@ def _compile_bounds() -> Callable[..., None]:
     while it runs."""
     import llvmlite.binding as llvm
 
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    machine = llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
+    machine = _host_machine()
     module = llvm.parse_assembly(_bounds_ir(llvm.get_process_triple()))
     module.verify()
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
@@ -155,6 +152,20 @@ def _compile_bounds() -> Callable[..., None]:
 
 
 _COMPILED: list = []
+
+
+def _host_machine():  # noqa: ANN202 - an llvmlite TargetMachine
+    """An LLVM target machine for this CPU, its vector instructions included (``get_host_cpu_features``
+    cannot tell them on some hosts; then the CPU name alone, which LLVM maps to the same features)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:
+        features = ""
+    return llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
 
 
 def _bounds_ir(triple: str) -> str:
