@@ -172,7 +172,7 @@ def _bounds_ir(triple: str) -> str:
     """LLVM IR of the bound: for each image ``i`` and each group of four query centroids ``q_c``, each
     block of :data:`BOUND_LANES` representatives accumulates its ``4 x 16`` dot products over the ``d``
     dimensions in four vectors (one fused multiply-add per centroid and dimension, the block's int8 row
-    converted once); four more vectors keep the maxima over blocks, and ``out[i] = sum_c w_c max(best_c)``.
+    converted once); four more vectors keep the maxima over blocks, and ``out[i] = scale_i sum_c w_c max(best_c)``.
     A last partial block reads the last representative in its missing lanes (the max is unchanged)."""
     import llvmlite.ir as ir
 
