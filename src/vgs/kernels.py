@@ -4,7 +4,7 @@ Both stages that score int8 vectors (the centroid bound, :mod:`vgs.centroids`, a
 codes, :meth:`vgs.codecs.RegionCodec.misa`) need "the best of a group of int8 rows against a few int8
 query vectors".  ``torch._int_mm`` does that fast only where oneDNN has int8 instructions (AVX-512 VNNI
 or AMX): on AVX2 CPUs it falls back to a reference loop, about 0.7 G multiply-adds a second per core,
-10-21x slower than the float32 kernels here (docs/benchmarks.md, section 8, "int8 products on AVX2").
+20-28x slower than the float32 kernels here (docs/benchmarks.md, section 8, "int8 products on AVX2").
 
 The kernels multiply in float32 on integer values: every product is at most ``127^2`` and every sum of
 up to 1,024 of them stays below ``2^24``, so float32 holds each sum exactly in any order and the results
