@@ -12,7 +12,7 @@ section 8, "The scenes gallery at 100k").
 principal coordinates of the index's codec, in float32, against 8 frame centroids.  ``stage``: the stage as
 ``vgs search`` runs it (int8, codes, exact re-rank), with ``m`` representatives, ``d`` dimensions and ``p``
 frame centroids (``m/d/p``), side by side in one process: p50/p95 ms and agreement@10 (1 thread).
-``profile``: the default stage's four steps timed (the bound, the top ``candidates``, MISA on their int8
+``profile``: the default stage's three steps timed (the bound and its top ``candidates``, MISA on their int8
 codes, the exact re-rank), after a warm-up pass, each query on 1 and on 2 torch threads back to back (the
 order alternated), in one process.  ``ivf``: a FAISS inverted
 file (8-bit scalar quantizer) over every projected representative as a shortlist before the bound, against
@@ -23,7 +23,6 @@ the full bound timed in the same loop: whether the exhaustive top-10 stays insid
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -73,13 +72,12 @@ def depths(index: search.SearchIndex, truth: np.ndarray, variants: list[str], qu
 
 
 def stages(folder: Path, truth: np.ndarray, variants: list[str], candidates: list[int], queries: int) -> None:
-    lower_bounds = stage.lower_bounds
     rows = [list(map(int, r)) for r in truth]
     for variant in variants:
         m, d, p = (int(x) for x in variant.split("/"))
         search.REPRESENTATIVES = m
         search.PROJECTED_DIMS = d
-        stage.lower_bounds = functools.partial(lower_bounds, p=p)
+        stage.FRAME_CENTROIDS = p  # read by stage.candidates at each call
         index = search.SearchIndex(folder)
         spoken = [index.captions_of([i]) for i in range(min(queries, len(rows)))]
         start = time.perf_counter()
@@ -92,25 +90,23 @@ def stages(folder: Path, truth: np.ndarray, variants: list[str], candidates: lis
 
 
 def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count: int, rounds: int = 3) -> dict[int, list[list[float]]]:
-    """Each query's four steps (and their total) in seconds, per thread count: ``{1: [...], 2: [...]}``."""
+    """Each query's three steps (and their total) in seconds, per thread count: ``{1: [...], 2: [...]}``."""
     table, basis, regions = index.image_representatives(), index.centroid_basis(), index.region_search()
     if regions.codes is None:
         sys.exit("profile: the index needs its int8 codes (bench_scale.py builds them)")
     scorer = search.EmbeddingScorer("misa")
 
-    def timed(frames: search.PackedFrames) -> list[float]:  # the four steps' seconds, then the total
+    def timed(frames: search.PackedFrames) -> list[float]:  # the three steps' seconds, then the total
         f = frames.frames.float()
         t0 = time.perf_counter()
-        bounds = stage.lower_bounds(table, f, basis=basis)
+        ids = stage.candidates(table, f, count, basis)  # the bound (in two passes over a large index) and its top
         t1 = time.perf_counter()
-        ids = np.sort(torch.topk(bounds, min(count, len(bounds))).indices.numpy())
-        t2 = time.perf_counter()
         coarse = regions.code_scores(ids, f.numpy(), int8_query=True)
         kept = np.sort(ids[np.argsort(-coarse, kind="stable")[: stage.CODE_RERANK_DEPTH]])
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         search._chunked_scores(scorer, index, kept, frames)
-        t4 = time.perf_counter()
-        return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]
+        t3 = time.perf_counter()
+        return [t1 - t0, t2 - t1, t3 - t2, t3 - t0]
 
     for frames in spoken:  # warm-up: the codes and regions paged in
         timed(frames)
@@ -124,7 +120,7 @@ def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count:
                     got[threads].append(timed(frames))
     finally:
         torch.set_num_threads(before)
-    names = ("bound", "top", "codes", "re-rank", "total")
+    names = ("bound and top", "codes", "re-rank", "total")
     for threads, rows in got.items():
         print(f"{threads} thread(s): " + ", ".join(f"{n} {np.median([row[i] for row in rows]) * 1000:.1f}"
                                                  for i, n in enumerate(names)) + " ms (p50)", flush=True)

@@ -10,7 +10,7 @@ import torch
 
 import vgs.centroids
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
-from vgs.centroids import PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, project, representatives
+from vgs.centroids import COARSE_DIMS, PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, project, representatives
 from vgs.codecs import principal_basis
 from vgs.errors import VGSError
 from vgs.search import EmbeddingScorer, SearchIndex
@@ -222,3 +222,36 @@ def test_candidates_are_the_best_by_the_bound_in_index_order(count: int) -> None
     bounds = lower_bounds(table, frames)
     want = np.sort(torch.topk(bounds, min(count, 50)).indices.numpy())
     np.testing.assert_array_equal(got, want)
+
+
+def test_two_passes_keep_the_one_pass_candidates_when_the_leading_dimensions_rank_alike() -> None:
+    generator = torch.Generator().manual_seed(3)
+    lead = torch.randn(400, 8, COARSE_DIMS, generator=generator)
+    table = Int8Representatives.quantize(torch.cat([lead, 0.01 * torch.randn(400, 8, 16, generator=generator)], dim=2))
+    frames = torch.randn(12, COARSE_DIMS + 16, generator=generator)
+    for count in (5, 20, 99):  # 400 images > COARSE_DEPTH x count: two passes
+        want = np.sort(torch.topk(lower_bounds(table, frames), count).indices.numpy())
+        np.testing.assert_array_equal(vgs.centroids.candidates(table, frames, count), want)
+
+
+def test_the_first_pass_ranks_by_the_leading_dimensions_only(monkeypatch) -> None:  # noqa: ANN001
+    """Image 0 matches the query on a trailing dimension only: the first pass drops it; with a first pass
+    deep enough to hold every image there is one pass, and it is the best."""
+    side = torch.zeros(100, 4, COARSE_DIMS + 8)
+    side[1:, :, 0] = torch.linspace(0.1, 0.5, 99)[:, None]  # the others match weakly on dimension 0
+    side[0, :, COARSE_DIMS] = 1.0
+    frames = torch.zeros(3, COARSE_DIMS + 8)
+    frames[:, 0] = frames[:, COARSE_DIMS] = 1.0
+    table = Int8Representatives.quantize(side)
+    assert torch.equal(table.lead, table.columns[:, :COARSE_DIMS]) and table.lead.is_contiguous()
+    assert 0 not in vgs.centroids.candidates(table, frames, 5)
+    monkeypatch.setattr(vgs.centroids, "COARSE_DEPTH", 20)
+    assert 0 in vgs.centroids.candidates(table, frames, 5)
+
+
+def test_a_subset_of_representatives_is_those_images_in_order() -> None:
+    table = Int8Representatives.quantize(torch.randn(10, 3, 5, generator=torch.Generator().manual_seed(1)))
+    ids = np.array([7, 2, 2, 9])
+    part = table.subset(ids)
+    assert torch.equal(part.values, table.values[ids]) and torch.equal(part.scales, table.scales[ids])
+    assert part.columns.is_contiguous()
