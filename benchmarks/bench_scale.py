@@ -39,7 +39,7 @@ from _common import cpu_share_line, machine_line, percentile, result_line, table
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
-from vgs.centroids import Int8Representatives, candidates as centroid_candidates, lower_bounds  # noqa: E402
+from vgs.centroids import CODE_LEAD_DIMS, CODE_RERANK_DEPTH, Int8Representatives, candidates as centroid_candidates, lower_bounds  # noqa: E402
 from vgs.search import DEFAULT_CANDIDATES, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -181,7 +181,7 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     (:func:`cascade_gallery`; pass ``gallery`` to time several precisions on one draw).
 
     Latency only: the stage's own :func:`vgs.centroids.candidates` (the bound over every image, the top
-    ``candidates``, MISA on their codes, the best ``CODE_RERANK_DEPTH``), then those scored on
+    ``candidates``, MISA on their codes' leading coordinates, then on all of them, the best ``CODE_RERANK_DEPTH``), then those scored on
     full-precision regions (here a real image's), so the cost is the stage's; the rankings are not a
     real model's.  ``precision="float32"`` runs the stage as it was before its int8 products (float32
     centroids, float code scores), for a side-by-side figure.
@@ -197,7 +197,12 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
         for q, frames in enumerate(queries):
             start = time.perf_counter()
             f = frames.frames.float()
-            best = centroid_candidates(held, f, candidates, basis, lambda ids: regions.codec.misa(codes[ids], f.numpy(), int8_query=int8_query))
+            codec, query = regions.codec, f.numpy()
+            lead = None  # as SearchIndex.centroid_candidates narrows: the codes' leading coordinates first
+            if codec.principal and codec.dim > CODE_LEAD_DIMS:
+                lead = lambda ids: codec.misa(codes[ids, :, :CODE_LEAD_DIMS], query, int8_query=int8_query, dims=CODE_LEAD_DIMS)  # noqa: E731
+            best = centroid_candidates(held, f, candidates, basis, lambda ids: codec.misa(codes[ids], query, int8_query=int8_query),
+                                       CODE_RERANK_DEPTH, lead)
             MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)

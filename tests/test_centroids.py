@@ -255,3 +255,21 @@ def test_a_subset_of_representatives_is_those_images_in_order() -> None:
     part = table.subset(ids)
     assert torch.equal(part.values, table.values[ids]) and torch.equal(part.scales, table.scales[ids])
     assert part.columns.is_contiguous()
+
+
+def test_lead_scores_narrow_the_candidates_before_the_coarse_scores(monkeypatch) -> None:  # noqa: ANN001
+    """With ``lead_scores`` the coarse scores see only the lead's best CODE_LEAD_FACTOR x depth."""
+    monkeypatch.setattr(vgs.centroids, "CODE_LEAD_FACTOR", 2)
+    table = Int8Representatives.quantize(torch.randn(60, 4, 8, generator=torch.Generator().manual_seed(2)))
+    frames, seen = torch.randn(5, 8, generator=torch.Generator().manual_seed(3)), []
+
+    def coarse(ids: np.ndarray) -> np.ndarray:
+        seen.append(ids)
+        return -ids.astype(np.float64)  # the lowest ids first
+
+    first = vgs.centroids.candidates(table, frames, 50)  # by the bound, ascending
+    got = vgs.centroids.candidates(table, frames, 50, coarse_scores=coarse, depth=5, lead_scores=lambda ids: ids.astype(np.float64))
+    np.testing.assert_array_equal(seen[0], first[-10:])  # the lead kept the 10 highest ids of the 50 candidates
+    np.testing.assert_array_equal(got, first[-10:-5])  # and the coarse scores the 5 lowest of those
+    everything = vgs.centroids.candidates(table, frames, 60, coarse_scores=coarse, depth=5)
+    np.testing.assert_array_equal(everything, np.arange(5))  # without a lead, the coarse scores see all 60

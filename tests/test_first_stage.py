@@ -220,6 +220,11 @@ def test_codes_exact_and_compact_stages(gallery, tmp_path) -> None:  # noqa: ANN
     for int8_query in (False, True):
         np.testing.assert_array_equal(regions.code_scores(ids, frames, int8_query), regions.codec.misa(every[ids], frames, int8_query=int8_query))
     assert regions.code_scores(np.zeros(0, dtype=np.int64), frames).shape == (0,)
+    # on the leading coordinates only: the same as a codec of those coordinates on those codes
+    lead = RegionCodec(regions.codec.basis[:5], regions.codec.scale[:5])
+    np.testing.assert_array_equal(regions.code_scores(ids, frames, True, dims=5), lead.misa(every[ids, :, :5], frames, int8_query=True))
+    with pytest.raises(VGSError, match="expected 1..12 dimensions, got 13"):
+        regions.code_scores(ids, frames, dims=13)
 
 
 def test_padded_frames_do_not_count(gallery) -> None:  # noqa: ANN001
@@ -293,3 +298,10 @@ def test_codec_misa_is_misa_of_the_decoded_codes() -> None:
     approx = codec.misa(codes, frames, chunk=3, int8_query=True)  # the query in int8 too: within its rounding
     np.testing.assert_allclose(approx, naive, atol=0.01 * np.abs(projected).max() * np.abs(decoded).sum(-1).max())
     assert approx.dtype == np.float64 and approx.shape == (7,)
+    # dims: MISA of the first coordinates of the decoded codes against the first projected coordinates
+    lead = [np.mean([max(float(r[:4] @ q[:4]) for r in image) for q in projected]) for image in decoded]
+    np.testing.assert_allclose(codec.misa(codes, frames, chunk=3, dims=4), lead, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(codec.misa(codes[:, :, :4], frames, dims=4), codec.misa(codes, frames, dims=4))
+    assert codec.principal and not RegionCodec.fit(regions.reshape(-1, 16), 16).principal  # identity basis at dim == D
+    with pytest.raises(VGSError, match="expected 1..6 dimensions, got 0"):
+        codec.misa(codes, frames, dims=0)

@@ -163,7 +163,14 @@ class RegionCodec:
             out[:, self.dim + 1] = np.linalg.norm(q - p @ self.basis, axis=1) if self.dim < self.embed_dim else 0.0
         return out
 
-    def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024, int8_query: bool = False) -> np.ndarray:
+    @property
+    def principal(self) -> bool:
+        """Whether the basis is principal directions, the largest first (else the identity: ``dim >= D``), so
+        that the first ``k`` coordinates are the best ``k`` for inner products."""
+        return self.dim < self.embed_dim
+
+    def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024, int8_query: bool = False,
+             dims: int | None = None) -> np.ndarray:
         """MISA of ``m x R x d`` codes against one caption's ``T x D`` frames on the decoded codes: ``m``.
 
         ``<s * c, P q> = <c, s * P q>``: the scale goes into the query, and each chunk is one
@@ -172,14 +179,19 @@ class RegionCodec:
         quantized too (one scale per frame) and the product runs on integers
         (:func:`vgs.kernels.region_maxima`: about 2x faster again with VNNI, and 11x faster than
         ``torch._int_mm`` without it); an approximation of these scores, for ranking candidates only.
+        ``dims``: on the first ``dims`` coordinates only (``codes`` may hold just those, ``m x R x dims``).
         """
-        p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ self.basis.T).T * self.scale[:, None])  # d x T
+        dims = self.dim if dims is None else dims
+        if not 1 <= dims <= self.dim:
+            raise VGSError(f"codes MISA: expected 1..{self.dim} dimensions, got {dims}")
+        basis, scale = self.basis[:dims], self.scale[:dims]
+        p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ basis.T).T * scale[:, None])  # dims x T
         if int8_query:
             query, frame_scales = symmetric_int8(torch.from_numpy(p), 0)  # d x T int8, 1 x T
             query, frame_scales = np.ascontiguousarray(query.numpy().T), frame_scales.numpy()  # T x d, 1 x T
         out = np.empty(len(codes), dtype=np.float64)
         for c0 in range(0, len(codes), chunk):
-            part = np.ascontiguousarray(codes[c0: c0 + chunk])  # c x R x d
+            part = np.ascontiguousarray(codes[c0: c0 + chunk, :, :dims])  # c x R x dims
             if int8_query:
                 out[c0: c0 + chunk] = (region_maxima(part, query) * frame_scales).mean(1)  # c x T -> c
                 continue

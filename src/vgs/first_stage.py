@@ -274,13 +274,17 @@ class RegionSearch:
         return self._indexes[kind]
 
 
-    def code_scores(self, ids: np.ndarray, frames: np.ndarray, int8_query: bool = False) -> np.ndarray:
+    def code_scores(self, ids: np.ndarray, frames: np.ndarray, int8_query: bool = False, dims: int | None = None) -> np.ndarray:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
-        an approximation, :meth:`vgs.codecs.RegionCodec.misa`)."""
+        an approximation, :meth:`vgs.codecs.RegionCodec.misa`); ``dims``: on the codes' first ``dims``
+        coordinates only, and only those are read."""
+        dims = self.codec.dim if dims is None else dims
+        if not 1 <= dims <= self.codec.dim:
+            raise VGSError(f"codes MISA: expected 1..{self.codec.dim} dimensions, got {dims}")
         offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
-        gathered = gather_rows([codes for codes, _ in self.codes], offsets, ids,
-                               np.empty((len(ids), self.regions_per_image, self.codec.dim), dtype=np.int8))
-        return self.codec.misa(gathered, frames, int8_query=int8_query)
+        gathered = gather_rows([codes[:, :, :dims] for codes, _ in self.codes], offsets, ids,
+                               np.empty((len(ids), self.regions_per_image, dims), dtype=np.int8))
+        return self.codec.misa(gathered, frames, int8_query=int8_query, dims=dims)
 
     def search(self, frames: np.ndarray, k: int, mode: str, exact_scores: Callable[[np.ndarray], np.ndarray],
                fetch_k: int = FETCH_K) -> TopK:

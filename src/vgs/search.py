@@ -633,11 +633,16 @@ class SearchIndex:
     def centroid_candidates(self, frames: torch.Tensor, count: int, k: int = 10) -> np.ndarray:
         """Images worth scoring exactly for one caption's ``T x D`` frames, in index order
         (:func:`vgs.centroids.candidates`): the best ``count`` by the centroid bound, narrowed by MISA on
-        the int8 region codes to ``max(CODE_RERANK_DEPTH, 2 k)`` when the index has codes."""
-        regions = self.region_search()
-        coarse = None if regions.codes is None else (lambda ids: regions.code_scores(ids, frames.numpy(), int8_query=True))
+        the int8 region codes to ``max(CODE_RERANK_DEPTH, 2 k)`` when the index has codes (first on their
+        leading ``CODE_LEAD_DIMS`` coordinates when the codes have more, principal ones)."""
+        regions, query = self.region_search(), frames.numpy()
+        coarse = lead = None
+        if regions.codes is not None:
+            coarse = lambda ids: regions.code_scores(ids, query, int8_query=True)  # noqa: E731
+            if regions.codec.principal and regions.codec.dim > centroid_stage.CODE_LEAD_DIMS:
+                lead = lambda ids: regions.code_scores(ids, query, int8_query=True, dims=centroid_stage.CODE_LEAD_DIMS)  # noqa: E731
         return centroid_stage.candidates(self.image_representatives(), frames, count, self.centroid_basis(), coarse,
-                                         max(centroid_stage.CODE_RERANK_DEPTH, 2 * k))
+                                         max(centroid_stage.CODE_RERANK_DEPTH, 2 * k), lead)
 
     # -------------------------------------------------------------- queries
 
