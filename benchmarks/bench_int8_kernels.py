@@ -51,8 +51,8 @@ def torch_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def numba_maxima(codes: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """:func:`vgs.kernels.region_maxima` on its numba path, whatever this CPU would pick."""
+def kernel_maxima(codes: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """:func:`vgs.kernels.region_maxima` on its own kernel (LLVM IR), whatever this CPU would pick."""
     with mock.patch.object(kernels, "int8_instructions", lambda: False):
         return kernels.region_maxima(codes, frames)
 
@@ -88,7 +88,7 @@ def main() -> None:
     for regions in (49, 100):
         codes, frames = rng.integers(-127, 128, (2000, regions, 128), dtype=np.int8), rng.integers(-127, 128, (22, 128), dtype=np.int8)
         cases[f"codes{regions}"] = (f"codes, 2,000 x {regions} x 128, 22 frames",
-                                    lambda c=codes, f=frames: numba_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
+                                    lambda c=codes, f=frames: kernel_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
 
     rows_out, out = [], {}
     for key, (name, kernel, reference) in cases.items():

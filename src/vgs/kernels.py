@@ -15,8 +15,10 @@ equal ``torch._int_mm``'s to the bit, whichever kernel a machine runs.
   query centroids at a time, the accumulators in registers.  numba's own compile of the same loops was
   left scalar by LLVM's vectorizer (it cannot prove the accumulators do not alias the table): the
   explicit vectors are 3.1x faster on one AVX2 core (17.5 against 54.5 ms over 100,000 images of 32 x 32).
-- :func:`region_maxima` is numba (``torch._int_mm`` where it has int8 instructions): LLVM vectorizes its
-  128-dimension dot products well.
+- :func:`region_maxima` (``torch._int_mm`` where it has int8 instructions) is LLVM IR in the same way,
+  the frames as the vector lanes and four regions at a time: 1.2-1.7x numba's compile of the same loops,
+  which vectorized along the dimensions and summed each product horizontally (docs/benchmarks.md,
+  section 8, "Two passes").
 
 Both release the GIL, and a call splits its images into ``torch.get_num_threads()`` contiguous parts run
 side by side (1.4-1.9x on 2 AVX2 cores when the second core is free), so ``torch.set_num_threads``
@@ -38,6 +40,8 @@ import torch
 EXACT_TERMS = 1024  # products per sum that float32 holds exactly (1,024 x 127^2 < 2^24)
 BOUND_LANES = 16  # representatives per vector in the bound's kernel
 BOUND_CENTROIDS = 4  # query centroids per pass over an image's representatives
+MAXIMA_LANES = 8  # frames per vector in the codes' kernel
+MAXIMA_REGIONS = 4  # regions per pass in the codes' kernel
 
 
 def int8_instructions() -> bool:
@@ -85,17 +89,28 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
 
 def region_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``n x R x d`` int8 codes and a ``T x d`` int8 query -> ``n x T`` float32: each frame's best region,
-    ``max_r <c_r, q_t>`` (exact integers).  ``torch._int_mm`` where it has int8 instructions, numba
-    elsewhere."""
+    ``max_r <c_r, q_t>`` (exact integers).  ``torch._int_mm`` where it has int8 instructions, the IR kernel
+    of :func:`_maxima_ir` elsewhere."""
     n, r, d = codes.shape
     _check_terms(d)
     if int8_instructions():
         products = torch._int_mm(torch.from_numpy(codes.reshape(n * r, d)), torch.from_numpy(np.ascontiguousarray(query.T)))
         return products.view(n, r, len(query)).amax(1).float().numpy()
-    out = np.empty((n, len(query)), dtype=np.float32)
-    frames = np.ascontiguousarray(query, dtype=np.float32)
-    _in_parts(n, lambda a, b: _maxima_kernel()(codes[a:b], frames, out[a:b]))
-    return out
+    t = len(query)
+    padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
+    frames = np.zeros((d, padded), dtype=np.float32)  # d x T': the frames' k-th coordinates in row k
+    frames[:, :t] = query.T
+    out = np.empty((n, padded), dtype=np.float32)
+    if n == 0 or t == 0:
+        return out[:, :t]
+    codes = np.ascontiguousarray(codes)
+    kernel = _maxima_kernel()
+
+    def run(a: int, b: int) -> None:
+        scratch = np.empty(MAXIMA_REGIONS * d, dtype=np.float32)  # the block's regions in float32
+        kernel(codes[a:b].ctypes.data, b - a, r, d, frames.ctypes.data, padded, scratch.ctypes.data, out[a:b].ctypes.data)
+    _in_parts(n, run)
+    return out[:, :t]
 
 
 def _in_parts(count: int, run: Callable[[int, int], None], smallest: int = 256) -> None:
@@ -145,18 +160,37 @@ def _compile_bounds(d: int | None, m: int | None) -> Callable[..., None]:
     while it runs."""
     import llvmlite.binding as llvm
 
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    return _jit(_bounds_ir(llvm.get_process_triple(), d, m), "representative_bounds",
+                pointer, size, size, size, pointer, size, pointer, pointer, pointer)
+
+
+@lru_cache(maxsize=1)
+def _maxima_kernel() -> Callable[..., None]:
+    """The codes' kernel (:func:`_maxima_ir`) compiled for this CPU, once per process, as a ctypes function:
+    arguments ``(codes, n, r, d, frames, t, scratch, out)``, pointers to ``n x r x d`` int8, ``d x t`` float32
+    (``t`` a multiple of :data:`MAXIMA_LANES`), :data:`MAXIMA_REGIONS` ``x d`` float32 and ``n x t`` float32."""
+    import llvmlite.binding as llvm
+
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    with _COMPILE_LOCK:
+        return _jit(_maxima_ir(llvm.get_process_triple()), "region_maxima", pointer, size, size, size, pointer, size, pointer, pointer)
+
+
+def _jit(text: str, name: str, *argtypes) -> Callable[..., None]:  # noqa: ANN002 - ctypes types
+    """LLVM IR ``text`` optimized and compiled for this CPU; its function ``name`` as a ctypes function
+    returning nothing (ctypes releases the GIL while it runs)."""
+    import llvmlite.binding as llvm
+
     machine = _host_machine()
-    module = llvm.parse_assembly(_bounds_ir(llvm.get_process_triple(), d, m))
+    module = llvm.parse_assembly(text)
     module.verify()
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(module, passes)
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.finalize_object()
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    kernel = ctypes.CFUNCTYPE(None, pointer, size, size, size, pointer, size, pointer, pointer, pointer)(
-        engine.get_function_address("representative_bounds"))
     _COMPILED.append(engine)  # the machine code lives as long as its engine
-    return kernel
+    return ctypes.CFUNCTYPE(None, *argtypes)(engine.get_function_address(name))
 
 
 _COMPILED: list = []
@@ -205,10 +239,6 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
         d, m = const(d_constant), const(m_constant)
     loop = _LoopBuilder(b, function)
 
-    def splat(value: ir.Value) -> ir.Value:
-        one = b.insert_element(ir.Constant(lanes, ir.Undefined), value, ir.Constant(i32, 0))
-        return b.shuffle_vector(one, ir.Constant(lanes, ir.Undefined), ir.Constant(ir.VectorType(i32, BOUND_LANES), [0] * BOUND_LANES))
-
     def block_row(image: ir.Value, k: ir.Value, s0: ir.Value, full: bool) -> ir.Value:
         """The block's int8 row ``k`` as 16 floats (a partial block repeats representative ``m - 1``)."""
         row = b.gep(columns, [b.add(image, b.add(b.mul(k, m), s0))])
@@ -224,7 +254,7 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
         """The four centroids' dot products with one block of representatives: 4 vectors of 16."""
         def dimension(k: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
             x = block_row(image, k, s0, full)
-            return [b.call(fma, [x, splat(b.load(b.gep(queries, [b.add(b.mul(b.add(group, const(c)), d), k)]))), acc[c]])
+            return [b.call(fma, [x, _splat(b, b.load(b.gep(queries, [b.add(b.mul(b.add(group, const(c)), d), k)])), BOUND_LANES), acc[c]])
                     for c in range(BOUND_CENTROIDS)]
         return loop.range("k", const(0), d, const(1), [ir.Constant(lanes, [0.0] * BOUND_LANES)] * BOUND_CENTROIDS, dimension)
 
@@ -301,35 +331,101 @@ class _LoopBuilder:
         return joined
 
 
-@lru_cache(maxsize=1)
-def _maxima_kernel() -> Callable:
-    """numba's compile of :func:`region_maxima`'s loops, once per process (cached on disk where the package
-    folder is writable)."""
-    from numba import njit
+def _maxima_ir(triple: str) -> str:
+    """LLVM IR of the codes' maxima, the frames as the vector lanes: for each image, each block of
+    :data:`MAXIMA_REGIONS` regions is converted to float32 once (``scratch``); then for each group of 16
+    frames (two vectors; a last group of 8) the ``4 x 16`` dot products accumulate over the ``d`` dimensions
+    in eight vectors (one broadcast region value and two fused multiply-adds per region and dimension) and
+    are folded into the image's running maxima, ``out[i]``.  No horizontal sums: numba's compile, vectorized
+    along the dimensions, needed four per frame and block.  A last partial block repeats the last region."""
+    import llvmlite.ir as ir
 
-    @njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
-    def maxima(codes, query, out):  # pragma: no cover - compiled
-        n, r, d = codes.shape
-        t_count = query.shape[0]
-        rows = np.empty((4, d), dtype=np.float32)  # four regions at a time share each frame's loads
-        for i in range(n):
-            out[i, :] = -np.inf
-            for s in range(0, r, 4):
-                for u in range(4):  # a short last block repeats the last region: the max is unchanged
-                    su = min(s + u, r - 1)
-                    for k in range(d):
-                        rows[u, k] = codes[i, su, k]
-                for t in range(t_count):
-                    a0 = a1 = a2 = a3 = np.float32(0.0)
-                    for k in range(d):
-                        q = query[t, k]
-                        a0 += rows[0, k] * q
-                        a1 += rows[1, k] * q
-                        a2 += rows[2, k] * q
-                        a3 += rows[3, k] * q
-                    out[i, t] = max(out[i, t], max(max(a0, a1), max(a2, a3)))
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    lanes = ir.VectorType(f32, MAXIMA_LANES)
+    lanes_ptr = lanes.as_pointer()
+    module = ir.Module(name="vgs_maxima")
+    module.triple = triple
+    fma = ir.Function(module, ir.FunctionType(lanes, [lanes] * 3), name=f"llvm.fma.v{MAXIMA_LANES}f32")
+    maxnum = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.maxnum.v{MAXIMA_LANES}f32")
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer()]), name="region_maxima")
+    codes, n, r, d, frames, t, scratch, out = function.args
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    const = lambda value: ir.Constant(i64, value)  # noqa: E731
+    loop = _LoopBuilder(b, function)
 
-    return maxima
+    def vector_at(base: ir.Value, offset: ir.Value) -> ir.Value:
+        return b.bitcast(b.gep(base, [offset]), lanes_ptr)
+
+    def frame_group(row: ir.Value, g: ir.Value, width: int) -> None:
+        """Frames ``g .. g + 8 width`` against the block in ``scratch``, maxima into ``out[row + g ...]``."""
+        def dimension(k: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+            q = [b.load(vector_at(frames, b.add(b.add(b.mul(k, t), g), const(MAXIMA_LANES * v))), align=4) for v in range(width)]
+            updated = []
+            for u in range(MAXIMA_REGIONS):
+                x = _splat(b, b.load(b.gep(scratch, [b.add(b.mul(const(u), d), k)])), MAXIMA_LANES)
+                updated += [b.call(fma, [x, q[v], acc[u * width + v]]) for v in range(width)]
+            return updated
+        acc = loop.range("k", const(0), d, const(1), [ir.Constant(lanes, [0.0] * MAXIMA_LANES)] * (MAXIMA_REGIONS * width), dimension)
+        for v in range(width):
+            target = vector_at(out, b.add(b.add(row, g), const(MAXIMA_LANES * v)))
+            best = b.load(target, align=4)
+            for u in range(MAXIMA_REGIONS):
+                best = b.call(maxnum, [best, acc[u * width + v]], fastmath=("nnan",))
+            b.store(best, target, align=4)
+
+    def convert_region(source: ir.Value, u: int) -> None:
+        """Region row ``source`` (an offset into ``codes``) as float32 into block row ``u`` of ``scratch``."""
+        def eight(k: ir.Value, _: list) -> list:
+            x = b.load(b.bitcast(b.gep(codes, [b.add(source, k)]), ir.VectorType(ir.IntType(8), MAXIMA_LANES).as_pointer()), align=1)
+            b.store(b.sitofp(x, lanes), vector_at(scratch, b.add(b.mul(const(u), d), k)), align=4)
+            return []
+
+        def one(k: ir.Value, _: list) -> list:
+            b.store(b.sitofp(b.load(b.gep(codes, [b.add(source, k)])), f32), b.gep(scratch, [b.add(b.mul(const(u), d), k)]))
+            return []
+        loop.range("c8", const(0), b.sub(d, const(MAXIMA_LANES - 1)), const(MAXIMA_LANES), [], eight)
+        loop.range("c1", b.and_(d, const(-MAXIMA_LANES)), d, const(1), [], one)
+
+    def image(i: ir.Value, _: list) -> list:
+        base, row = b.mul(b.mul(i, r), d), b.mul(i, t)
+
+        def start_maxima(f: ir.Value, _: list) -> list:
+            b.store(ir.Constant(f32, float("-inf")), b.gep(out, [b.add(row, f)]))
+            return []
+
+        def pair_of_vectors(g: ir.Value, _: list) -> list:
+            frame_group(row, g, 2)
+            return []
+
+        def last_vector() -> list:
+            frame_group(row, b.sub(t, const(MAXIMA_LANES)), 1)
+            return []
+
+        def region_block(r0: ir.Value, _: list) -> list:
+            for u in range(MAXIMA_REGIONS):
+                region = b.add(r0, const(u))
+                region = b.select(b.icmp_signed("<", region, r), region, b.sub(r, const(1)))
+                convert_region(b.add(base, b.mul(region, d)), u)
+            loop.range("g", const(0), b.sub(t, const(2 * MAXIMA_LANES - 1)), const(2 * MAXIMA_LANES), [], pair_of_vectors)
+            loop.branch(b.icmp_signed("!=", b.and_(t, const(2 * MAXIMA_LANES - 1)), const(0)), last_vector, lambda: [])
+            return []
+        loop.range("t", const(0), t, const(1), [], start_maxima)
+        loop.range("r", const(0), r, const(MAXIMA_REGIONS), [], region_block)
+        return []
+
+    loop.range("i", const(0), n, const(1), [], image)
+    b.ret_void()
+    return str(module)
+
+
+def _splat(b, value, lanes: int):  # noqa: ANN001, ANN202 - llvmlite builder and values
+    """``value`` in every lane of a ``lanes``-wide vector."""
+    import llvmlite.ir as ir
+
+    i32 = ir.IntType(32)
+    one = b.insert_element(ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), value, ir.Constant(i32, 0))
+    return b.shuffle_vector(one, ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
 __all__ = ["EXACT_TERMS", "int8_instructions", "representative_bounds", "region_maxima"]
