@@ -39,7 +39,7 @@ from _common import cpu_share_line, machine_line, percentile, result_line, table
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
-from vgs.centroids import CODE_LEAD_DIMS, CODE_RERANK_DEPTH, Int8Representatives, candidates as centroid_candidates, lower_bounds  # noqa: E402
+from vgs.centroids import COARSE_DIMS, CODE_LEAD_DIMS, CODE_RERANK_DEPTH, Int8Representatives, candidates as centroid_candidates, lead_bounds, lower_bounds  # noqa: E402
 from vgs.search import DEFAULT_CANDIDATES, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -211,8 +211,9 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
 
 def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
     """For each query, how deep each ranking of the centroid stage must go to hold its exhaustive top-10:
-    the centroid bound on float32 and on int8 representatives (both projected as the index projects them), and
-    MISA on the int8 codes with the query in float32 and in int8 (when the index has codes).
+    the centroid bound on float32 and on int8 representatives (both projected as the index projects them)
+    and on the first pass's leading coordinates, and MISA on the int8 codes with the query in float32 and
+    in int8, and on their leading coordinates (when the index has codes).
     ``{ranking: depths}`` (1-based)."""
     table, basis = index.image_representatives(), index.centroid_basis()
     float_table, regions = table.dequantize(), index.region_search()
@@ -221,9 +222,14 @@ def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[li
         "bound float32": lambda f: lower_bounds(float_table, f, basis=basis).numpy(),
         "bound int8": lambda f: lower_bounds(table, f, basis=basis).numpy(),
     }
+    if table.shape[2] > COARSE_DIMS:  # the bound's first pass, on its leading coordinates
+        rankings[f"bound int8, first {COARSE_DIMS} dims"] = lambda f: lead_bounds(table, f, basis).numpy()
     if regions.codes is not None:
         rankings["codes, float32 query"] = lambda f: regions.code_scores(every, f.numpy())
         rankings["codes, int8 query"] = lambda f: regions.code_scores(every, f.numpy(), int8_query=True)
+        if regions.codec.dim > CODE_LEAD_DIMS:
+            rankings[f"codes, first {CODE_LEAD_DIMS} dims, int8 query"] = lambda f: regions.code_scores(
+                every, f.numpy(), int8_query=True, dims=CODE_LEAD_DIMS)
     depths: dict[str, list[int]] = {name: [] for name in rankings}
     with torch.no_grad():
         for frames, full in zip(queries, truth):

@@ -61,14 +61,21 @@ def test_bound_depths_rank_the_exhaustive_top10(tmp_path) -> None:  # noqa: ANN0
     index = SearchIndex(tmp_path / "idx")
     asked = queries(24, 4, 1)
     truth, _ = bench_scale.exhaustive(index, asked)
-    assert set(bench_scale.bound_depths(index, asked, truth)) == {"bound float32", "bound int8"}  # no codes: no code rankings
+    bounds = {"bound float32", "bound int8", "bound int8, first 16 dims"}  # 24 projected dimensions: a first pass
+    assert set(bench_scale.bound_depths(index, asked, truth)) == bounds  # no codes: no code rankings
     index.build_codes(24)
     index = SearchIndex(tmp_path / "idx")
     depths = bench_scale.bound_depths(index, asked, truth)
-    assert set(depths) == {"bound float32", "bound int8", "codes, float32 query", "codes, int8 query"}
+    assert set(depths) == bounds | {"codes, float32 query", "codes, int8 query"}  # 24-dimension codes: no lead
     for name, d in depths.items():
         assert d.shape == (4,) and (d >= 10).all() and (d <= 60).all(), name
     assert (depths["codes, float32 query"] <= 11).all()  # full-dimension int8 codes: MISA up to rounding
+    write_index(tmp_path / "wide", clustered(60, 6, 80, 0), (2, 3))
+    SearchIndex(tmp_path / "wide").build_codes(72)
+    wide = SearchIndex(tmp_path / "wide")
+    truth, _ = bench_scale.exhaustive(wide, queries(80, 4, 1))
+    depths = bench_scale.bound_depths(wide, queries(80, 4, 1), truth)
+    assert (depths["codes, first 64 dims, int8 query"] >= 10).all() and (depths["codes, first 64 dims, int8 query"] <= 60).all()
 
 
 def test_derived_indexes_hold_the_source_at_another_precision_or_projected(tmp_path) -> None:  # noqa: ANN001

@@ -242,9 +242,19 @@ def _int8_best(table: Int8Representatives, query_codes: torch.Tensor, weights: t
     n, d, _ = table.columns.shape
     if d <= COARSE_DIMS or n <= COARSE_DEPTH * count:
         return _best(_int8_bounds(table, query_codes, weights).numpy(), count)
-    lead_codes = query_codes[:, :COARSE_DIMS].contiguous()
-    kept = _best(representative_bounds(table.lead, lead_codes, weights, table.scales).numpy(), COARSE_DEPTH * count)
+    kept = _best(_lead_bounds(table, query_codes, weights).numpy(), COARSE_DEPTH * count)
     return kept[_best(_int8_bounds(table.subset(kept), query_codes, weights).numpy(), count)]
+
+
+def _lead_bounds(table: Int8Representatives, query_codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The first pass's ``L``: on the first :data:`COARSE_DIMS` coordinates of the table and the query -> ``N``."""
+    return representative_bounds(table.lead, query_codes[:, :COARSE_DIMS].contiguous(), weights, table.scales)
+
+
+def lead_bounds(table: Int8Representatives, frames: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The ranking of :func:`candidates`' first pass for one query's ``T x D`` frames (``basis`` as in
+    :func:`lower_bounds`) -> ``N``: for benchmarks that ask how deep it must go."""
+    return _lead_bounds(table, *_int8_query(*_query_side(frames, FRAME_CENTROIDS, basis)))
 
 
 def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, count: int, basis: torch.Tensor | None = None,
@@ -284,4 +294,4 @@ def _best(bounds: np.ndarray, count: int) -> np.ndarray:
 __all__ = ["REPRESENTATIVES", "FRAME_CENTROIDS", "PROJECTED_DIMS", "BASIS_SAMPLE", "CODE_RERANK_DEPTH", "CODE_LEAD_DIMS",
            "CODE_LEAD_FACTOR", "COARSE_DIMS",
            "COARSE_DEPTH", "Int8Representatives",
-           "kmeans", "representatives", "project", "lower_bounds", "candidates"]
+           "kmeans", "representatives", "project", "lower_bounds", "lead_bounds", "candidates"]
