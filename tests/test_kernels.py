@@ -59,6 +59,13 @@ def test_the_largest_exact_sums_stay_exact(monkeypatch):
     assert got.tolist() == [127 * 127 * d, -127 * 127 * d]
 
 
+def test_codes_that_are_not_int8_or_a_query_of_another_width_are_refused():
+    with pytest.raises(ValueError, match="expected n x R x d int8 codes"):
+        kernels.region_maxima(np.zeros((2, 3, 8), dtype=np.int16), np.zeros((1, 8), dtype=np.int8))
+    with pytest.raises(ValueError, match=r"\(1, 7\)"):
+        kernels.region_maxima(np.zeros((2, 3, 8), dtype=np.int8), np.zeros((1, 7), dtype=np.int8))
+
+
 def test_too_many_dimensions_are_refused():
     with pytest.raises(ValueError, match="at most 1024"):
         kernels.region_maxima(np.zeros((1, 1, 1025), dtype=np.int8), np.zeros((1, 1025), dtype=np.int8))

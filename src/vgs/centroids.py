@@ -43,9 +43,8 @@ returned the one pass's candidates exactly for every query (docs/benchmarks.md, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import torch

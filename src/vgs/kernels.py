@@ -16,7 +16,7 @@ equal ``torch._int_mm``'s to the bit, whichever kernel a machine runs.
   left scalar by LLVM's vectorizer (it cannot prove the accumulators do not alias the table): the
   explicit vectors are 3.1x faster on one AVX2 core (17.5 against 54.5 ms over 100,000 images of 32 x 32).
 - :func:`region_maxima` (``torch._int_mm`` where it has int8 instructions) is LLVM IR in the same way,
-  the frames as the vector lanes and four regions at a time: 1.2-1.7x numba's compile of the same loops,
+  the frames as the vector lanes and four regions at a time: 1.03-1.4x numba's compile of the same loops,
   which vectorized along the dimensions and summed each product horizontally (docs/benchmarks.md,
   section 8, "Two passes").
 
@@ -91,6 +91,9 @@ def region_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``n x R x d`` int8 codes and a ``T x d`` int8 query -> ``n x T`` float32: each frame's best region,
     ``max_r <c_r, q_t>`` (exact integers).  ``torch._int_mm`` where it has int8 instructions, the IR kernel
     of :func:`_maxima_ir` elsewhere."""
+    if codes.dtype != np.int8 or codes.ndim != 3 or query.ndim != 2 or query.shape[1] != codes.shape[2]:
+        raise ValueError(f"codes' maxima: expected n x R x d int8 codes and a T x d query, got {codes.dtype} of shape "
+                         f"{codes.shape} and {query.shape}")
     n, r, d = codes.shape
     _check_terms(d)
     if int8_instructions():
