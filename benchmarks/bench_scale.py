@@ -198,9 +198,9 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
             start = time.perf_counter()
             f = frames.frames.float()
             codec, query = regions.codec, f.numpy()
-            lead = None  # as SearchIndex.centroid_candidates narrows: the codes' leading coordinates first
-            if codec.principal and codec.dim > CODE_LEAD_DIMS:
-                lead = lambda ids: codec.misa(codes[ids, :, :CODE_LEAD_DIMS], query, int8_query=int8_query, dims=CODE_LEAD_DIMS)  # noqa: E731
+            lead, dims = None, codec.leading(CODE_LEAD_DIMS)  # as SearchIndex.centroid_candidates: leading coordinates first
+            if dims is not None:
+                lead = lambda ids: codec.misa(codes[ids, :, :dims], query, int8_query=int8_query, dims=dims)  # noqa: E731
             best = centroid_candidates(held, f, candidates, basis, lambda ids: codec.misa(codes[ids], query, int8_query=int8_query),
                                        CODE_RERANK_DEPTH, lead)
             MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
@@ -227,7 +227,7 @@ def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[li
     if regions.codes is not None:
         rankings["codes, float32 query"] = lambda f: regions.code_scores(every, f.numpy())
         rankings["codes, int8 query"] = lambda f: regions.code_scores(every, f.numpy(), int8_query=True)
-        if regions.codec.dim > CODE_LEAD_DIMS:
+        if regions.codec.leading(CODE_LEAD_DIMS) is not None:
             rankings[f"codes, first {CODE_LEAD_DIMS} dims, int8 query"] = lambda f: regions.code_scores(
                 every, f.numpy(), int8_query=True, dims=CODE_LEAD_DIMS)
     depths: dict[str, list[int]] = {name: [] for name in rankings}

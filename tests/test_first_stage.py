@@ -303,5 +303,6 @@ def test_codec_misa_is_misa_of_the_decoded_codes() -> None:
     np.testing.assert_allclose(codec.misa(codes, frames, chunk=3, dims=4), lead, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(codec.misa(codes[:, :, :4], frames, dims=4), codec.misa(codes, frames, dims=4))
     assert codec.principal and not RegionCodec.fit(regions.reshape(-1, 16), 16).principal  # identity basis at dim == D
+    assert codec.leading(4) == 4 and codec.leading(6) is None and RegionCodec.fit(regions.reshape(-1, 16), 16).leading(4) is None
     with pytest.raises(VGSError, match="expected 1..6 dimensions, got 0"):
         codec.misa(codes, frames, dims=0)

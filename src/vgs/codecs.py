@@ -169,6 +169,18 @@ class RegionCodec:
         that the first ``k`` coordinates are the best ``k`` for inner products."""
         return self.dim < self.embed_dim
 
+    def leading(self, k: int) -> int | None:
+        """``k`` when the codes have more than ``k`` principal coordinates (a cheaper ranking on the first
+        ``k`` is worth a pass), else None."""
+        return k if self.principal and self.dim > k else None
+
+    def checked_dims(self, dims: int | None) -> int:
+        """``dims`` coordinates of the codes (all of them for None), refused outside ``1..dim``."""
+        dims = self.dim if dims is None else dims
+        if not 1 <= dims <= self.dim:
+            raise VGSError(f"codes MISA: expected 1..{self.dim} dimensions, got {dims}")
+        return dims
+
     def misa(self, codes: np.ndarray, frames: np.ndarray, chunk: int = 1024, int8_query: bool = False,
              dims: int | None = None) -> np.ndarray:
         """MISA of ``m x R x d`` codes against one caption's ``T x D`` frames on the decoded codes: ``m``.
@@ -181,9 +193,7 @@ class RegionCodec:
         ``torch._int_mm`` without it); an approximation of these scores, for ranking candidates only.
         ``dims``: on the first ``dims`` coordinates only (``codes`` may hold just those, ``m x R x dims``).
         """
-        dims = self.dim if dims is None else dims
-        if not 1 <= dims <= self.dim:
-            raise VGSError(f"codes MISA: expected 1..{self.dim} dimensions, got {dims}")
+        dims = self.checked_dims(dims)
         basis, scale = self.basis[:dims], self.scale[:dims]
         p = np.ascontiguousarray((np.asarray(frames, dtype=np.float32) @ basis.T).T * scale[:, None])  # dims x T
         if int8_query:

@@ -278,9 +278,7 @@ class RegionSearch:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
         an approximation, :meth:`vgs.codecs.RegionCodec.misa`); ``dims``: on the codes' first ``dims``
         coordinates only, and only those are read."""
-        dims = self.codec.dim if dims is None else dims
-        if not 1 <= dims <= self.codec.dim:
-            raise VGSError(f"codes MISA: expected 1..{self.codec.dim} dimensions, got {dims}")
+        dims = self.codec.checked_dims(dims)
         offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
         gathered = gather_rows([codes[:, :, :dims] for codes, _ in self.codes], offsets, ids,
                                np.empty((len(ids), self.regions_per_image, dims), dtype=np.int8))

@@ -639,8 +639,9 @@ class SearchIndex:
         coarse = lead = None
         if regions.codes is not None:
             coarse = lambda ids: regions.code_scores(ids, query, int8_query=True)  # noqa: E731
-            if regions.codec.principal and regions.codec.dim > centroid_stage.CODE_LEAD_DIMS:
-                lead = lambda ids: regions.code_scores(ids, query, int8_query=True, dims=centroid_stage.CODE_LEAD_DIMS)  # noqa: E731
+            dims = regions.codec.leading(centroid_stage.CODE_LEAD_DIMS)
+            if dims is not None:
+                lead = lambda ids: regions.code_scores(ids, query, int8_query=True, dims=dims)  # noqa: E731
         return centroid_stage.candidates(self.image_representatives(), frames, count, self.centroid_basis(), coarse,
                                          max(centroid_stage.CODE_RERANK_DEPTH, 2 * k), lead)
 
