@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_share_line, machine_line, percentile, result_line, table  # noqa: E402
 from scale_data import CHUNK, synthetic_regions  # noqa: E402
 
+from vgs.kernels import StoredArrays  # noqa: E402
 from vgs.io import load_npy, save_npy, write_json  # noqa: E402
 from vgs.centroids import COARSE_DIMS, CODE_LEAD_DIMS, CODE_RERANK_DEPTH, Int8Representatives, candidates as centroid_candidates, lead_bounds, lower_bounds  # noqa: E402
 from vgs.search import DEFAULT_CANDIDATES, INDEX_FORMAT, EmbeddingScorer, SearchIndex, write_image_chunk  # noqa: E402
@@ -192,6 +193,7 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     held = table if precision == "int8" else table.dequantize()
     held_bytes = table.values.nbytes + table.scales.nbytes if precision == "int8" else held.nbytes
     int8_query, basis, regions = precision == "int8", index.centroid_basis(), index.region_search()
+    stored = StoredArrays.of(codes)  # read in place by the kernel, as an index's chunks are
     times = []
     with torch.no_grad():
         for q, frames in enumerate(queries):
@@ -200,10 +202,10 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
             codec, query = regions.codec, f.numpy()
             lead, dims = None, codec.leading(CODE_LEAD_DIMS)  # as SearchIndex.centroid_candidates: leading coordinates first
             if dims is not None:
-                lead = lambda ids: codec.misa(codes[ids, :, :dims], query, int8_query=int8_query, dims=dims)  # noqa: E731
-            best = centroid_candidates(held, f, candidates, basis, lambda ids: codec.misa(codes[ids], query, int8_query=int8_query),
+                lead = lambda ids: codec.misa(stored.rows(ids, dims), query, int8_query=int8_query, dims=dims)  # noqa: E731
+            best = centroid_candidates(held, f, candidates, basis, lambda ids: codec.misa(stored.rows(ids), query, int8_query=int8_query),
                                        CODE_RERANK_DEPTH, lead)
-            MODEL.scores(index.regions_of((best % index.image_count).tolist()), frames)
+            MODEL.scores(index.regions_of(best % index.image_count, as_stored=True), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)
     return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000, "gib": (held_bytes + codes.nbytes) / 2**30}

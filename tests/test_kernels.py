@@ -60,10 +60,28 @@ def test_the_largest_exact_sums_stay_exact(monkeypatch):
 
 
 def test_codes_that_are_not_int8_or_a_query_of_another_width_are_refused():
-    with pytest.raises(ValueError, match="expected n x R x d int8 codes"):
+    with pytest.raises(ValueError, match="expected n x R x d int8 codes or float16 regions"):
         kernels.region_maxima(np.zeros((2, 3, 8), dtype=np.int16), np.zeros((1, 8), dtype=np.int8))
     with pytest.raises(ValueError, match=r"\(1, 7\)"):
         kernels.region_maxima(np.zeros((2, 3, 8), dtype=np.int8), np.zeros((1, 7), dtype=np.int8))
+
+
+@pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (7, 100, 256, 19), (3, 5, 13, 16), (2, 49, 64, 33), (0, 4, 8, 2), (300, 9, 24, 9)])
+def test_region_maxima_of_float16_regions_in_float32(n, r, d, t):
+    if not kernels.float16_regions():
+        pytest.skip("no F16C on this CPU")
+    rng = np.random.default_rng(n + r + d + t)
+    regions, query = rng.standard_normal((n, r, d)).astype(np.float16), rng.standard_normal((t, d)).astype(np.float32)
+    got = kernels.region_maxima(regions, query)
+    assert got.shape == (n, t) and got.dtype == np.float32
+    reference = np.einsum("nrd,td->nrt", regions.astype(np.float64), query.astype(np.float64)).max(1) if n else np.zeros((0, t))
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-4 * np.sqrt(d))
+
+
+def test_float16_regions_without_f16c_are_refused(monkeypatch):
+    monkeypatch.setattr(kernels, "float16_regions", lambda: False)
+    with pytest.raises(ValueError, match="F16C"):
+        kernels.region_maxima(np.zeros((1, 2, 8), dtype=np.float16), np.zeros((1, 8), dtype=np.float32))
 
 
 def test_too_many_dimensions_are_refused():
@@ -136,3 +154,34 @@ def test_the_bound_compiles_where_llvm_cannot_list_the_cpu_features(monkeypatch)
     columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
     got = kernels.representative_bounds(columns, torch.from_numpy(query), torch.ones(1))
     np.testing.assert_array_equal(got.numpy().astype(np.int64), _reference_maxima(rows, query)[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float16])
+def test_rows_read_in_place_across_parts_equal_the_gathered_rows(monkeypatch, dtype):
+    """Images scattered over several chunk arrays, unsorted and repeated, on their leading coordinates:
+    the kernel reads them where they are and gives the maxima of a gathered copy."""
+    monkeypatch.setattr(kernels, "int8_instructions", lambda: False)
+    if dtype == np.float16 and not kernels.float16_regions():
+        pytest.skip("no F16C on this CPU")
+    rng = np.random.default_rng(7)
+    parts = [(_int8(rng, n, 6, 40) if dtype == np.int8 else rng.standard_normal((n, 6, 40)).astype(np.float16)) for n in (5, 1, 0, 9)]
+    arrays = kernels.StoredArrays(parts)
+    ids, dims = np.array([14, 0, 5, 7, 14, 3]), 24
+    rows = arrays.rows(ids, dims)
+    gathered = np.concatenate(parts)[ids][:, :, :dims]
+    assert rows.shape == (6, 6, dims) and np.array_equal(rows.gather(), gathered)
+    query = _int8(rng, 9, dims) if dtype == np.int8 else rng.standard_normal((9, dims)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.region_maxima(rows, query), kernels.region_maxima(np.ascontiguousarray(gathered), query))
+
+
+def test_stored_rows_refuse_bad_ids_dims_and_parts():
+    parts = [np.zeros((3, 2, 8), dtype=np.int8), np.zeros((2, 2, 8), dtype=np.int8)]
+    arrays = kernels.StoredArrays(parts)
+    with pytest.raises(ValueError, match=r"ids in 0\.\.4"):
+        arrays.rows(np.array([5]))
+    with pytest.raises(ValueError, match="1..8 dims"):
+        arrays.rows(np.array([0]), 9)
+    with pytest.raises(ValueError, match="C-contiguous images"):
+        kernels.StoredArrays([parts[0], np.zeros((2, 3, 8), dtype=np.int8)])
+    with pytest.raises(ValueError, match="C-contiguous images"):
+        kernels.StoredArrays([np.zeros((4, 8, 2), dtype=np.int8).transpose(0, 2, 1)])

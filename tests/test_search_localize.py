@@ -39,6 +39,17 @@ def test_two_stage_equals_exhaustive_when_candidates_cover_everything(tiny_run, 
     assert direct[0, 0].item() == pytest.approx(full[0].score, abs=1e-3)
 
 
+def test_regions_as_stored_score_as_the_float32_regions(tiny_run, index, tiny_scenes) -> None:
+    """The re-rank reads the index's float16 regions in place: the same values, the same scores."""
+    model, search = load(tiny_run), SearchIndex(index)
+    ids = np.array([5, 0, 151, 17])
+    stored, converted = search.regions_of(ids, as_stored=True), search.regions_of(ids)
+    assert stored.dtype == torch.float16 and converted.dtype == torch.float32 and stored.shape == converted.shape
+    assert torch.equal(stored.float(), converted)
+    captions = search.captions_of(list(range(6)))
+    torch.testing.assert_close(model.scores(stored, captions), model.scores(converted, captions), atol=1e-5, rtol=1e-5)
+
+
 def test_search_finds_the_right_image_often(tiny_run, index, tiny_scenes) -> None:
     model = load(tiny_run)
     search = SearchIndex(index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vgs import kernels, similarity
 from vgs.similarity import PackedFrames, RegionMax, matchmap, pairwise_similarity, similarity_matrix
 
 
@@ -41,6 +42,27 @@ def test_matches_naive_reference(kind: str, chunk_bytes: int) -> None:
     got = similarity_matrix(images, audio, lengths, kind, chunk_bytes=chunk_bytes)
     assert got.shape == (5, 7)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "d_major"])
+@pytest.mark.parametrize("chunk_bytes", [2**30, 700])
+def test_float16_regions_are_scored_by_the_kernel_in_float32(monkeypatch, layout: str, chunk_bytes: int) -> None:
+    """An index's float16 regions (channels last, as stored) give the float32 scores of the same values."""
+    if not kernels.float16_regions():
+        pytest.skip("no F16C on this CPU")
+    images, audio, lengths = ragged_inputs(n=9, m=4, d=24, t=13)
+    half = images.half()
+    if layout == "channels_last":
+        half = half.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    calls = []
+    monkeypatch.setattr(similarity, "region_maxima", lambda *a: calls.append(1) or kernels.region_maxima(*a))
+    got = similarity_matrix(half, audio, lengths, "misa", chunk_bytes=chunk_bytes)
+    assert calls and got.dtype == torch.float32
+    torch.testing.assert_close(got, naive_similarity(half.float(), audio, lengths, "misa"), atol=1e-5, rtol=1e-5)
+    calls.clear()
+    similarity_matrix(images, audio, lengths, "misa")
+    similarity_matrix(half.float().requires_grad_(), audio, lengths, "misa")
+    assert not calls  # float32 regions, and anything to differentiate, take the torch path
 
 
 @pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])

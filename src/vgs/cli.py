@@ -710,9 +710,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions")
     p.add_argument("-k", type=POSITIVE, default=10, help="results to return (default 10)")
     p.add_argument("--run", dest="run_option", type=Path, help=argparse.SUPPRESS)  # deprecated: the run is positional
-    p.add_argument("--candidates", type=POSITIVE, default=2000, help="first-stage candidates re-ranked "
-                   "by matchmap (default 2000, vgs.search.DEFAULT_CANDIDATES; the centroid stage narrows them to about 100 on the "
-                   "int8 codes)")
+    p.add_argument("--candidates", type=POSITIVE, help="first-stage candidates re-ranked by matchmap (default "
+                   "vgs.search.DEFAULT_CANDIDATES, 3000; the centroid stage narrows them to about 100 on the int8 codes)")
     p.add_argument("--exhaustive", action="store_true", help="score every indexed item with the matchmap (no first stage)")
     p.add_argument("--first-stage", choices=("auto", "exact", "centroids", "compact", "ivf", "pooled"), default="auto",
                    help="speech -> images: auto (default: exact up to 5,000 images, centroids above), exact (the exact "
@@ -730,19 +729,20 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from .search import open_index
+    from .search import DEFAULT_CANDIDATES, open_index
 
     index_dir, run = _search_paths(args)
     model, index = open_index(index_dir, run, args.device)
+    candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
     if args.image is not None:
-        hits = index.search_image(model, model.encode_images([args.image]), args.k, args.candidates, args.exhaustive)
+        hits = index.search_image(model, model.encode_images([args.image]), args.k, candidates, args.exhaustive)
     else:
         audio = args.audio
         if args.text is not None:
             from .tts import synthesize
 
             audio = synthesize(args.text, parse_voice(args.voice)).audio
-        hits = index.search_audio(model, model.encode_audio([audio]), args.k, args.candidates, args.exhaustive,
+        hits = index.search_audio(model, model.encode_audio([audio]), args.k, candidates, args.exhaustive,
                                   first_stage=args.first_stage)
     if args.json:
         print(json.dumps([hit.to_dict() for hit in hits], indent=2))

@@ -26,12 +26,13 @@ Only MISA has this structure (``sima``/``sisa`` searches use the pooled first st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from .errors import VGSError
-from .io import gather_rows
+from .kernels import StoredArrays
 
 if TYPE_CHECKING:
     from .codecs import RegionCodec
@@ -279,10 +280,12 @@ class RegionSearch:
         an approximation, :meth:`vgs.codecs.RegionCodec.misa`); ``dims``: on the codes' first ``dims``
         coordinates only, and only those are read."""
         dims = self.codec.checked_dims(dims)
-        offsets = np.cumsum([0] + [len(c) for c, _ in self.codes])
-        gathered = gather_rows([codes[:, :, :dims] for codes, _ in self.codes], offsets, ids,
-                               np.empty((len(ids), self.regions_per_image, dims), dtype=np.int8))
-        return self.codec.misa(gathered, frames, int8_query=int8_query, dims=dims)
+        return self.codec.misa(self._stored_codes.rows(ids, dims), frames, int8_query=int8_query, dims=dims)
+
+    @cached_property
+    def _stored_codes(self) -> StoredArrays:
+        """The codes' chunks as the kernels read them in place."""
+        return StoredArrays([codes for codes, _ in self.codes])
 
     def search(self, frames: np.ndarray, k: int, mode: str, exact_scores: Callable[[np.ndarray], np.ndarray],
                fetch_k: int = FETCH_K) -> TopK:

@@ -18,7 +18,9 @@ equal ``torch._int_mm``'s to the bit, whichever kernel a machine runs.
 - :func:`region_maxima` (``torch._int_mm`` where it has int8 instructions) is LLVM IR in the same way,
   the frames as the vector lanes and four regions at a time: 1.03-1.4x numba's compile of the same loops,
   which vectorized along the dimensions and summed each product horizontally (docs/benchmarks.md,
-  section 8, "Two passes").
+  section 8, "Two passes").  It reads the images in place (:class:`StoredRows`: an index's memory-mapped
+  chunks, no gathered copy), and also float16 regions, in float32: the search's exact re-rank
+  (:mod:`vgs.similarity`).
 
 Both release the GIL, and a call splits its images into ``torch.get_num_threads()`` contiguous parts run
 side by side (1.4-1.9x on 2 AVX2 cores when the second core is free), so ``torch.set_num_threads``
@@ -30,12 +32,16 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .io import gather_rows
 
 EXACT_TERMS = 1024  # products per sum that float32 holds exactly (1,024 x 127^2 < 2^24)
 BOUND_LANES = 16  # representatives per vector in the bound's kernel
@@ -87,18 +93,92 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     return torch.from_numpy(out)
 
 
-def region_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``n x R x d`` int8 codes and a ``T x d`` int8 query -> ``n x T`` float32: each frame's best region,
-    ``max_r <c_r, q_t>`` (exact integers).  ``torch._int_mm`` where it has int8 instructions, the IR kernel
-    of :func:`_maxima_ir` elsewhere."""
-    if codes.dtype != np.int8 or codes.ndim != 3 or query.ndim != 2 or query.shape[1] != codes.shape[2]:
-        raise ValueError(f"codes' maxima: expected n x R x d int8 codes and a T x d query, got {codes.dtype} of shape "
-                         f"{codes.shape} and {query.shape}")
+class StoredArrays:
+    """The concatenation of ``parts`` (each ``n_c x R x D``, every image's ``R x D`` block C-contiguous: an
+    index's memory-mapped chunk files), checked once, with each part's first image (``offsets``, then the
+    total) and address: what :func:`region_maxima` reads in place through :meth:`rows`."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        first = parts[0] if len(parts) else None
+        if first is None or first.ndim != 3 or any(
+                p.dtype != first.dtype or p.ndim != 3 or p.shape[1:] != first.shape[1:]
+                or p.size and (p.strides[2] != p.itemsize or p.strides[1] != p.shape[2] * p.itemsize) for p in parts):
+            raise ValueError("stored arrays: expected at least one part, each n x R x D with C-contiguous images, "
+                             "of one dtype and R x D")
+        self.parts, self.dtype = list(parts), first.dtype
+        self.regions, self.width = int(first.shape[1]), int(first.shape[2])
+        self.offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        self._bases = np.array([p.ctypes.data for p in parts], dtype=np.int64)
+        self._steps = np.array([p.strides[0] for p in parts], dtype=np.int64)
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "StoredArrays":
+        """One ``n x R x D`` array (copied first unless its images are C-contiguous)."""
+        if array.ndim == 3 and array.size and (array.strides[2] != array.itemsize or array.strides[1] != array.shape[2] * array.itemsize):
+            array = np.ascontiguousarray(array)
+        return cls([array])
+
+    def rows(self, ids: np.ndarray, dims: int | None = None) -> "StoredRows":
+        """Images ``ids`` on their first ``dims`` coordinates (all ``D`` by default)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        dims = self.width if dims is None else dims
+        if not 1 <= dims <= self.width or len(ids) and not (0 <= int(ids.min()) and int(ids.max()) < int(self.offsets[-1])):
+            raise ValueError(f"stored rows: expected ids in 0..{int(self.offsets[-1]) - 1} and 1..{self.width} dims, "
+                             f"got dims {dims}")
+        return StoredRows(self, ids, dims)
+
+    def addresses(self, ids: np.ndarray) -> np.ndarray:
+        """Each image's first element in memory: ``n`` int64."""
+        part = np.searchsorted(self.offsets, ids, side="right") - 1
+        return self._bases[part] + (ids - self.offsets[part]) * self._steps[part]
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """Images ``ids`` of :class:`StoredArrays` on their first ``dims`` coordinates (:meth:`StoredArrays.rows`)."""
+
+    arrays: StoredArrays
+    ids: np.ndarray
+    dims: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.arrays.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``n x R x dims``."""
+        return len(self.ids), self.arrays.regions, self.dims
+
+    def gather(self) -> np.ndarray:
+        """The rows as one ``n x R x dims`` array (a copy)."""
+        return gather_rows([p[:, :, : self.dims] for p in self.arrays.parts], self.arrays.offsets, self.ids,
+                           np.empty(self.shape, dtype=self.dtype))
+
+
+def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarray:
+    """Each frame's best region, ``max_r <c_r, q_t>``: ``n x R x d`` regions (an array, or :class:`StoredRows`
+    read in place) and a ``T x d`` query -> ``n x T`` float32.
+
+    int8 codes with an int8 query: exact integers (``torch._int_mm`` where it has int8 instructions, the IR
+    kernel of :func:`_maxima_ir` elsewhere).  float16 regions (as an index stores them) with a float query:
+    the same kernel reading float16 (:func:`float16_regions`), the products and sums in float32.
+    """
+    if isinstance(codes, np.ndarray) and codes.ndim == 3:
+        codes = StoredArrays.of(codes).rows(np.arange(len(codes)))
+    if not isinstance(codes, StoredRows) or codes.dtype not in (np.int8, np.float16) or query.ndim != 2 \
+            or query.shape[1] != codes.shape[2]:
+        raise ValueError(f"region maxima: expected n x R x d int8 codes or float16 regions and a T x d query, got "
+                         f"{getattr(codes, 'dtype', type(codes))} of shape {getattr(codes, 'shape', None)} and {query.shape}")
     n, r, d = codes.shape
-    _check_terms(d)
-    if int8_instructions():
-        products = torch._int_mm(torch.from_numpy(codes.reshape(n * r, d)), torch.from_numpy(np.ascontiguousarray(query.T)))
-        return products.view(n, r, len(query)).amax(1).float().numpy()
+    if codes.dtype == np.float16 and not float16_regions():
+        raise ValueError("region maxima: this CPU has no float16 conversion instructions (F16C)")
+    if codes.dtype == np.int8:
+        _check_terms(d)
+        if int8_instructions():
+            rows = codes.gather().reshape(n * r, d)
+            products = torch._int_mm(torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(query.T)))
+            return products.view(n, r, len(query)).amax(1).float().numpy()
     t = len(query)
     padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
     frames = np.zeros((d, padded), dtype=np.float32)  # d x T': the frames' k-th coordinates in row k
@@ -106,14 +186,30 @@ def region_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     out = np.empty((n, padded), dtype=np.float32)
     if n == 0 or t == 0:
         return out[:, :t]
-    codes = np.ascontiguousarray(codes)
-    kernel = _maxima_kernel()
+    addresses, stride = codes.arrays.addresses(codes.ids), codes.arrays.width
+    kernel = _maxima_kernel(codes.dtype.name)
 
     def run(a: int, b: int) -> None:
         scratch = np.empty(MAXIMA_REGIONS * d, dtype=np.float32)  # the block's regions in float32
-        kernel(codes[a:b].ctypes.data, b - a, r, d, frames.ctypes.data, padded, scratch.ctypes.data, out[a:b].ctypes.data)
+        kernel(addresses[a:b].ctypes.data, b - a, r, d, stride, frames.ctypes.data, padded, scratch.ctypes.data,
+               out[a:b].ctypes.data)
     _in_parts(n, run)
     return out[:, :t]
+
+
+@lru_cache(maxsize=1)
+def float16_regions() -> bool:
+    """Whether :func:`region_maxima` reads float16 regions here: LLVM converts them with single instructions
+    (x86 F16C, or any other architecture, which converts natively), never with a library call."""
+    import llvmlite.binding as llvm
+
+    if not llvm.get_process_triple().startswith(("x86_64", "i686", "i386")):
+        return True
+    _host_machine()  # initializes LLVM's native target
+    try:
+        return "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
+    except RuntimeError:
+        return False
 
 
 def _in_parts(count: int, run: Callable[[int, int], None], smallest: int = 256) -> None:
@@ -168,16 +264,18 @@ def _compile_bounds(d: int | None, m: int | None) -> Callable[..., None]:
                 pointer, size, size, size, pointer, size, pointer, pointer, pointer)
 
 
-@lru_cache(maxsize=1)
-def _maxima_kernel() -> Callable[..., None]:
-    """The codes' kernel (:func:`_maxima_ir`) compiled for this CPU, once per process, as a ctypes function:
-    arguments ``(codes, n, r, d, frames, t, scratch, out)``, pointers to ``n x r x d`` int8, ``d x t`` float32
-    (``t`` a multiple of :data:`MAXIMA_LANES`), :data:`MAXIMA_REGIONS` ``x d`` float32 and ``n x t`` float32."""
+@lru_cache(maxsize=None)
+def _maxima_kernel(element: str = "int8") -> Callable[..., None]:
+    """The codes' kernel (:func:`_maxima_ir`) for ``element`` (``int8`` or ``float16``) compiled for this CPU,
+    once per process, as a ctypes function: arguments ``(codes, n, r, d, frames, t, scratch, out)``, pointers to
+    ``n x r x d`` elements, ``d x t`` float32 (``t`` a multiple of :data:`MAXIMA_LANES`), :data:`MAXIMA_REGIONS`
+    ``x d`` float32 and ``n x t`` float32."""
     import llvmlite.binding as llvm
 
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     with _COMPILE_LOCK:
-        return _jit(_maxima_ir(llvm.get_process_triple()), "region_maxima", pointer, size, size, size, pointer, size, pointer, pointer)
+        return _jit(_maxima_ir(llvm.get_process_triple(), element), "region_maxima", pointer, size, size, size, size,
+                    pointer, size, pointer, pointer)
 
 
 def _jit(text: str, name: str, *argtypes) -> Callable[..., None]:  # noqa: ANN002 - ctypes types
@@ -334,25 +432,30 @@ class _LoopBuilder:
         return joined
 
 
-def _maxima_ir(triple: str) -> str:
+def _maxima_ir(triple: str, element: str = "int8") -> str:
     """LLVM IR of the codes' maxima, the frames as the vector lanes: for each image, each block of
-    :data:`MAXIMA_REGIONS` regions is converted to float32 once (``scratch``); then for each group of 16
+    :data:`MAXIMA_REGIONS` regions (``element``: ``int8`` codes or ``float16`` regions) is converted to
+    float32 once (``scratch``); then for each group of 16
     frames (two vectors; a last group of 8) the ``4 x 16`` dot products accumulate over the ``d`` dimensions
     in eight vectors (one broadcast region value and two fused multiply-adds per region and dimension) and
     are folded into the image's running maxima, ``out[i]``.  No horizontal sums: numba's compile, vectorized
-    along the dimensions, needed four per frame and block.  A last partial block repeats the last region."""
+    along the dimensions, needed four per frame and block.  A last partial block repeats the last region.
+    Each image is found through its address (``addresses[i]``, rows ``stride`` elements apart, the first
+    ``d`` read), so the images are read where they are stored, and the next image's rows are prefetched."""
     import llvmlite.ir as ir
 
     f32, i64 = ir.FloatType(), ir.IntType(64)
     lanes = ir.VectorType(f32, MAXIMA_LANES)
     lanes_ptr = lanes.as_pointer()
-    module = ir.Module(name="vgs_maxima")
+    module = ir.Module(name=f"vgs_maxima_{element}")
     module.triple = triple
+    item = {"int8": ir.IntType(8), "float16": ir.HalfType()}[element]
+    to_float = (lambda value, kind: b.sitofp(value, kind)) if element == "int8" else (lambda value, kind: b.fpext(value, kind))  # noqa: E731
     fma = ir.Function(module, ir.FunctionType(lanes, [lanes] * 3), name=f"llvm.fma.v{MAXIMA_LANES}f32")
     maxnum = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.maxnum.v{MAXIMA_LANES}f32")
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer()]), name="region_maxima")
-    codes, n, r, d, frames, t, scratch, out = function.args
+        i64.as_pointer(), i64, i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer()]), name="region_maxima")
+    addresses, n, r, d, stride, frames, t, scratch, out = function.args
     b = ir.IRBuilder(function.append_basic_block("entry"))
     const = lambda value: ir.Constant(i64, value)  # noqa: E731
     loop = _LoopBuilder(b, function)
@@ -378,20 +481,42 @@ def _maxima_ir(triple: str) -> str:
             b.store(best, target, align=4)
 
     def convert_region(source: ir.Value, u: int) -> None:
-        """Region row ``source`` (an offset into ``codes``) as float32 into block row ``u`` of ``scratch``."""
+        """The first ``d`` elements of region row ``source`` (a pointer) as float32 into block row ``u`` of ``scratch``."""
         def eight(k: ir.Value, _: list) -> list:
-            x = b.load(b.bitcast(b.gep(codes, [b.add(source, k)]), ir.VectorType(ir.IntType(8), MAXIMA_LANES).as_pointer()), align=1)
-            b.store(b.sitofp(x, lanes), vector_at(scratch, b.add(b.mul(const(u), d), k)), align=4)
+            x = b.load(b.bitcast(b.gep(source, [k]), ir.VectorType(item, MAXIMA_LANES).as_pointer()), align=1)
+            b.store(to_float(x, lanes), vector_at(scratch, b.add(b.mul(const(u), d), k)), align=4)
             return []
 
         def one(k: ir.Value, _: list) -> list:
-            b.store(b.sitofp(b.load(b.gep(codes, [b.add(source, k)])), f32), b.gep(scratch, [b.add(b.mul(const(u), d), k)]))
+            b.store(to_float(b.load(b.gep(source, [k])), f32), b.gep(scratch, [b.add(b.mul(const(u), d), k)]))
             return []
         loop.range("c8", const(0), b.sub(d, const(MAXIMA_LANES - 1)), const(MAXIMA_LANES), [], eight)
         loop.range("c1", b.and_(d, const(-MAXIMA_LANES)), d, const(1), [], one)
 
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fetch = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0")
+    size = const(1 if element == "int8" else 2)
+
+    def prefetch_image(j: ir.Value) -> None:
+        """Every cache line of image ``j``'s rows (their first ``d`` elements) requested ahead of use: the images
+        are scattered over memory-mapped files, and the hardware prefetcher cannot guess the next one
+        (3,000 images' leading 64 code coordinates read in place: 22.6 against 24.6 ms)."""
+        start = b.inttoptr(b.load(b.gep(addresses, [j])), i8p)
+
+        def one_row(rr: ir.Value, _: list) -> list:
+            line0 = b.gep(start, [b.mul(b.mul(rr, stride), size)])
+
+            def one_line(c: ir.Value, _: list) -> list:
+                b.call(fetch, [b.gep(line0, [c]), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                return []
+            loop.range("pl", const(0), b.mul(d, size), const(64), [], one_line)
+            return []
+        loop.range("pr", const(0), r, const(1), [], one_row)
+
     def image(i: ir.Value, _: list) -> list:
-        base, row = b.mul(b.mul(i, r), d), b.mul(i, t)
+        base, row = b.inttoptr(b.load(b.gep(addresses, [i])), item.as_pointer()), b.mul(i, t)
+        following = b.add(i, const(1))
+        prefetch_image(b.select(b.icmp_signed("<", following, n), following, i))
 
         def start_maxima(f: ir.Value, _: list) -> list:
             b.store(ir.Constant(f32, float("-inf")), b.gep(out, [b.add(row, f)]))
@@ -409,7 +534,7 @@ def _maxima_ir(triple: str) -> str:
             for u in range(MAXIMA_REGIONS):
                 region = b.add(r0, const(u))
                 region = b.select(b.icmp_signed("<", region, r), region, b.sub(r, const(1)))
-                convert_region(b.add(base, b.mul(region, d)), u)
+                convert_region(b.gep(base, [b.mul(region, stride)]), u)
             loop.range("g", const(0), b.sub(t, const(2 * MAXIMA_LANES - 1)), const(2 * MAXIMA_LANES), [], pair_of_vectors)
             loop.branch(b.icmp_signed("!=", b.and_(t, const(2 * MAXIMA_LANES - 1)), const(0)), last_vector, lambda: [])
             return []
@@ -431,4 +556,4 @@ def _splat(b, value, lanes: int):  # noqa: ANN001, ANN202 - llvmlite builder and
     return b.shuffle_vector(one, ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
-__all__ = ["EXACT_TERMS", "int8_instructions", "representative_bounds", "region_maxima"]
+__all__ = ["EXACT_TERMS", "StoredArrays", "StoredRows", "int8_instructions", "float16_regions", "representative_bounds", "region_maxima"]

@@ -60,10 +60,12 @@ from .similarity import PackedFrames, similarity_matrix
 # 207 ms (p50); at 10,000 synthetic images exact 2,039 ms vs pooled 376 ms; at 39,680 real images
 # exact 5,487 ms, the centroid stage 73 ms at 100% agreement (200 queries), pooled 155 ms at 27%.
 EXACT_AUTO_MAX_IMAGES = 5_000
-# Candidates of the centroid (or pooled) first stage. On the real 100k galleries and 200 spoken queries
-# each (docs/benchmarks.md, section 8, "The scenes gallery at 100k") the centroid stage kept 97.5% of the
-# scenes' exhaustive top-10s with 2,000 and 94.5% with 1,000; all of the Flickr8k ones with either.
-DEFAULT_CANDIDATES = 2000
+# Candidates of the centroid (or pooled) first stage. On a real 100k scenes gallery and 200 spoken queries
+# (docs/benchmarks.md, section 8, "Reading in place") the centroid stage kept 96.5% of the exhaustive
+# top-10s with 3,000, 93.5% with 2,000 (an earlier scenes model's gallery: 97.5% with 2,000; the Flickr8k
+# 100k gallery: 100%); the bound's depth grows with the gallery. 3,000 cost 44 ms a query there, 108 ms at
+# a million (statistics-matched), one AVX2 core.
+DEFAULT_CANDIDATES = 3000
 
 log = logging.getLogger("vgs.search")
 
@@ -429,9 +431,10 @@ class SearchIndex:
         self.image_pooled = np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, dim), np.float32)
 
     def _chunk_regions(self, name: str, n: int, per_image: int) -> np.ndarray | Int8Regions:
-        """A chunk's ``n x R x D`` regions, memory-mapped: float16 as stored, or :class:`Int8Regions`."""
+        """A chunk's ``n x R x D`` regions, memory-mapped: float16 as stored, or :class:`Int8Regions`.  A plain
+        view of the mapping: numpy's ``memmap`` indexing costs about 17 us a gather in Python."""
         path = self.folder / "images" / f"{name}.regions.npy"
-        stored = _chunk_array(self.folder, path, (n, per_image, self.meta["embed_dim"]), mmap=True)
+        stored = _chunk_array(self.folder, path, (n, per_image, self.meta["embed_dim"]), mmap=True).view(np.ndarray)
         if self.meta["region_precision"] == "float16":
             return stored
         scales_path = self.folder / "images" / f"{name}.scales.npy"
@@ -490,15 +493,19 @@ class SearchIndex:
     def caption_count(self) -> int:
         return len(self.caption_ids)
 
-    def regions_of(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    def regions_of(self, indices: Sequence[int] | np.ndarray, as_stored: bool = False) -> torch.Tensor:
         """Region embeddings of the given images: ``n x D x H x W`` float32 (one gather per chunk file).
 
         float16 regions are gathered as stored and converted by torch: numpy's float16 -> float32 made
-        this 2x slower (2,000 images of 49 x 64: 25.8 ms, most of a 100k-image query's re-ranking)."""
+        this 2x slower (2,000 images of 49 x 64: 25.8 ms, most of a 100k-image query's re-ranking).  With
+        ``as_stored`` they stay float16, a channels-last view of the gathered rows (no conversion or copy),
+        which :func:`vgs.similarity.similarity_matrix` scores on CPU by its float16 kernel."""
         indices = np.asarray(indices, dtype=np.int64)
         dim = self.meta["embed_dim"]
         out = gather_rows(self.image_regions, self.image_offsets, indices,
                           np.zeros((len(indices), self.grid[0] * self.grid[1], dim), dtype=self.region_dtype))
+        if as_stored and out.dtype == np.float16:
+            return torch.from_numpy(out).view(len(indices), *self.grid, dim).permute(0, 3, 1, 2)
         return torch.from_numpy(out).float().transpose(1, 2).reshape(len(indices), dim, *self.grid)
 
     def captions_of(self, indices: Sequence[int]) -> PackedFrames:
@@ -720,7 +727,8 @@ def _chunked_scores(model: Model, index: SearchIndex, ids: np.ndarray, frames: P
     """Matchmap scores of one caption against the images ``ids`` (bounded memory)."""
     out = []
     for c0 in range(0, len(ids), chunk):
-        out.append(model.scores(index.regions_of(ids[c0: c0 + chunk].tolist()), frames)[:, 0].numpy())
+        regions = index.regions_of(ids[c0: c0 + chunk], as_stored=model.device.type == "cpu")
+        out.append(model.scores(regions, frames)[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -15,7 +15,8 @@ the real frames of all captions are packed into one ``sum(L) x D`` matrix
 chunk of it, followed by a max over regions and a segment mean over each
 caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.  On CPU the
 dense fp32 product runs as a 1x1 convolution (oneDNN) when there are enough frames, else
-(and on GPU, in bf16) as one matmul.  On CPU, MISA's backward is sparse (:class:`RegionMax`):
+(and on GPU, in bf16) as one matmul.  float16 regions on CPU (a search index's, as stored) are
+scored by :func:`vgs.kernels.region_maxima` in float32, with no converted copy of them.  On CPU, MISA's backward is sparse (:class:`RegionMax`):
 each image/frame pair sends its gradient to its best region only.
 """
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from .kernels import float16_regions, region_maxima
 
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 
@@ -113,6 +116,8 @@ def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, 
     # The score block, and any copy of a chunk of regions, both stay within chunk_bytes.
     images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk), chunk_bytes // (element * r * d)))
     in_order = total < 2 or bool((packed.owner[1:] >= packed.owner[:-1]).all())  # frames grouped by caption
+    if kind == "misa" and _float16_kernel(regions, packed.frames):
+        return _misa_float16(regions, packed, chunk_bytes, in_order)
     reducer = _misa_rows if kind == "misa" else _sima_rows
     rows = [reducer(regions[i0: i0 + images_per_chunk], packed, frames_per_chunk, in_order) for i0 in range(0, n, images_per_chunk)]
     return torch.cat(rows)
@@ -122,6 +127,29 @@ def _onednn(regions: torch.Tensor, frames: torch.Tensor) -> bool:
     """fp32 on CPU with regions stored ``D x R`` (not channels-last): the 1x1-convolution path."""
     return (regions.device.type == "cpu" and regions.dtype == torch.float32 and frames.dtype == torch.float32
             and not (regions.stride(1) == 1 and regions.shape[1] > 1))
+
+
+def _float16_kernel(regions: torch.Tensor, frames: torch.Tensor) -> bool:
+    """float16 regions on CPU, real frames and nothing to differentiate: :func:`_misa_float16`'s case."""
+    return (regions.device.type == "cpu" and regions.dtype == torch.float16 and frames.device.type == "cpu"
+            and frames.shape[0] > 0 and not (torch.is_grad_enabled() and (regions.requires_grad or frames.requires_grad))
+            and float16_regions())
+
+
+def _misa_float16(regions: torch.Tensor, packed: PackedFrames, chunk_bytes: int, in_order: bool) -> torch.Tensor:
+    """MISA of ``N x D x R`` float16 regions against packed frames -> ``N x M`` float32: each frame's best
+    region by the float32 kernel reading float16 (4-8x the float32 path, which converts and copies the
+    regions first, for a search's candidates), then each caption's mean.  A view of rows stored ``R x D``
+    (channels last, as an index stores them) is read in place; other layouts are copied a chunk at a time."""
+    rows = regions.transpose(1, 2)  # N x R x D
+    frames = packed.frames.detach().float().numpy()  # F x D
+    per_chunk = max(1, chunk_bytes // (4 * max(len(frames), rows.shape[1] * rows.shape[2] // 2)))  # maxima and copies
+    out = []
+    for i0 in range(0, len(rows), per_chunk):
+        best = torch.from_numpy(region_maxima(rows[i0: i0 + per_chunk].contiguous().numpy(), frames))  # n_c x F
+        sums = _add_segments(torch.zeros(len(best), packed.count), best, packed.owner, in_order)
+        out.append(sums / packed.lengths[None, :].float())
+    return torch.cat(out)
 
 
 def _scores(chunk: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
