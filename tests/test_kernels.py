@@ -36,7 +36,8 @@ def test_representative_bounds_are_the_exact_integer_maxima(n, m, d, p):
 
 
 @pytest.mark.parametrize("vnni", [False, True])
-@pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (40, 49, 128, 22), (7, 3, 16, 5), (0, 49, 128, 4), (3, 5, 13, 16), (2, 6, 24, 33)])
+@pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (40, 49, 128, 22), (7, 3, 16, 5), (0, 49, 128, 4), (3, 5, 13, 16), (2, 6, 24, 33),
+                                     (3, 5, 13, 29), (2, 4, 8, 50), (2, 7, 16, 72)])  # 1-9 vectors of frames
 def test_region_maxima_on_both_paths(monkeypatch, vnni, n, r, d, t):
     monkeypatch.setattr(kernels, "int8_instructions", lambda: vnni)
     rng = np.random.default_rng(n * r + d + t)
