@@ -66,6 +66,17 @@ def test_float16_regions_are_scored_by_the_kernel_in_float32(monkeypatch, layout
 
 
 @pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])
+def test_float16_regions_without_the_kernel_are_scored_in_float32(monkeypatch, kind: str) -> None:
+    """No F16C (or not MISA): CPU float16 regions are converted, never multiplied in float16."""
+    monkeypatch.setattr(similarity, "float16_regions", lambda: False)
+    images, audio, lengths = ragged_inputs()
+    half = images.half()
+    got = similarity_matrix(half, audio, lengths, kind)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, similarity_matrix(half.float(), audio, lengths, kind), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["misa", "sima", "sisa"])
 def test_padding_never_changes_a_score(kind: str) -> None:
     images, audio, lengths = ragged_inputs()
     base = similarity_matrix(images, audio, lengths, kind)

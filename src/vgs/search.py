@@ -720,7 +720,7 @@ class EmbeddingScorer:
 
     def scores(self, regions: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
         """``N x D x H x W`` regions and ``M`` packed captions -> ``N x M`` scores."""
-        return similarity_matrix(regions.float(), captions, kind=self.similarity_kind)
+        return similarity_matrix(regions, captions, kind=self.similarity_kind)
 
 
 def _chunked_scores(model: Model, index: SearchIndex, ids: np.ndarray, frames: PackedFrames, chunk: int = 2048) -> np.ndarray:

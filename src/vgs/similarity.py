@@ -102,6 +102,9 @@ def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, 
     """
     packed = audio if isinstance(audio, PackedFrames) else PackedFrames.from_padded(audio, lengths)
     regions = images.flatten(2)  # N x D x R
+    float16_kernel = kind == "misa" and _float16_kernel(regions, packed.frames)
+    if regions.dtype == torch.float16 and regions.device.type == "cpu" and not float16_kernel:
+        regions = regions.float()  # CPU float16 products are slow and rounded: score in float32
     if kind == "sisa":
         sums = torch.zeros(packed.count, packed.frames.shape[1], device=packed.frames.device, dtype=packed.frames.dtype)
         audio_mean = sums.index_add(0, packed.owner, packed.frames) / packed.lengths[:, None].to(packed.frames.dtype)
@@ -116,7 +119,7 @@ def similarity_matrix(images: torch.Tensor, audio: torch.Tensor | PackedFrames, 
     # The score block, and any copy of a chunk of regions, both stay within chunk_bytes.
     images_per_chunk = max(1, min(n, chunk_bytes // (element * r * frames_per_chunk), chunk_bytes // (element * r * d)))
     in_order = total < 2 or bool((packed.owner[1:] >= packed.owner[:-1]).all())  # frames grouped by caption
-    if kind == "misa" and _float16_kernel(regions, packed.frames):
+    if float16_kernel:
         return _misa_float16(regions, packed, chunk_bytes, in_order)
     reducer = _misa_rows if kind == "misa" else _sima_rows
     rows = [reducer(regions[i0: i0 + images_per_chunk], packed, frames_per_chunk, in_order) for i0 in range(0, n, images_per_chunk)]
