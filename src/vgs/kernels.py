@@ -451,7 +451,9 @@ def _maxima_ir(triple: str, element: str = "int8") -> str:
     module = ir.Module(name=f"vgs_maxima_{element}")
     module.triple = triple
     item = {"int8": ir.IntType(8), "float16": ir.HalfType()}[element]
-    to_float = (lambda value, kind: b.sitofp(value, kind)) if element == "int8" else (lambda value, kind: b.fpext(value, kind))  # noqa: E731
+    def to_float(value: ir.Value, kind: ir.Type) -> ir.Value:
+        """int8 or float16 (scalar or vector) -> float32 of the same shape."""
+        return b.sitofp(value, kind) if element == "int8" else b.fpext(value, kind)
     fma = ir.Function(module, ir.FunctionType(lanes, [lanes] * 3), name=f"llvm.fma.v{MAXIMA_LANES}f32")
     maxnum = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.maxnum.v{MAXIMA_LANES}f32")
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [

@@ -63,8 +63,8 @@ EXACT_AUTO_MAX_IMAGES = 5_000
 # Candidates of the centroid (or pooled) first stage. On a real 100k scenes gallery and 200 spoken queries
 # (docs/benchmarks.md, section 8, "Reading in place") the centroid stage kept 96.5% of the exhaustive
 # top-10s with 3,000, 93.5% with 2,000 (an earlier scenes model's gallery: 97.5% with 2,000; the Flickr8k
-# 100k gallery: 100%); the bound's depth grows with the gallery. 3,000 cost 44 ms a query there, 108 ms at
-# a million (statistics-matched), one AVX2 core.
+# 100k gallery: 100%); the bound's depth grows with the gallery. 3,000 cost 38-41 ms a query there (p50),
+# 90 ms at a million (statistics-matched), on one AVX2 core.
 DEFAULT_CANDIDATES = 3000
 
 log = logging.getLogger("vgs.search")

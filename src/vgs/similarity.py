@@ -16,8 +16,9 @@ chunk of it, followed by a max over regions and a segment mean over each
 caption's frames.  Memory is bounded by ``chunk_bytes``, not by ``N x M``.  On CPU the
 dense fp32 product runs as a 1x1 convolution (oneDNN) when there are enough frames, else
 (and on GPU, in bf16) as one matmul.  float16 regions on CPU (a search index's, as stored) are
-scored by :func:`vgs.kernels.region_maxima` in float32, with no converted copy of them.  On CPU, MISA's backward is sparse (:class:`RegionMax`):
-each image/frame pair sends its gradient to its best region only.
+scored by :func:`vgs.kernels.region_maxima` in float32, with no converted copy of them.  On CPU,
+MISA's backward is sparse (:class:`RegionMax`): each image/frame pair sends its gradient to its best
+region only.
 """
 
 from __future__ import annotations
