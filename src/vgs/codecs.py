@@ -30,7 +30,7 @@ import torch
 
 from .errors import VGSError
 from .io import load_npy, save_npy, write_json
-from .kernels import StoredRows, region_maxima
+from .kernels import StoredArrays, StoredRows, region_maxima
 
 CODEC_KIND = "pca-int8"
 MAX_DIM = 16384
@@ -201,15 +201,12 @@ class RegionCodec:
         if int8_query:
             query, frame_scales = symmetric_int8(torch.from_numpy(p), 0)  # d x T int8, 1 x T
             query, frame_scales = np.ascontiguousarray(query.numpy().T), frame_scales.numpy()  # T x d, 1 x T
-        if int8_query and isinstance(codes, StoredRows):
-            return (region_maxima(codes, query) * frame_scales).mean(1).astype(np.float64)
+            rows = codes if isinstance(codes, StoredRows) else StoredArrays.of(codes).rows(np.arange(len(codes)), dims)
+            return (region_maxima(rows, query) * frame_scales).mean(1).astype(np.float64)  # n x T -> n
         codes = codes.gather() if isinstance(codes, StoredRows) else codes
         out = np.empty(len(codes), dtype=np.float64)
         for c0 in range(0, len(codes), chunk):
             part = np.ascontiguousarray(codes[c0: c0 + chunk, :, :dims])  # c x R x dims
-            if int8_query:
-                out[c0: c0 + chunk] = (region_maxima(part, query) * frame_scales).mean(1)  # c x T -> c
-                continue
             scores = part.reshape(-1, part.shape[-1]).astype(np.float32) @ p  # (c R) x T
             out[c0: c0 + chunk] = scores.reshape(len(part), part.shape[1], -1).max(axis=1).mean(axis=1)
         return out
