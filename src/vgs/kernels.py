@@ -101,8 +101,8 @@ class StoredArrays:
     def __init__(self, parts: Sequence[np.ndarray]):
         first = parts[0] if len(parts) else None
         if first is None or first.ndim != 3 or any(
-                p.dtype != first.dtype or p.ndim != 3 or p.shape[1:] != first.shape[1:]
-                or p.size and (p.strides[2] != p.itemsize or p.strides[1] != p.shape[2] * p.itemsize) for p in parts):
+                p.dtype != first.dtype or p.ndim != 3 or p.shape[1:] != first.shape[1:] or not _images_contiguous(p)
+                for p in parts):
             raise ValueError("stored arrays: expected at least one part, each n x R x D with C-contiguous images, "
                              "of one dtype and R x D")
         self.parts, self.dtype = list(parts), first.dtype
@@ -114,9 +114,7 @@ class StoredArrays:
     @classmethod
     def of(cls, array: np.ndarray) -> "StoredArrays":
         """One ``n x R x D`` array (copied first unless its images are C-contiguous)."""
-        if array.ndim == 3 and array.size and (array.strides[2] != array.itemsize or array.strides[1] != array.shape[2] * array.itemsize):
-            array = np.ascontiguousarray(array)
-        return cls([array])
+        return cls([array if array.ndim != 3 or _images_contiguous(array) else np.ascontiguousarray(array)])
 
     def rows(self, ids: np.ndarray, dims: int | None = None) -> "StoredRows":
         """Images ``ids`` on their first ``dims`` coordinates (all ``D`` by default)."""
@@ -131,6 +129,11 @@ class StoredArrays:
         """Each image's first element in memory: ``n`` int64."""
         part = np.searchsorted(self.offsets, ids, side="right") - 1
         return self._bases[part] + (ids - self.offsets[part]) * self._steps[part]
+
+
+def _images_contiguous(array: np.ndarray) -> bool:
+    """Whether each image's ``R x D`` block of an ``n x R x D`` array is C-contiguous (always, when empty)."""
+    return not array.size or (array.strides[2] == array.itemsize and array.strides[1] == array.shape[2] * array.itemsize)
 
 
 @dataclass(frozen=True)
@@ -267,9 +270,10 @@ def _compile_bounds(d: int | None, m: int | None) -> Callable[..., None]:
 @lru_cache(maxsize=None)
 def _maxima_kernel(element: str = "int8") -> Callable[..., None]:
     """The codes' kernel (:func:`_maxima_ir`) for ``element`` (``int8`` or ``float16``) compiled for this CPU,
-    once per process, as a ctypes function: arguments ``(codes, n, r, d, frames, t, scratch, out)``, pointers to
-    ``n x r x d`` elements, ``d x t`` float32 (``t`` a multiple of :data:`MAXIMA_LANES`), :data:`MAXIMA_REGIONS`
-    ``x d`` float32 and ``n x t`` float32."""
+    once per process, as a ctypes function: arguments ``(addresses, n, r, d, stride, frames, t, scratch, out)``:
+    ``n`` int64 addresses of images of ``r`` rows ``stride`` elements apart (their first ``d`` read), ``d x t``
+    float32 (``t`` a multiple of :data:`MAXIMA_LANES`), :data:`MAXIMA_REGIONS` ``x d`` float32 and ``n x t``
+    float32."""
     import llvmlite.binding as llvm
 
     pointer, size = ctypes.c_void_p, ctypes.c_int64
