@@ -6,8 +6,9 @@ drawn to match a real index's statistics.
 writes OUT as an ordinary index (``vgs search RUN --index OUT`` works on it): the images' region
 embeddings come from the data set's cached frozen-trunk outputs (``DATA_DIR/cache/image-*``, the cache
 ``vgs train`` builds; only the model's 1x1 head runs here), the spoken captions' frames from its cached
-log-mels through the model's audio net.  Nothing is re-encoded on a second run: the benchmark reads OUT.
-When the trunk cache is missing the images are encoded from their files (about 30 images/s on 2 cores).
+audio features (computed once when the data set has none for this model) through the model's audio net.
+Nothing is re-encoded on a second run: the benchmark reads OUT. When the trunk cache is missing the images
+are encoded from their files (about 20-30 images/s on 2 cores).
 
 :func:`synthetic_regions` makes region embeddings for galleries larger than what can be encoded here
 (see its docstring for how they match the real statistics).
@@ -49,6 +50,15 @@ def _trunk_features(model, data_dir: Path, split: str, image_ids: list[str]) -> 
     return None
 
 
+def _real_regions(model, data_dir: Path, split: str, image_ids: list[str], paths: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """``n x D x H x W`` region embeddings of a split's images: from its cached trunk outputs (only the model's
+    head runs) when the data set has this trunk's cache, else from the image files (trunk and head)."""
+    trunk = _trunk_features(model, data_dir, split, image_ids)
+    if trunk is not None:
+        return model.net.encode_image_features(torch.from_numpy(trunk).float())
+    return model.encode_images(paths, batch_size=32)
+
+
 def _write_image_chunk(out: Path, meta: dict, emb: torch.Tensor, paths: list[str]) -> None:
     """One chunk of ``n x D x H x W`` image embeddings in IndexWriter's layout (fp16 regions, pooled vectors)."""
     name = f"chunk-{len(meta['image_chunks']):05d}"
@@ -73,12 +83,13 @@ def _index_meta(model, image_root: str) -> dict:  # noqa: ANN001
 
 
 def _write_captions(out: Path, meta: dict, model, data_dir: Path, split: str, manifest, rows: list[dict]) -> None:  # noqa: ANN001
-    """The spoken captions ``rows`` (their cached log-mels through the model's audio net) as caption chunks."""
-    from vgs.data.cache import AudioFeatureStore, cache_folder
+    """The spoken captions ``rows`` (their audio features, cached in ``data_dir``, through the model's audio net) as
+    caption chunks."""
+    from vgs.data.cache import build_feature_cache
     from vgs.features import pad_features
 
     began = time.perf_counter()
-    store = AudioFeatureStore(cache_folder(data_dir, model.config.features), split)
+    store = build_feature_cache(manifest, split, model.config.features, workers=1)  # the data set's cache, built once
     rows = [row for row in rows if row["id"] in store.index]
     for c0 in range(0, len(rows), CHUNK):
         part = rows[c0: c0 + CHUNK]
@@ -107,18 +118,14 @@ def build_real_index(data_dir: Path, run: str, out: Path, split: str = "dev", im
     manifest = load_split(data_dir, split, strict=False)
     image_ids = list(dict.fromkeys(row["image_id"] for row in manifest.rows))[:images]
     began = time.perf_counter()
-    trunk = _trunk_features(model, data_dir, split, image_ids)
     rows_by_image = {row["image_id"]: row for row in manifest.rows}
     paths = [str(manifest.image_path(rows_by_image[i]).resolve()) for i in image_ids]
     meta = _index_meta(model, str(Path(paths[0]).parent))
     with torch.no_grad():
         for c0 in range(0, len(image_ids), CHUNK):
-            if trunk is not None:
-                emb = model.net.encode_image_features(torch.from_numpy(trunk[c0: c0 + CHUNK]).float())
-            else:
-                emb = model.encode_images(paths[c0: c0 + CHUNK])
+            emb = _real_regions(model, data_dir, split, image_ids[c0: c0 + CHUNK], paths[c0: c0 + CHUNK])
             _write_image_chunk(out, meta, emb, paths[c0: c0 + CHUNK])
-        print(f"images: {len(image_ids)} in {time.perf_counter() - began:.1f} s ({'cached trunk' if trunk is not None else 'files'})")
+        print(f"images: {len(image_ids)} in {time.perf_counter() - began:.1f} s")
         keep = set(image_ids)
         _write_captions(out, meta, model, data_dir, split, manifest, [row for row in manifest.rows if row["image_id"] in keep][:captions])
     write_json(out / "index.json", meta)
@@ -218,7 +225,7 @@ def distractor(image, rng: np.random.Generator):  # noqa: ANN001, ANN201
 
 def build_flickr8k_index(data_dir: Path, run: str, out: Path, images: int = 100_000, captions: int = 1000,
                          seed: int = 0) -> None:
-    """Write ``out``: the dev images, then the train images (their cached trunk outputs), then distractors
+    """Write ``out``: the dev images, then the train images (cached trunk outputs, or their files), then distractors
     made from both (:func:`distractor`, deterministic in ``seed`` and their number; paths
     ``distractor:N:SOURCE``) up to ``images``, and the dev captions as queries (one per image first).
     Resumable: finished chunks are kept and counted on a restart."""
@@ -247,11 +254,9 @@ def build_flickr8k_index(data_dir: Path, run: str, out: Path, images: int = 100_
             for name in ("dev", "train"):
                 ids = [image_id for split, image_id, _ in real if split == name]
                 if ids:
-                    trunk = _trunk_features(model, data_dir, name, ids)
-                    if trunk is None:
-                        raise SystemExit(f"{data_dir}: no trunk cache of {name} for this model (train it once first)")
-                    parts.append(model.net.encode_image_features(torch.from_numpy(trunk).float()))
-                    paths += [path for split, _, path in real if split == name]
+                    files = [path for split, _, path in real if split == name]
+                    parts.append(_real_regions(model, data_dir, name, ids, files))
+                    paths += files
             made = range(max(c0, len(sources)), min(c0 + CHUNK, total))
             if len(made):
                 pictures = []

@@ -114,6 +114,27 @@ def test_derived_indexes_hold_the_source_at_another_precision_or_projected(tmp_p
     np.testing.assert_allclose(small.caption_frames.numpy(), frames.numpy(), atol=2e-3)
 
 
+def test_a_real_index_without_the_data_sets_caches_encodes_the_files_and_computes_the_features(
+        tiny_scenes, tiny_run, tmp_path) -> None:  # noqa: ANN001
+    """scale_data.build_real_index on a copy of a data set without its caches (a set built with --no-features, or
+    never trained on here): the images are encoded from their files and the captions' features computed once,
+    and the index equals the one built from the caches (the trunk cache holds float16, hence the tolerance)."""
+    import shutil
+
+    from scale_data import build_real_index
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_scenes, bare, ignore=shutil.ignore_patterns("cache"), symlinks=True)
+    build_real_index(tiny_scenes, str(tiny_run), tmp_path / "cached", "dev", images=12, captions=15)
+    build_real_index(bare, str(tiny_run), tmp_path / "files", "dev", images=12, captions=15)
+    assert list((bare / "cache").glob("*/dev.ids.json")), "the captions' features are kept in the data set"
+    cached, files = SearchIndex(tmp_path / "cached"), SearchIndex(tmp_path / "files")
+    assert [Path(p).name for p in files.image_paths] == [Path(p).name for p in cached.image_paths]
+    assert len(files.image_paths) == 12 and files.caption_count == 15
+    np.testing.assert_allclose(files.regions_of(np.arange(12)).numpy(), cached.regions_of(np.arange(12)).numpy(), atol=2e-3)
+    np.testing.assert_array_equal(files.caption_frames.numpy(), cached.caption_frames.numpy())
+
+
 def test_a_fitted_projection_is_kept_and_read_back_on_a_rerun(tmp_path) -> None:  # noqa: ANN001
     """scale_data.fitted_projection: a rerun reads the kept projection (no model is loaded: the run named does not
     exist) rather than fitting it again."""
