@@ -249,14 +249,6 @@ def test_the_first_pass_ranks_by_the_leading_dimensions_only(monkeypatch) -> Non
     assert 0 in vgs.centroids.candidates(table, frames, 5)
 
 
-def test_a_subset_of_representatives_is_those_images_in_order() -> None:
-    table = Int8Representatives.quantize(torch.randn(10, 3, 5, generator=torch.Generator().manual_seed(1)))
-    ids = np.array([7, 2, 2, 9])
-    part = table.subset(ids)
-    assert torch.equal(part.values, table.values[ids]) and torch.equal(part.scales, table.scales[ids])
-    assert part.columns.is_contiguous()
-
-
 def test_lead_scores_narrow_the_candidates_before_the_coarse_scores(monkeypatch) -> None:  # noqa: ANN001
     """With ``lead_scores`` the coarse scores see only the lead's best CODE_LEAD_FACTOR x depth."""
     monkeypatch.setattr(vgs.centroids, "CODE_LEAD_FACTOR", 2)

@@ -33,6 +33,9 @@ def test_representative_bounds_are_the_exact_integer_maxima(n, m, d, p):
     weights = torch.rand(p, generator=torch.Generator().manual_seed(0))
     got = kernels.representative_bounds(columns, torch.from_numpy(query), weights)
     torch.testing.assert_close(got, torch.from_numpy(maxima).float() @ weights, rtol=1e-6, atol=1e-3)
+    picked = rng.integers(0, max(n, 1), size=2 * n + 1) if n else np.zeros(0, dtype=np.int64)  # unsorted, repeated
+    in_place = kernels.representative_bounds(columns, torch.from_numpy(query), weights, rows=picked)
+    np.testing.assert_array_equal(in_place.numpy(), got.numpy()[picked])  # the same sums, read in place
 
 
 @pytest.mark.parametrize("vnni", [False, True])
@@ -140,6 +143,12 @@ def test_the_bound_takes_each_images_scale():
     torch.testing.assert_close(kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales), plain * scales)
     with pytest.raises(ValueError, match="image scales: expected 300"):
         kernels.representative_bounds(columns, torch.from_numpy(query), weights, torch.ones(299))
+    picked = np.array([299, 0, 17, 17, 5])
+    np.testing.assert_array_equal(kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales, picked).numpy(),
+                                  kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales).numpy()[picked])
+    for bad in (np.array([300]), np.array([-1]), np.zeros((2, 2), dtype=np.int64)):
+        with pytest.raises(ValueError, match="image indices in 0..299"):
+            kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales, bad)
 
 
 def test_the_bound_compiles_where_llvm_cannot_list_the_cpu_features(monkeypatch):

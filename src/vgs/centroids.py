@@ -65,9 +65,11 @@ BOUND_CHUNK = 2048
 # held every exhaustive top-10; on 100k scenes the codes held them within 91).
 CODE_RERANK_DEPTH = 100
 # Before that, MISA on the codes' first CODE_LEAD_DIMS (principal) coordinates narrows the candidates to
-# CODE_LEAD_FACTOR x CODE_RERANK_DEPTH: on the 10k scenes those 64 held every exhaustive top-10 about as
-# deep as all 128 (p95 13 / 13, max 102 / 92 over the whole gallery, 100 queries) at half the cost.
-CODE_LEAD_DIMS = 64
+# CODE_LEAD_FACTOR x CODE_RERANK_DEPTH.  On the real 100k galleries (200 spoken queries, 3,000 candidates)
+# 32 gave the same agreement@10 as 64 (Flickr8k 99.5%, scenes 96.5%) at 0.89-0.94x the stage's time; in
+# the 32-coordinate ranking the Flickr8k top-10s sat at depth p95 47, max 110 of the 400 kept (64: 13 / 18;
+# 24: p95 410, too shallow), docs/benchmarks.md, section 8, "Leading 32 coordinates".
+CODE_LEAD_DIMS = 32
 CODE_LEAD_FACTOR = 4
 # The first of the stage's two passes: every image's bound on its first COARSE_DIMS principal coordinates;
 # the best COARSE_DEPTH x count go on to the full bound.
@@ -81,7 +83,8 @@ def kmeans(vectors: torch.Tensor, m: int, iterations: int = ITERATIONS) -> tuple
     Deterministic: the first centroids are ``m`` evenly spaced vectors; each step assigns every vector
     to its highest-inner-product centroid and moves each centroid to its members' mean (a centroid
     that lost its members stays).  ``m >= n`` keeps every vector as its own centroid (shares ``1/n``,
-    padded with zero-share copies of the last vector up to ``m``).
+    padded with zero-share copies of the last vector up to ``m``).  In numpy: a spoken query's 4 x 18
+    frames take 45 us a step against 270 in torch, whose per-op cost dominates arrays this small.
     """
     if vectors.ndim != 3 or vectors.shape[1] == 0:
         raise VGSError(f"k-means: expected B x n x D vectors with n >= 1, got shape {tuple(vectors.shape)}")
@@ -93,21 +96,22 @@ def kmeans(vectors: torch.Tensor, m: int, iterations: int = ITERATIONS) -> tuple
         pad = vectors[:, -1:].expand(b, m - n, -1)
         shares = torch.cat([torch.full((b, n), 1.0 / n), torch.zeros(b, m - n)], dim=1)
         return torch.cat([vectors, pad], dim=1), shares
-    centroids = vectors[:, torch.linspace(0, n - 1, m).round().long()].clone()
+    points = vectors.detach().numpy()
+    centroids = points[:, np.linspace(0, n - 1, m).round().astype(np.int64)]
     for _ in range(iterations):
-        centroids, _ = _update(vectors, centroids)
-    centroids, counts = _update(vectors, centroids)  # the shares are this last partition's
-    return centroids, counts / n
+        centroids, _ = _update(points, centroids)
+    centroids, counts = _update(points, centroids)  # the shares are this last partition's
+    return torch.from_numpy(centroids), torch.from_numpy(counts / n)
 
 
-def _update(vectors: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _update(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One k-means step: each of ``B x n x D`` vectors to its best of ``B x m x D`` centroids; the members'
-    means (``B x m x D``; a centroid with no members stays) and the member counts (``B x m``)."""
-    members = torch.nn.functional.one_hot(torch.einsum("bnd,bmd->bnm", vectors, centroids).argmax(-1),
-                                          centroids.shape[1]).float()
+    means (``B x m x D``; a centroid with no members stays) and the member counts (``B x m``), float32."""
+    nearest = (vectors @ centroids.transpose(0, 2, 1)).argmax(-1)  # B x n
+    members = (nearest[..., None] == np.arange(centroids.shape[1])).astype(np.float32)  # B x n x m
     counts = members.sum(1)
-    means = torch.einsum("bnm,bnd->bmd", members, vectors) / counts.clamp_min(1)[..., None]
-    return torch.where(counts[..., None] > 0, means, centroids), counts
+    means = (members.transpose(0, 2, 1) @ vectors) / np.maximum(counts, 1)[..., None]
+    return np.where(counts[..., None] > 0, means, centroids).astype(np.float32), counts
 
 
 def representatives(regions: torch.Tensor, m: int = REPRESENTATIVES) -> torch.Tensor:
@@ -188,10 +192,6 @@ class Int8Representatives:
         in place, skipping the other rows, they were slower than all of them (section 8, "Two passes")."""
         return self.columns[:, :COARSE_DIMS].contiguous()
 
-    def subset(self, ids: np.ndarray) -> "Int8Representatives":
-        """The images ``ids`` (a copy), in that order."""
-        return Int8Representatives(torch.from_numpy(np.take(self.columns.numpy(), ids, axis=0)), self.scales[ids])
-
 
 def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, p: int = FRAME_CENTROIDS,
                  chunk: int = BOUND_CHUNK, basis: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,9 +230,11 @@ def _int8_query(queries: torch.Tensor, shares: torch.Tensor) -> tuple[torch.Tens
     return query_codes, shares * query_scales.flatten()
 
 
-def _int8_bounds(table: Int8Representatives, query_codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``L`` from int8 representatives and the query's int8 centroids and weights (:func:`_int8_query`) -> ``N``."""
-    return representative_bounds(table.columns, query_codes, weights, table.scales)
+def _int8_bounds(table: Int8Representatives, query_codes: torch.Tensor, weights: torch.Tensor,
+                 rows: np.ndarray | None = None) -> torch.Tensor:
+    """``L`` from int8 representatives and the query's int8 centroids and weights (:func:`_int8_query`) -> ``N``
+    (or ``n``: of the images ``rows`` only, read in place)."""
+    return representative_bounds(table.columns, query_codes, weights, table.scales, rows)
 
 
 def _int8_best(table: Int8Representatives, query_codes: torch.Tensor, weights: torch.Tensor, count: int) -> np.ndarray:
@@ -242,7 +244,7 @@ def _int8_best(table: Int8Representatives, query_codes: torch.Tensor, weights: t
     if d <= COARSE_DIMS or n <= COARSE_DEPTH * count:
         return _best(_int8_bounds(table, query_codes, weights).numpy(), count)
     kept = _best(_lead_bounds(table, query_codes, weights).numpy(), COARSE_DEPTH * count)
-    return kept[_best(_int8_bounds(table.subset(kept), query_codes, weights).numpy(), count)]
+    return kept[_best(_int8_bounds(table, query_codes, weights, kept).numpy(), count)]
 
 
 def _lead_bounds(table: Int8Representatives, query_codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

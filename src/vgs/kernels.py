@@ -57,10 +57,13 @@ def int8_instructions() -> bool:
 
 
 def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weights: torch.Tensor,
-                          image_scales: torch.Tensor | None = None) -> torch.Tensor:
+                          image_scales: torch.Tensor | None = None, rows: np.ndarray | None = None) -> torch.Tensor:
     """The centroid bound: ``N x d x m`` int8 representatives stored as columns (image ``i``'s ``m``
     representatives are ``columns[i, :, s]``), ``p x d`` int8 query centroids, their ``p`` float weights and
     optionally ``N`` image scales ``c_i`` -> ``N`` float32, ``c_i sum_j w_j max_s <x_is, q_j>``.
+
+    ``rows`` (``n`` image indices): the bounds of those images only, ``n`` float32, read in place (a
+    copy of 12,000 images' rows cost twice the bound over them, docs/benchmarks.md, section 8).
 
     The scales are applied in the kernel, not by a torch op over the ``N`` values: a torch op that large
     runs on torch's OpenMP threads, which then spin for milliseconds and share a core with the next
@@ -75,8 +78,12 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     if query_codes.ndim != 2 or query_codes.shape[1] != d or len(weights) != len(query_codes):
         raise ValueError(f"the bound: expected p x {d} query centroids and p weights for representatives of {d} "
                          f"dimensions, got {tuple(query_codes.shape)} and {len(weights)}")
-    out = np.empty(n, dtype=np.float32)
-    if n == 0:
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < n):
+            raise ValueError(f"the bound: expected image indices in 0..{n - 1}, got shape {rows.shape}")
+    out = np.empty(n if rows is None else len(rows), dtype=np.float32)
+    if len(out) == 0:
         return torch.from_numpy(out)
     groups = -(-len(query_codes) // BOUND_CENTROIDS)  # centroids padded to whole groups with zero weights
     queries = np.zeros((groups * BOUND_CENTROIDS, d), dtype=np.float32)
@@ -87,9 +94,15 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     scales = np.ones(n, dtype=np.float32) if image_scales is None else np.ascontiguousarray(image_scales.numpy(), dtype=np.float32)
     if scales.shape != (n,):
         raise ValueError(f"image scales: expected {n}, got shape {scales.shape}")
-    kernel = _bounds_kernel(d, m)
-    _in_parts(n, lambda a, b: kernel(table[a:b].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
-                                     weights_.ctypes.data, scales[a:b].ctypes.data, out[a:b].ctypes.data))
+    if rows is None:
+        kernel = _bounds_kernel(d, m)
+        _in_parts(n, lambda a, b: kernel(table[a:b].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
+                                         weights_.ctypes.data, scales[a:b].ctypes.data, out[a:b].ctypes.data, None))
+    else:
+        kernel = _bounds_kernel(d, m, indexed=True)
+        _in_parts(len(rows), lambda a, b: kernel(table.ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
+                                                 weights_.ctypes.data, scales.ctypes.data, out[a:b].ctypes.data,
+                                                 rows[a:b].ctypes.data))
     return torch.from_numpy(out)
 
 
@@ -237,15 +250,15 @@ def _check_terms(d: int) -> None:
         raise ValueError(f"int8 vectors of {d} dimensions: the kernels sum at most {EXACT_TERMS} products exactly")
 
 
-def _bounds_kernel(d: int, m: int) -> Callable[..., None]:
-    """The bound's kernel for ``d x m`` representatives, compiled once per process for each of the first
-    :data:`SPECIALIZED_SHAPES` shapes a process uses and once for any other (a lock keeps concurrent
-    first queries to one compile)."""
+def _bounds_kernel(d: int, m: int, indexed: bool = False) -> Callable[..., None]:
+    """The bound's kernel for ``d x m`` representatives (``indexed``: of the images a list of indices names),
+    compiled once per process for each of the first :data:`SPECIALIZED_SHAPES` shapes a process uses and
+    once for any other (a lock keeps concurrent first queries to one compile)."""
     with _COMPILE_LOCK:
         if (d, m) in _SPECIALIZED or len(_SPECIALIZED) < SPECIALIZED_SHAPES:
             _SPECIALIZED.add((d, m))
-            return _compile_bounds(d, m)
-        return _compile_bounds(None, None)
+            return _compile_bounds(d, m, indexed)
+        return _compile_bounds(None, None, indexed)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -254,17 +267,18 @@ _SPECIALIZED: set[tuple[int, int]] = set()
 
 
 @lru_cache(maxsize=None)
-def _compile_bounds(d: int | None, m: int | None) -> Callable[..., None]:
+def _compile_bounds(d: int | None, m: int | None, indexed: bool = False) -> Callable[..., None]:
     """The bound's kernel (:func:`_bounds_ir`, ``d`` and ``m`` constants when given) compiled for this CPU,
     as a ctypes function: arguments
-    ``(columns, n, d, m, queries, p, weights, scales, out)``, pointers to ``n x d x m`` int8, ``p x d`` float32
-    (``p`` a multiple of :data:`BOUND_CENTROIDS`), ``p`` float32 and ``n`` float32 twice.  ctypes releases the GIL
-    while it runs."""
+    ``(columns, n, d, m, queries, p, weights, scales, out, rows)``, pointers to ``N x d x m`` int8, ``p x d``
+    float32 (``p`` a multiple of :data:`BOUND_CENTROIDS`), ``p`` float32, ``N`` float32 (the scales), ``n``
+    float32 (the bounds) and, when ``indexed``, ``n`` int64 image indices (else ignored: images ``0..n-1``).
+    ctypes releases the GIL while it runs."""
     import llvmlite.binding as llvm
 
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    return _jit(_bounds_ir(llvm.get_process_triple(), d, m), "representative_bounds",
-                pointer, size, size, size, pointer, size, pointer, pointer, pointer)
+    return _jit(_bounds_ir(llvm.get_process_triple(), d, m, indexed), "representative_bounds",
+                pointer, size, size, size, pointer, size, pointer, pointer, pointer, pointer)
 
 
 @lru_cache(maxsize=None)
@@ -315,7 +329,7 @@ def _host_machine():  # noqa: ANN202 - an llvmlite TargetMachine
     return llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
 
 
-def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | None = None) -> str:
+def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | None = None, indexed: bool = False) -> str:
     """LLVM IR of the bound: for each image ``i`` and each group of four query centroids ``q_c``, each
     block of :data:`BOUND_LANES` representatives accumulates its ``4 x 16`` dot products over the ``d``
     dimensions in four vectors (one fused multiply-add per centroid and dimension, the block's int8 row
@@ -324,7 +338,8 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
 
     With ``d_constant`` and ``m_constant`` the function ignores its ``d`` and ``m`` arguments and LLVM unrolls
     the loops over dimensions and blocks: no loop counters, partial-block tests or spilled pointers per image
-    (1.4-1.9x on 16 x 32 and 32 x 32 representatives, docs/benchmarks.md, section 8, "Two passes")."""
+    (1.4-1.9x on 16 x 32 and 32 x 32 representatives, docs/benchmarks.md, section 8, "Two passes").
+    ``indexed``: image ``i`` of the loop is image ``rows[i]`` of ``columns`` and ``scales``."""
     import llvmlite.ir as ir
 
     f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
@@ -335,9 +350,9 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
     maxnum = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.maxnum.v{BOUND_LANES}f32")
     reduce_max = ir.Function(module, ir.FunctionType(f32, [lanes]), name=f"llvm.vector.reduce.fmax.v{BOUND_LANES}f32")
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer(), f32.as_pointer()]),
-        name="representative_bounds")
-    columns, n, d, m, queries, p, weights, scales, out = function.args
+        ir.IntType(8).as_pointer(), i64, i64, i64, f32.as_pointer(), i64, f32.as_pointer(), f32.as_pointer(), f32.as_pointer(),
+        i64.as_pointer()]), name="representative_bounds")
+    columns, n, d, m, queries, p, weights, scales, out, rows = function.args
     b = ir.IRBuilder(function.append_basic_block("entry"))
     const = lambda value: ir.Constant(i64, value)  # noqa: E731
     if d_constant is not None and m_constant is not None:
@@ -364,7 +379,8 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
         return loop.range("k", const(0), d, const(1), [ir.Constant(lanes, [0.0] * BOUND_LANES)] * BOUND_CENTROIDS, dimension)
 
     def image_bound(i: ir.Value, _: list) -> list:
-        image = b.mul(b.mul(i, d), m)
+        source = b.load(b.gep(rows, [i])) if indexed else i  # the image's row in columns and scales
+        image = b.mul(b.mul(source, d), m)
 
         def centroid_group(group: ir.Value, total: list[ir.Value]) -> list[ir.Value]:
             def representative_block(s0: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
@@ -378,7 +394,7 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
                 total = [b.fadd(total[0], b.fmul(weight, b.call(reduce_max, [best[c]], fastmath=("nnan",))))]
             return total
         total = loop.range("g", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
-        b.store(b.fmul(total[0], b.load(b.gep(scales, [i]))), b.gep(out, [i]))
+        b.store(b.fmul(total[0], b.load(b.gep(scales, [source]))), b.gep(out, [i]))
         return []
 
     loop.range("i", const(0), n, const(1), [], image_bound)
