@@ -4,6 +4,7 @@ section 8, "The scenes gallery at 100k").
     python benchmarks/centroid_variants.py depths INDEX TRUTH.npy --variants means8x64,fps16x64,fps32x32 --queries 40
     python benchmarks/centroid_variants.py stage INDEX TRUTH.npy --variants 48/24/8,32/32/4 --candidates 1000,2000
     python benchmarks/centroid_variants.py profile INDEX TRUTH.npy --queries 60
+    python benchmarks/centroid_variants.py leads INDEX TRUTH.npy --variants 64,32 --candidates 3000
     python benchmarks/centroid_variants.py ivf INDEX TRUTH.npy --queries 60
 
 ``depths``: how deep each ranking must go to hold each query's exhaustive top-10 (TRUTH: bench_scale.py
@@ -12,9 +13,10 @@ section 8, "The scenes gallery at 100k").
 principal coordinates of the index's codec, in float32, against 8 frame centroids.  ``stage``: the stage as
 ``vgs search`` runs it (int8, codes, exact re-rank), with ``m`` representatives, ``d`` dimensions and ``p``
 frame centroids (``m/d/p``), side by side in one process: p50/p95 ms and agreement@10 (1 thread).
-``profile``: the default stage's three steps timed (the bound and its top ``candidates``, MISA on their int8
-codes, the exact re-rank), after a warm-up pass, each query on 1 and on 2 torch threads back to back (the
-order alternated), in one process.  ``ivf``: a FAISS inverted
+``profile``: the default stage's four steps timed (the bound and its top ``candidates``, MISA on their int8
+codes' leading coordinates, then on all of them, the exact re-rank), after a warm-up pass, each query on 1 and on 2 torch threads back to back (the
+order alternated), in one process.  ``leads``: the codes' first pass on each of ``--variants`` leading
+coordinates, side by side in one process (:func:`leads`).  ``ivf``: a FAISS inverted
 file (8-bit scalar quantizer) over every projected representative as a shortlist before the bound, against
 the full bound timed in the same loop: whether the exhaustive top-10 stays inside the kept ``candidates``
 (a lever measured and not kept; docs/benchmarks.md, "Where the centroid stage's time goes").
@@ -90,23 +92,29 @@ def stages(folder: Path, truth: np.ndarray, variants: list[str], candidates: lis
 
 
 def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count: int, rounds: int = 3) -> dict[int, list[list[float]]]:
-    """Each query's three steps (and their total) in seconds, per thread count: ``{1: [...], 2: [...]}``."""
+    """Each query's four steps (and their total) in seconds, per thread count: ``{1: [...], 2: [...]}``."""
     table, basis, regions = index.image_representatives(), index.centroid_basis(), index.region_search()
     if regions.codes is None:
         sys.exit("profile: the index needs its int8 codes (bench_scale.py builds them)")
-    scorer = search.EmbeddingScorer("misa")
+    scorer, lead_dims = search.EmbeddingScorer("misa"), regions.codec.leading(stage.CODE_LEAD_DIMS)
+    depth = stage.CODE_RERANK_DEPTH
 
-    def timed(frames: search.PackedFrames) -> list[float]:  # the three steps' seconds, then the total
+    def narrowed(ids: np.ndarray, scores: np.ndarray, keep: int) -> np.ndarray:
+        return np.sort(ids[np.argsort(-scores, kind="stable")[:keep]])
+
+    def timed(frames: search.PackedFrames) -> list[float]:  # the four steps' seconds, then the total
         f = frames.frames.float()
-        t0 = time.perf_counter()
+        t = [time.perf_counter()]
         ids = stage.candidates(table, f, count, basis)  # the bound (in two passes over a large index) and its top
-        t1 = time.perf_counter()
-        coarse = regions.code_scores(ids, f.numpy(), int8_query=True)
-        kept = np.sort(ids[np.argsort(-coarse, kind="stable")[: stage.CODE_RERANK_DEPTH]])
-        t2 = time.perf_counter()
+        t.append(time.perf_counter())
+        if lead_dims is not None:  # as SearchIndex.centroid_candidates: the codes' leading coordinates first
+            ids = narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True, dims=lead_dims), stage.CODE_LEAD_FACTOR * depth)
+        t.append(time.perf_counter())
+        kept = narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True), depth)
+        t.append(time.perf_counter())
         search._chunked_scores(scorer, index, kept, frames)
-        t3 = time.perf_counter()
-        return [t1 - t0, t2 - t1, t3 - t2, t3 - t0]
+        t.append(time.perf_counter())
+        return list(np.diff(t)) + [t[-1] - t[0]]
 
     for frames in spoken:  # warm-up: the codes and regions paged in
         timed(frames)
@@ -120,13 +128,45 @@ def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count:
                     got[threads].append(timed(frames))
     finally:
         torch.set_num_threads(before)
-    names = ("bound and top", "codes", "re-rank", "total")
+    names = ("bound and top", f"codes' first {lead_dims} coordinates", "codes", "re-rank", "total")
     for threads, rows in got.items():
         print(f"{threads} thread(s): " + ", ".join(f"{n} {np.median([row[i] for row in rows]) * 1000:.1f}"
                                                  for i, n in enumerate(names)) + " ms (p50)", flush=True)
     ratios = [a[-1] / b[-1] for a, b in zip(got[1], got[2])]
     print(f"per-query total, 1 thread / 2 threads: median {np.median(ratios):.2f}x over {len(ratios)} pairs", flush=True)
     return got
+
+
+def leads(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.ndarray, widths: list[int],
+          count: int, rounds: int = 2) -> None:
+    """The codes' first pass on ``widths`` leading coordinates (``vgs.centroids.CODE_LEAD_DIMS``), side by side in
+    one process (whole passes over the queries, the order alternated): p50/p95 ms and agreement@10, then how
+    deep each exhaustive top-10 sits in that ranking of the ``count`` candidates."""
+    rows, default = [list(map(int, r)) for r in truth[: len(spoken)]], stage.CODE_LEAD_DIMS
+    regions, table, basis = index.region_search(), index.image_representatives(), index.centroid_basis()
+    got: dict[int, list[dict]] = {w: [] for w in widths}
+    try:
+        for r in range(rounds):
+            for width in widths if r % 2 == 0 else widths[::-1]:
+                stage.CODE_LEAD_DIMS = width  # read by SearchIndex.centroid_candidates at each call
+                got[width].append(run_stage(index, spoken, rows, "centroids", count))
+    finally:
+        stage.CODE_LEAD_DIMS = default
+    for width in widths:
+        deepest = []
+        for frames, top in zip(spoken, rows):
+            f = frames.frames.float()
+            ids = stage.candidates(table, f, count, basis)
+            order = ids[np.argsort(-regions.code_scores(ids, f.numpy(), int8_query=True, dims=width), kind="stable")]
+            where = {int(i): p for p, i in enumerate(order)}
+            deepest.append(max(where.get(i, count) for i in top))  # count: not among the candidates at all
+        d = np.array(deepest)
+        held = d[d < count]
+        print(f"{width} coordinates: p50 {np.median([g['p50'] for g in got[width]]):.1f} ms, p95 "
+              f"{np.median([g['p95'] for g in got[width]]):.1f} ms, agreement@10 {got[width][0]['agreement']:.3f}; "
+              f"top-10 depth p50 {np.median(d):.0f}, p95 {np.percentile(d, 95):.0f}, max among held "
+              f"{held.max() if len(held) else 0}, beyond {stage.CODE_LEAD_FACTOR * stage.CODE_RERANK_DEPTH} "
+              f"{int((d >= stage.CODE_LEAD_FACTOR * stage.CODE_RERANK_DEPTH).sum())} of {len(d)}", flush=True)
 
 
 def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.ndarray, count: int) -> dict[str, list[tuple[bool, float, int]]]:
@@ -171,17 +211,17 @@ def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("depths", "stage", "profile", "ivf"))
+    parser.add_argument("mode", choices=("depths", "stage", "profile", "leads", "ivf"))
     parser.add_argument("index", type=Path)
     parser.add_argument("truth", type=Path, help="the queries' exhaustive top-10s (bench_scale.py --truth)")
     parser.add_argument("--variants", default="", help="depths and stage: the variants to compare")
     parser.add_argument("--candidates", default="1000,2000")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(1 if args.mode in ("stage", "ivf") else 2)
+    torch.set_num_threads(1 if args.mode in ("stage", "leads", "ivf") else 2)
     truth = np.load(args.truth, allow_pickle=False)
     variants = [v for v in args.variants.split(",") if v]
-    if args.mode in ("depths", "stage") and not variants:
+    if args.mode in ("depths", "stage", "leads") and not variants:
         parser.error(f"{args.mode}: --variants is required")
     if args.mode == "depths":
         depths(search.SearchIndex(args.index), truth, variants, min(args.queries, len(truth)))
@@ -193,6 +233,8 @@ def main() -> None:
         count = int(args.candidates.split(",")[-1])
         if args.mode == "profile":
             profile(index, spoken, count)
+        elif args.mode == "leads":
+            leads(index, spoken, truth, [int(v) for v in variants], count)
         else:
             ivf(index, spoken, truth, count)
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 bench_scale = pytest.importorskip("bench_scale")
 
 from test_first_stage import clustered, queries, write_index  # noqa: E402
+import vgs.centroids  # noqa: E402
 from vgs.search import SearchIndex  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -149,9 +150,9 @@ def test_a_fitted_projection_is_kept_and_read_back_on_a_rerun(tmp_path) -> None:
     assert torch.equal(got, kept)
 
 
-def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path) -> None:  # noqa: ANN001
-    """The two probes behind docs/benchmarks.md's "Where the centroid stage's time goes": the step timings
-    per thread count, and the inverted-file shortlist against the full bound (the full bound always keeps
+def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The probes behind docs/benchmarks.md's "Where the centroid stage's time goes" and "Leading 32 coordinates":
+    the step timings per thread count, the codes' leading widths side by side, and the inverted-file shortlist against the full bound (the full bound always keeps
     an exhaustive top-10 that fits in its candidates; a shortlist never holds more images than the gallery)."""
     variants = pytest.importorskip("centroid_variants")
     write_index(tmp_path / "idx", clustered(60, 6, 24, 0), (2, 3))
@@ -162,9 +163,14 @@ def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path
     index.build_codes(16)
     index = SearchIndex(tmp_path / "idx")
     timings = variants.profile(index, asked, 20, rounds=1)
-    assert set(timings) == {1, 2} and all(len(rows) == 3 and all(len(r) == 4 for r in rows) for rows in timings.values())
-    assert all(abs(sum(r[:3]) - r[3]) < 1e-3 for rows in timings.values() for r in rows)  # the steps add up to the total
+    assert set(timings) == {1, 2} and all(len(rows) == 3 and all(len(r) == 5 for r in rows) for rows in timings.values())
+    assert all(abs(sum(r[:4]) - r[4]) < 1e-3 for rows in timings.values() for r in rows)  # the steps add up to the total
     truth = np.asarray(bench_scale.exhaustive(index, asked)[0])
+    default = vgs.centroids.CODE_LEAD_DIMS
+    variants.leads(index, asked, truth, [16, 8], 80)  # every image a candidate: every top-10 held
+    lines = capsys.readouterr().out.splitlines()[-2:]
+    assert [line.split()[0] for line in lines] == ["16", "8"] and all("agreement@10 1.000" in line for line in lines)
+    assert vgs.centroids.CODE_LEAD_DIMS == default  # the constant restored
     got = variants.ivf(index, asked, truth, 80)  # more candidates than images: every image kept
     assert [ok for ok, _, _ in got["full bound"]] == [True] * 3 and len(got) == 7
     assert all(0 < held <= 60 for rows in got.values() for _, _, held in rows)
