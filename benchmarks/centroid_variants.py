@@ -99,18 +99,15 @@ def profile(index: search.SearchIndex, spoken: list[search.PackedFrames], count:
     scorer, lead_dims = search.EmbeddingScorer("misa"), regions.codec.leading(stage.CODE_LEAD_DIMS)
     depth = stage.CODE_RERANK_DEPTH
 
-    def narrowed(ids: np.ndarray, scores: np.ndarray, keep: int) -> np.ndarray:
-        return np.sort(ids[np.argsort(-scores, kind="stable")[:keep]])
-
     def timed(frames: search.PackedFrames) -> list[float]:  # the four steps' seconds, then the total
         f = frames.frames.float()
         t = [time.perf_counter()]
         ids = stage.candidates(table, f, count, basis)  # the bound (in two passes over a large index) and its top
         t.append(time.perf_counter())
         if lead_dims is not None:  # as SearchIndex.centroid_candidates: the codes' leading coordinates first
-            ids = narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True, dims=lead_dims), stage.CODE_LEAD_FACTOR * depth)
+            ids = stage.narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True, dims=lead_dims), stage.CODE_LEAD_FACTOR * depth)
         t.append(time.perf_counter())
-        kept = narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True), depth)
+        kept = stage.narrowed(ids, regions.code_scores(ids, f.numpy(), int8_query=True), depth)
         t.append(time.perf_counter())
         search._chunked_scores(scorer, index, kept, frames)
         t.append(time.perf_counter())

@@ -104,10 +104,13 @@ def test_parts_on_several_threads_give_the_same_integers(monkeypatch, threads):
         torch.set_num_threads(threads)
         maxima = kernels.region_maxima(codes, query)
         bounds = kernels.representative_bounds(columns, torch.from_numpy(query), torch.tensor([1.0, 0.0, 0.0]))
+        picked = rng.integers(0, 1001, size=900)  # the in-place reads, in parts too
+        in_place = kernels.representative_bounds(columns, torch.from_numpy(query), torch.tensor([1.0, 0.0, 0.0]), rows=picked)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(maxima.astype(np.int64), _reference_maxima(codes, query))
     np.testing.assert_array_equal(bounds.numpy().astype(np.int64), _reference_maxima(rows, query)[:, 0])
+    np.testing.assert_array_equal(in_place.numpy().astype(np.int64), _reference_maxima(rows, query)[picked, 0])
 
 
 def test_the_benchmark_runs_and_finds_the_same_integers() -> None:

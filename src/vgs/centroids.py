@@ -275,10 +275,15 @@ def candidates(image_side: torch.Tensor | Int8Representatives, frames: torch.Ten
     else:
         ids = _best(lower_bounds(image_side, frames, basis=basis).numpy(), count)
     if lead_scores is not None and len(ids) > CODE_LEAD_FACTOR * depth:
-        ids = np.sort(ids[np.argsort(-lead_scores(ids), kind="stable")[: CODE_LEAD_FACTOR * depth]])
+        ids = narrowed(ids, lead_scores(ids), CODE_LEAD_FACTOR * depth)
     if coarse_scores is not None and len(ids) > depth:
-        ids = np.sort(ids[np.argsort(-coarse_scores(ids), kind="stable")[:depth]])
+        ids = narrowed(ids, coarse_scores(ids), depth)
     return ids
+
+
+def narrowed(ids: np.ndarray, scores: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` of ``ids`` with the highest ``scores`` (ties: the earlier first), in ascending order."""
+    return np.sort(ids[np.argsort(-scores, kind="stable")[:keep]])
 
 
 def _best(bounds: np.ndarray, count: int) -> np.ndarray:
@@ -295,4 +300,4 @@ def _best(bounds: np.ndarray, count: int) -> np.ndarray:
 __all__ = ["REPRESENTATIVES", "FRAME_CENTROIDS", "PROJECTED_DIMS", "BASIS_SAMPLE", "CODE_RERANK_DEPTH", "CODE_LEAD_DIMS",
            "CODE_LEAD_FACTOR", "COARSE_DIMS",
            "COARSE_DEPTH", "Int8Representatives",
-           "kmeans", "representatives", "project", "lower_bounds", "lead_bounds", "candidates"]
+           "kmeans", "representatives", "project", "lower_bounds", "lead_bounds", "candidates", "narrowed"]

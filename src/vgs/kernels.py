@@ -94,15 +94,13 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     scales = np.ones(n, dtype=np.float32) if image_scales is None else np.ascontiguousarray(image_scales.numpy(), dtype=np.float32)
     if scales.shape != (n,):
         raise ValueError(f"image scales: expected {n}, got shape {scales.shape}")
-    if rows is None:
-        kernel = _bounds_kernel(d, m)
-        _in_parts(n, lambda a, b: kernel(table[a:b].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
-                                         weights_.ctypes.data, scales[a:b].ctypes.data, out[a:b].ctypes.data, None))
-    else:
-        kernel = _bounds_kernel(d, m, indexed=True)
-        _in_parts(len(rows), lambda a, b: kernel(table.ctypes.data, b - a, d, m, queries.ctypes.data, len(queries),
-                                                 weights_.ctypes.data, scales.ctypes.data, out[a:b].ctypes.data,
-                                                 rows[a:b].ctypes.data))
+    kernel = _bounds_kernel(d, m, indexed=rows is not None)
+
+    def run(a: int, b: int) -> None:  # bounds a..b; the kernel's image 0 is the table's image a unless indexed
+        first = a if rows is None else 0
+        kernel(table[first:].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries), weights_.ctypes.data,
+               scales[first:].ctypes.data, out[a:b].ctypes.data, None if rows is None else rows[a:b].ctypes.data)
+    _in_parts(len(out), run)
     return torch.from_numpy(out)
 
 
