@@ -34,19 +34,32 @@ from vgs.similarity import PackedFrames  # noqa: E402
 CHUNK = 256
 
 
-def _trunk_features(model, data_dir: Path, split: str, image_ids: list[str]) -> np.ndarray | None:  # noqa: ANN001
-    """The cached trunk outputs of ``image_ids`` (``n x C x h x w`` float16) when a cache of this trunk exists."""
+def _trunk_caches(model, data_dir: Path, split: str) -> list[tuple[np.ndarray, dict[str, int]]]:  # noqa: ANN001
+    """Every cache of this model's trunk for ``split`` in the data set: its outputs (memory-mapped) and each image
+    id's row.  Looked up once per model and split (the trunk's identity hashes its weights), not per chunk."""
     from vgs.data.pipeline import trunk_identity
 
-    identity = trunk_identity(model.config, model.net.image.trunk)
+    key = (id(model), data_dir, split)
+    if key in _TRUNK_CACHES:
+        return _TRUNK_CACHES[key][1]
+    identity, found = trunk_identity(model.config, model.net.image.trunk), []
     for settings in sorted((data_dir / "cache").glob(f"image-*/{split}.settings.json")):
-        saved = json.loads(settings.read_text())
-        if saved.get("trunk") == identity:
+        if json.loads(settings.read_text()).get("trunk") == identity:
             ids = json.loads((settings.parent / f"{split}.ids.json").read_text())
-            where = {item: i for i, item in enumerate(ids)}
-            if all(i in where for i in image_ids):
-                array = np.load(settings.parent / f"{split}.npy", mmap_mode="r", allow_pickle=False)
-                return np.asarray(array[[where[i] for i in image_ids]])
+            found.append((np.load(settings.parent / f"{split}.npy", mmap_mode="r", allow_pickle=False),
+                          {item: i for i, item in enumerate(ids)}))
+    _TRUNK_CACHES[key] = (model, found)  # the model kept, so its id is not reused while the entry lives
+    return found
+
+
+_TRUNK_CACHES: dict[tuple[int, Path, str], tuple[object, list[tuple[np.ndarray, dict[str, int]]]]] = {}
+
+
+def _trunk_features(model, data_dir: Path, split: str, image_ids: list[str]) -> np.ndarray | None:  # noqa: ANN001
+    """The cached trunk outputs of ``image_ids`` (``n x C x h x w`` float16) when a cache of this trunk holds them all."""
+    for array, where in _trunk_caches(model, data_dir, split):
+        if all(i in where for i in image_ids):
+            return np.asarray(array[[where[i] for i in image_ids]])
     return None
 
 
