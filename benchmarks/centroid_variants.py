@@ -5,6 +5,7 @@ section 8, "The scenes gallery at 100k").
     python benchmarks/centroid_variants.py stage INDEX TRUTH.npy --variants 48/24/8,32/32/4 --candidates 1000,2000
     python benchmarks/centroid_variants.py profile INDEX TRUTH.npy --queries 60
     python benchmarks/centroid_variants.py leads INDEX TRUTH.npy --variants 64,32 --candidates 3000
+    python benchmarks/centroid_variants.py copy INDEX TRUTH.npy --candidates 3000
     python benchmarks/centroid_variants.py ivf INDEX TRUTH.npy --queries 60
 
 ``depths``: how deep each ranking must go to hold each query's exhaustive top-10 (TRUTH: bench_scale.py
@@ -16,7 +17,8 @@ frame centroids (``m/d/p``), side by side in one process: p50/p95 ms and agreeme
 ``profile``: the default stage's four steps timed (the bound and its top ``candidates``, MISA on their int8
 codes' leading coordinates, then on all of them, the exact re-rank), after a warm-up pass, each query on 1 and on 2 torch threads back to back (the
 order alternated), in one process.  ``leads``: the codes' first pass on each of ``--variants`` leading
-coordinates, side by side in one process (:func:`leads`).  ``ivf``: a FAISS inverted
+coordinates, side by side in one process (:func:`leads`).  ``copy``: the default stage with the codes' leading
+coordinates read from their own contiguous copy and in place, per query in one process (:func:`leading_copy`).  ``ivf``: a FAISS inverted
 file (8-bit scalar quantizer) over every projected representative as a shortlist before the bound, against
 the full bound timed in the same loop: whether the exhaustive top-10 stays inside the kept ``candidates``
 (a lever measured and not kept; docs/benchmarks.md, "Where the centroid stage's time goes").
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vgs.centroids as stage  # noqa: E402
 import vgs.search as search  # noqa: E402
-from bench_scale import run_stage  # noqa: E402
+from bench_scale import MODEL, run_stage  # noqa: E402
 
 
 def depths(index: search.SearchIndex, truth: np.ndarray, variants: list[str], queries: int) -> None:
@@ -166,6 +168,39 @@ def leads(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: n
               f"{int((d >= stage.CODE_LEAD_FACTOR * stage.CODE_RERANK_DEPTH).sum())} of {len(d)}", flush=True)
 
 
+def leading_copy(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.ndarray, count: int,
+                 rounds: int = 2) -> dict[str, list[float]]:
+    """The default stage (``SearchIndex.search_audio``, ``count`` candidates) per query with the codes' leading
+    coordinates read from their own contiguous copy (:meth:`vgs.kernels.StoredArrays.leading`) and in place
+    (``RegionSearch.max_bytes`` set below the copy's size), back to back in one process, the order
+    alternated: p50/p95 ms of each, the median per-query ratio, agreement@10 of each (which must match)."""
+    regions, rows = index.region_search(), [set(map(int, r)) for r in truth[: len(spoken)]]
+    budget = regions.max_bytes
+    settings = {"own copy": budget, "in place": 0}
+    got: dict[str, list[float]] = {name: [] for name in settings}
+    same: dict[str, list[bool]] = {name: [] for name in settings}
+    try:
+        for name, limit in settings.items():  # warm-up: the copy made, the codes and regions paged in
+            regions.max_bytes = limit
+            index.search_audio(MODEL, spoken[0], k=10, candidates=count, first_stage="centroids")
+        for r in range(rounds):
+            for q, (frames, top) in enumerate(zip(spoken, rows)):
+                for name in (list(settings) if (q + r) % 2 == 0 else list(settings)[::-1]):
+                    regions.max_bytes = settings[name]
+                    start = time.perf_counter()
+                    hits = index.search_audio(MODEL, frames, k=10, candidates=count, first_stage="centroids")
+                    got[name].append(time.perf_counter() - start)
+                    same[name].append({h.index for h in hits} == top)
+    finally:
+        regions.max_bytes = budget
+    for name, times in got.items():
+        print(f"{name}: p50 {np.median(times) * 1000:.1f} ms, p95 {np.percentile(times, 95) * 1000:.1f} ms, "
+              f"agreement@10 {np.mean(same[name][: len(spoken)]):.3f}", flush=True)
+    ratios = [a / b for a, b in zip(got["own copy"], got["in place"])]
+    print(f"per query, own copy / in place: median {np.median(ratios):.2f}x over {len(ratios)} pairs", flush=True)
+    return got
+
+
 def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.ndarray, count: int) -> dict[str, list[tuple[bool, float, int]]]:
     """Per shortlist (and the full bound): for each query, whether its exhaustive top-10 is inside the kept
     ``count``, the seconds, and the images the shortlist held."""
@@ -208,14 +243,14 @@ def ivf(index: search.SearchIndex, spoken: list[search.PackedFrames], truth: np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("depths", "stage", "profile", "leads", "ivf"))
+    parser.add_argument("mode", choices=("depths", "stage", "profile", "leads", "copy", "ivf"))
     parser.add_argument("index", type=Path)
     parser.add_argument("truth", type=Path, help="the queries' exhaustive top-10s (bench_scale.py --truth)")
     parser.add_argument("--variants", default="", help="depths and stage: the variants to compare")
     parser.add_argument("--candidates", default="1000,2000")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(1 if args.mode in ("stage", "leads", "ivf") else 2)
+    torch.set_num_threads(1 if args.mode in ("stage", "leads", "copy", "ivf") else 2)
     truth = np.load(args.truth, allow_pickle=False)
     variants = [v for v in args.variants.split(",") if v]
     if args.mode in ("depths", "stage", "leads") and not variants:
@@ -232,6 +267,8 @@ def main() -> None:
             profile(index, spoken, count)
         elif args.mode == "leads":
             leads(index, spoken, truth, [int(v) for v in variants], count)
+        elif args.mode == "copy":
+            leading_copy(index, spoken, truth, count)
         else:
             ivf(index, spoken, truth, count)
 

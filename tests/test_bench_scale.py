@@ -14,6 +14,7 @@ bench_scale = pytest.importorskip("bench_scale")
 
 from test_first_stage import clustered, queries, write_index  # noqa: E402
 import vgs.centroids  # noqa: E402
+import vgs.first_stage  # noqa: E402
 from vgs.search import SearchIndex  # noqa: E402
 from vgs.similarity import PackedFrames  # noqa: E402
 
@@ -22,7 +23,7 @@ def test_labels() -> None:
     assert [bench_scale.label(n) for n in (999, 39680, 100_000, 1_000_000)] == ["999", "39680", "100k", "1m"]
 
 
-def test_cascade_latency_runs_the_stage_on_a_synthetic_gallery_larger_than_the_real_one(tmp_path) -> None:  # noqa: ANN001
+def test_cascade_latency_runs_the_stage_on_a_synthetic_gallery_larger_than_the_real_one(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     write_index(tmp_path / "idx", clustered(40, 6, 24, 0), (2, 3))
     index = SearchIndex(tmp_path / "idx")
     with pytest.raises(SystemExit, match="codes"):
@@ -35,6 +36,9 @@ def test_cascade_latency_runs_the_stage_on_a_synthetic_gallery_larger_than_the_r
     assert before["p50"] > 0 and np.isclose(before["gib"], 500 * (6 * 24 * 4 + 6 * 16) / 2**30)  # float32 representatives
     with pytest.raises(SystemExit, match="precision"):
         bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100, precision="fp8")
+    monkeypatch.setattr(bench_scale, "CODE_LEAD_DIMS", 8)  # a first pass on the codes' 8 leading coordinates, from their own copy
+    led = bench_scale.cascade_latency(index, queries(24, 3, 0), 500, 100)
+    assert np.isclose(led["gib"], got["gib"] + 500 * 6 * 8 / 2**30)
 
 
 def test_exhaustive_top10s_are_cached_and_extended(tmp_path) -> None:  # noqa: ANN001
@@ -150,9 +154,10 @@ def test_a_fitted_projection_is_kept_and_read_back_on_a_rerun(tmp_path) -> None:
     assert torch.equal(got, kept)
 
 
-def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
     """The probes behind docs/benchmarks.md's "Where the centroid stage's time goes" and "Leading 32 coordinates":
-    the step timings per thread count, the codes' leading widths side by side, and the inverted-file shortlist against the full bound (the full bound always keeps
+    the step timings per thread count, the codes' leading widths side by side, their own copy against reading in
+    place (the same top-10s; the copy kept, the budget restored), and the inverted-file shortlist against the full bound (the full bound always keeps
     an exhaustive top-10 that fits in its candidates; a shortlist never holds more images than the gallery)."""
     variants = pytest.importorskip("centroid_variants")
     write_index(tmp_path / "idx", clustered(60, 6, 24, 0), (2, 3))
@@ -171,6 +176,13 @@ def test_centroid_variants_profile_and_ivf_probe_run_on_a_small_gallery(tmp_path
     lines = capsys.readouterr().out.splitlines()[-2:]
     assert [line.split()[0] for line in lines] == ["16", "8"] and all("agreement@10 1.000" in line for line in lines)
     assert vgs.centroids.CODE_LEAD_DIMS == default  # the constant restored
+    monkeypatch.setattr(vgs.centroids, "CODE_LEAD_DIMS", 8)  # below the codes' 16: the stage's first pass reads its copy or in place
+    timed = variants.leading_copy(index, asked, truth, 80, rounds=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["own copy", "in place", "per query, own copy / in place"]
+    assert all("agreement@10 1.000" in line for line in lines[:2]) and all(len(t) == 3 for t in timed.values())
+    assert list(index.region_search()._stored_codes._leading) == [8]
+    assert index.region_search().max_bytes == vgs.first_stage.MAX_INDEX_BYTES  # the budget restored
     got = variants.ivf(index, asked, truth, 80)  # more candidates than images: every image kept
     assert [ok for ok, _, _ in got["full bound"]] == [True] * 3 and len(got) == 7
     assert all(0 < held <= 60 for rows in got.values() for _, _, held in rows)

@@ -222,7 +222,13 @@ def test_codes_exact_and_compact_stages(gallery, tmp_path) -> None:  # noqa: ANN
     assert regions.code_scores(np.zeros(0, dtype=np.int64), frames).shape == (0,)
     # on the leading coordinates only: the same as a codec of those coordinates on those codes
     lead = RegionCodec(regions.codec.basis[:5], regions.codec.scale[:5])
-    np.testing.assert_array_equal(regions.code_scores(ids, frames, True, dims=5), lead.misa(every[ids, :, :5], frames, int8_query=True))
+    expected = lead.misa(every[ids, :, :5], frames, int8_query=True)
+    np.testing.assert_array_equal(regions.code_scores(ids, frames, True, dims=5), expected)
+    assert list(regions._stored_codes._leading) == [5]  # read from their own contiguous copy, kept
+    regions._stored_codes._leading.clear()
+    regions.max_bytes = regions._stored_codes.leading_bytes(5) - 1  # a copy over the budget: read in place
+    np.testing.assert_array_equal(regions.code_scores(ids, frames, True, dims=5), expected)
+    assert not regions._stored_codes._leading
     with pytest.raises(VGSError, match="expected 1..12 dimensions, got 13"):
         regions.code_scores(ids, frames, dims=13)
 

@@ -187,6 +187,22 @@ def test_rows_read_in_place_across_parts_equal_the_gathered_rows(monkeypatch, dt
     np.testing.assert_array_equal(kernels.region_maxima(rows, query), kernels.region_maxima(np.ascontiguousarray(gathered), query))
 
 
+def test_leading_coordinates_copied_once_contiguous_and_equal():
+    rng = np.random.default_rng(3)
+    parts = [_int8(rng, n, 6, 40) for n in (5, 0, 9)]
+    arrays = kernels.StoredArrays(parts)
+    lead = arrays.leading(24)
+    assert arrays.leading(24) is lead and arrays.leading(40) is arrays  # kept; every coordinate is the arrays
+    assert lead.width == 24 and lead.nbytes == arrays.leading_bytes(24) == 14 * 6 * 24
+    assert all(p.flags.c_contiguous for p in lead.parts)
+    assert all(np.array_equal(a, p[:, :, :24]) for a, p in zip(lead.parts, parts))
+    ids, query = np.array([13, 0, 4, 5, 13]), _int8(rng, 9, 24)
+    np.testing.assert_array_equal(kernels.region_maxima(lead.rows(ids), query), kernels.region_maxima(arrays.rows(ids, 24), query))
+    for dims in (0, 41):
+        with pytest.raises(ValueError, match="1..40 leading dims"):
+            arrays.leading(dims)
+
+
 def test_stored_rows_refuse_bad_ids_dims_and_parts():
     parts = [np.zeros((3, 2, 8), dtype=np.int8), np.zeros((2, 2, 8), dtype=np.int8)]
     arrays = kernels.StoredArrays(parts)

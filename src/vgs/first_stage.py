@@ -278,9 +278,13 @@ class RegionSearch:
     def code_scores(self, ids: np.ndarray, frames: np.ndarray, int8_query: bool = False, dims: int | None = None) -> np.ndarray:
         """MISA of images ``ids`` on their decoded codes (the compact stage's final scores; with ``int8_query``
         an approximation, :meth:`vgs.codecs.RegionCodec.misa`); ``dims``: on the codes' first ``dims``
-        coordinates only, and only those are read."""
+        coordinates only, and only those are read: from their own contiguous copy
+        (:meth:`vgs.kernels.StoredArrays.leading`, made on first use) while it fits in ``max_bytes``."""
         dims = self.codec.checked_dims(dims)
-        return self.codec.misa(self._stored_codes.rows(ids, dims), frames, int8_query=int8_query, dims=dims)
+        stored = self._stored_codes
+        if dims < self.codec.dim and stored.leading_bytes(dims) <= self.max_bytes:
+            stored = stored.leading(dims)
+        return self.codec.misa(stored.rows(ids, dims), frames, int8_query=int8_query, dims=dims)
 
     @cached_property
     def _stored_codes(self) -> StoredArrays:
