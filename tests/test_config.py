@@ -45,6 +45,21 @@ def test_validation_rejects_unknown_choices() -> None:
         config.validate()
 
 
+@pytest.mark.parametrize("weight,similarity,message", [
+    (-0.1, "misa", "expected 0 <= weight <= 10"),
+    (float("nan"), "misa", "expected a finite number"),
+    (11.0, "misa", "expected 0 <= weight <= 10"),
+    (0.5, "sisa", "adds SIMA to misa only"),
+])
+def test_image_to_speech_sima_is_range_checked(weight: float, similarity: str, message: str) -> None:
+    config = Config()
+    config.model.image_to_speech_sima, config.model.similarity = weight, similarity
+    with pytest.raises(VGSError, match=f"model.image_to_speech_sima: {message}"):
+        config.validate()
+    config.model.image_to_speech_sima, config.model.similarity = 0.5, "misa"
+    config.validate()
+
+
 @pytest.mark.parametrize("text,message", [
     ("train: {lr: abc}", "train.lr: expected a number"),
     ("model: {colour: red}", "unknown field"),

@@ -29,6 +29,7 @@ def test_the_flickr8k_model_ships_small_and_documented() -> None:
 def test_load_by_name_scores_images_against_speech() -> None:
     model = vgs.load("flickr8k", device="cpu")
     assert model.config.model.image_encoder == "efficientnet-lite0" and model.checkpoint.name == "model.safetensors"
+    assert model.config.model.image_to_speech_sima == 0.5  # images rank captions by MISA + 0.5 SIMA (docs/results.md)
     image = Image.new("RGB", (224, 224), (40, 120, 200))
     speech = vgs.tts.synthesize("a dog runs through the grass", vgs.tts.Voice("espeak", "en-us+m1")).audio
     scores = model.similarity([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], [speech])

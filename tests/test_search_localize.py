@@ -65,8 +65,17 @@ def test_image_to_speech_search(tiny_run, index, tiny_scenes) -> None:
     model = load(tiny_run)
     search = SearchIndex(index)
     row = load_split(tiny_scenes, "test").rows[0]
-    hits = search.search_image(model, model.encode_images([tiny_scenes / row["image"]]), k=5)
+    regions = model.encode_images([tiny_scenes / row["image"]])
+    hits = search.search_image(model, regions, k=5)
     assert len(hits) == 5 and all(h.id for h in hits)
+    # a model that adds SIMA when images rank captions: the search ranks by those scores
+    model.net.config.image_to_speech_sima = 2.0
+    every = search.captions_of(list(range(search.caption_count)))
+    wanted = model.caption_scores(regions, every)[0]
+    assert not torch.equal(wanted, model.scores(regions, every)[0])
+    found = search.search_image(model, regions, k=5, exhaustive=True)
+    assert [h.index for h in found] == torch.argsort(-wanted, stable=True)[:5].tolist()
+    assert [h.score for h in found] == pytest.approx(wanted.sort(descending=True).values[:5].tolist())
 
 
 def test_index_resumes_and_adds_images(tiny_run, tiny_scenes, tmp_path) -> None:

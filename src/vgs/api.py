@@ -120,6 +120,12 @@ class Model:
         return self.net.similarity(image_embeddings.to(self.device), captions.to(self.device)).cpu()
 
     @torch.no_grad()
+    def caption_scores(self, image_embeddings: torch.Tensor, captions: PackedFrames) -> torch.Tensor:
+        """``N x M`` scores that rank captions for an image (image -> speech): :meth:`scores`, plus SIMA when the
+        model's ``image_to_speech_sima`` is set (:meth:`vgs.models.dual.DualEncoder.caption_scores`), CPU."""
+        return self.net.caption_scores(image_embeddings.to(self.device), captions.to(self.device)).cpu()
+
+    @torch.no_grad()
     def similarity(self, images: Sequence[ImageInput] | torch.Tensor, audio: Sequence[AudioInput] | PackedFrames) -> torch.Tensor:
         """``N`` images x ``M`` captions -> ``N x M`` scores. Accepts raw inputs or embeddings."""
         image_emb = images if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == self.embed_dim \

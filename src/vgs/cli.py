@@ -709,7 +709,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--audio", type=Path, help="a spoken query (wav/flac/ogg) -> images")
     query.add_argument("--text", help="text to speak with the TTS, then search -> images")
-    query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions")
+    query.add_argument("--image", type=Path, help="an image -> the best-matching indexed spoken captions (ranked by the model's caption scores: MISA, plus SIMA when its model.image_to_speech_sima is set)")
     p.add_argument("-k", type=POSITIVE, default=10, help="results to return (default 10)")
     p.add_argument("--run", dest="run_option", type=Path, help=argparse.SUPPRESS)  # deprecated: the run is positional
     p.add_argument("--candidates", type=POSITIVE, help="first-stage candidates re-ranked by matchmap (default "

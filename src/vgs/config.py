@@ -54,6 +54,11 @@ class ModelConfig:
     dropout: float = 0.1
     normalize: bool = True  # L2-normalize region and frame embeddings before the matchmap
     similarity: str = "misa"
+    # Ranking captions for an image (image -> speech, in evaluation and search): the similarity plus this weight
+    # times SIMA (each region's best frame, averaged over regions), so that a caption must also cover the
+    # image, not only be covered by it.  Not used in training; speech -> image keeps the similarity alone (the
+    # search's stages bound MISA).  misa only; 0 = off.  docs/results.md, "Ranking captions both ways".
+    image_to_speech_sima: float = 0.0
     audio_norm: str = "global"  # input features: training-set statistics (global) or per-caption mean/std (utterance)
 
     def validate(self) -> None:
@@ -61,6 +66,10 @@ class ModelConfig:
         _choice("model.audio_encoder", self.audio_encoder, tuple(AUDIO_ENCODERS))
         _choice("model.similarity", self.similarity, SIMILARITIES)
         _choice("model.audio_norm", self.audio_norm, ("utterance", "global"))
+        if not 0 <= self.image_to_speech_sima <= 10:
+            raise VGSError(f"model.image_to_speech_sima: expected 0 <= weight <= 10, got {self.image_to_speech_sima}")
+        if self.image_to_speech_sima and self.similarity != "misa":
+            raise VGSError(f"model.image_to_speech_sima: adds SIMA to misa only, got model.similarity {self.similarity!r}")
         _positive("model.embed_dim", self.embed_dim)
         if self.image_stride not in (16, 32):
             raise VGSError(f"model.image_stride: expected 16 or 32, got {self.image_stride}")

@@ -130,21 +130,22 @@ def draw_pairs(caption_image: torch.Tensor, n_pairs: int, seed: int) -> torch.Te
 
 
 def pairs_protocol(encoded: EncodedSplit, model: DualEncoder, n_pairs: int = 100, draws: int = 10, seed: int = 0) -> dict:
-    """The paper's protocol: mean and std over ``draws`` draws of ``n_pairs`` pairs."""
+    """The paper's protocol: mean and std over ``draws`` draws of ``n_pairs`` pairs.  Images rank captions
+    by :meth:`DualEncoder.caption_scores`, captions rank images by :meth:`DualEncoder.similarity`."""
     picks = [draw_pairs(encoded.caption_image, n_pairs, seed * 1000 + d) for d in range(draws)]
     captions = torch.unique(torch.cat(picks))
     images = torch.unique(encoded.caption_image[captions])
-    sim = model.similarity(encoded.images[images], encoded.audio.select(captions)).cpu()
+    sim, caption_sim = _both_ways(model, encoded.images[images], encoded.audio.select(captions))
     image_pos = torch.full((len(encoded.images),), -1, dtype=torch.long)
     image_pos[images] = torch.arange(len(images))
     caption_pos = torch.full((len(encoded.caption_image),), -1, dtype=torch.long)
     caption_pos[captions] = torch.arange(len(captions))
     results: dict[str, list[dict]] = {"speech_to_image": [], "image_to_speech": []}
     for pick in picks:
-        sub = sim[image_pos[encoded.caption_image[pick]]][:, caption_pos[pick]]  # n x n, truth on the diagonal
+        rows, columns = image_pos[encoded.caption_image[pick]], caption_pos[pick]  # n x n, truth on the diagonal
         diagonal = torch.arange(len(pick))
-        results["speech_to_image"].append(speech_to_image(sub, diagonal))
-        results["image_to_speech"].append(image_to_speech(sub, diagonal))
+        results["speech_to_image"].append(speech_to_image(sim[rows][:, columns], diagonal))
+        results["image_to_speech"].append(image_to_speech(caption_sim[rows][:, columns], diagonal))
     out: dict[str, Any] = {"protocol": f"pairs{n_pairs}", "pairs": int(len(picks[0])), "draws": draws}
     for direction, rows in results.items():
         out[direction] = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
@@ -153,11 +154,18 @@ def pairs_protocol(encoded: EncodedSplit, model: DualEncoder, n_pairs: int = 100
 
 
 def full_protocol(encoded: EncodedSplit, model: DualEncoder) -> dict:
-    """Every image against every caption."""
-    sim = model.similarity(encoded.images, encoded.audio).cpu()
+    """Every image against every caption (images rank captions as in :func:`pairs_protocol`)."""
+    sim, caption_sim = _both_ways(model, encoded.images, encoded.audio)
     return {"protocol": "full", "images": int(sim.shape[0]), "captions": int(sim.shape[1]),
             "speech_to_image": speech_to_image(sim, encoded.caption_image),
-            "image_to_speech": image_to_speech(sim, encoded.caption_image)}
+            "image_to_speech": image_to_speech(caption_sim, encoded.caption_image)}
+
+
+def _both_ways(model: DualEncoder, images: torch.Tensor, audio: PackedFrames) -> tuple[torch.Tensor, torch.Tensor]:
+    """``N x M`` scores that rank images for a caption, and ``N x M`` that rank captions for an image (the
+    same tensor unless the model adds SIMA to the latter), on the CPU."""
+    sim = model.similarity(images, audio)
+    return sim.cpu(), model.caption_scores(images, audio, sim).cpu()
 
 
 def mean_recall(result: dict) -> float:

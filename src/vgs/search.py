@@ -703,7 +703,7 @@ class SearchIndex:
             query = pooled(regions.flatten(2)[0], 1).numpy()[None, :]
             _, found = self.faiss_captions().search(query, min(candidates, self.caption_count))
             ids = found[0][found[0] >= 0]
-        scores = model.scores(regions, self.captions_of(ids.tolist()))[0].numpy()
+        scores = model.caption_scores(regions, self.captions_of(ids.tolist()))[0].numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         return [Hit(int(ids[o]), float(scores[o]), id=self.caption_ids[int(ids[o])], text=self.caption_texts[int(ids[o])],
                     path=self.caption_images[int(ids[o])]) for o in order]

@@ -60,5 +60,16 @@ class DualEncoder(nn.Module):
         """``N x D x H x W`` and ``M x D x T'`` (or packed) embeddings -> ``N x M`` scores (the configured kind)."""
         return similarity_matrix(image_embeddings, audio_embeddings, audio_lengths, self.config.similarity, chunk_bytes)
 
+    def caption_scores(self, image_embeddings: torch.Tensor, audio_embeddings: PackedFrames,
+                       scores: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+        """``N x M`` scores that rank captions for an image (image -> speech): :meth:`similarity` plus
+        ``config.image_to_speech_sima`` times SIMA; ``scores``: :meth:`similarity` of the same pairs, when the
+        caller has it already."""
+        scores = self.similarity(image_embeddings, audio_embeddings, chunk_bytes=chunk_bytes) if scores is None else scores
+        weight = self.config.image_to_speech_sima
+        if not weight:
+            return scores
+        return scores + weight * similarity_matrix(image_embeddings, audio_embeddings, kind="sima", chunk_bytes=chunk_bytes).to(scores)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
