@@ -218,7 +218,8 @@ class RegionSearch:
     ``regions``: the image chunks' ``n x R x D`` region arrays (memory-mapped), in index order;
     ``codes``: their codes when the index has a codec (:func:`vgs.codecs.build_codes`), else None.
     The ``exact`` and ``ivf`` stages index the full-precision regions (``4 R D`` bytes per image in
-    memory, refused above ``max_bytes``); ``compact`` indexes the decoded codes (``4 R (d + 2)``).
+    memory, refused above ``max_bytes``); ``compact`` indexes the decoded codes (``4 R (d + 2)``).  The
+    codes' leading coordinates are copied contiguous (:meth:`code_scores`) while the copy fits in ``max_bytes``.
     (The codes' error columns also make an exact stage over the codes possible, see
     :mod:`vgs.codecs`, but on real embeddings PCA's residual bound is too loose to prune.)
     """
