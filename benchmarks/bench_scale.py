@@ -194,23 +194,23 @@ def cascade_latency(index: SearchIndex, queries: list[PackedFrames], size: int, 
     held_bytes = table.values.nbytes + table.scales.nbytes if precision == "int8" else held.nbytes
     int8_query, basis, regions = precision == "int8", index.centroid_basis(), index.region_search()
     stored = StoredArrays.of(codes)  # read in place by the kernel, as an index's chunks are
-    dims = regions.codec.leading(CODE_LEAD_DIMS)
-    lead_bytes = 0 if dims is None else stored.leading(dims).nbytes  # copied here, before the timed queries
+    dims = regions.codec.leading(CODE_LEAD_DIMS)  # as SearchIndex.centroid_candidates: the leading coordinates first,
+    lead_codes = None if dims is None else stored.leading(dims)  # from their own copy, made here before the timed queries
     times = []
     with torch.no_grad():
         for q, frames in enumerate(queries):
             start = time.perf_counter()
             f = frames.frames.float()
             codec, query = regions.codec, f.numpy()
-            lead = None  # as SearchIndex.centroid_candidates: the leading coordinates first, from their own copy
-            if dims is not None:
-                lead = lambda ids: codec.misa(stored.leading(dims).rows(ids), query, int8_query=int8_query, dims=dims)  # noqa: E731
+            lead = None
+            if lead_codes is not None:
+                lead = lambda ids: codec.misa(lead_codes.rows(ids), query, int8_query=int8_query, dims=dims)  # noqa: E731
             best = centroid_candidates(held, f, candidates, basis, lambda ids: codec.misa(stored.rows(ids), query, int8_query=int8_query),
                                        CODE_RERANK_DEPTH, lead)
             MODEL.scores(index.regions_of(best % index.image_count, as_stored=True), frames)
             if q:  # the first query warms up
                 times.append(time.perf_counter() - start)
-    return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000, "gib": (held_bytes + codes.nbytes + lead_bytes) / 2**30}
+    return {"p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000, "gib": (held_bytes + codes.nbytes + (lead_codes.nbytes if lead_codes is not None else 0)) / 2**30}
 
 
 def bound_depths(index: SearchIndex, queries: list[PackedFrames], truth: list[list[int]]) -> dict[str, np.ndarray]:
