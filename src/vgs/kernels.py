@@ -218,7 +218,9 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarr
         _check_terms(d)
         if int8_instructions():
             rows = codes.gather().reshape(n * r, d)
-            products = torch._int_mm(torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(query.T)))
+            # .copy(), not np.ascontiguousarray: with d = 1 the transposed 1 x T view counts as contiguous
+            # with strides (1, 1), which oneDNN's int8 product misreads (garbage sums, torch 2.14 on VNNI)
+            products = torch._int_mm(torch.from_numpy(rows), torch.from_numpy(query.T.copy()))
             return products.view(n, r, len(query)).amax(1).float().numpy()
     t = len(query)
     padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
