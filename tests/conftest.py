@@ -12,8 +12,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_threads():
+    """Each test starts from seed 0, and torch's thread count is put back after it: a test that sets it (the
+    app's ``serve`` shares the threads among its workers) must not change the numerics of the tests after it
+    (in CI a bf16 run went to 1 thread that way and took another trajectory)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 TINY_VOICES = dict(engines="espeak", espeak_voices=("en-us+m1", "en+f3", "en-gb-x-rp+m5"), rates=(160, 185), pitches=(45, 60))

@@ -9,12 +9,15 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from conftest import tiny_config
 from vgs.api import evaluate_run, load
+from vgs.data.loader import collate
 from vgs.errors import VGSError
 from vgs.io import load_checkpoint
 from vgs.train import Trainer, train
@@ -143,11 +146,13 @@ def test_ddp_two_cpu_processes(tiny_scenes, tmp_path) -> None:
 def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path, monkeypatch) -> None:
     """The mixed-precision and memory-format code paths (used on GPU) run and learn on CPU too.
 
-    Two short epochs stay near the loss of chance, where the epoch means are noise; what they do
-    reliably is fit some of the training pairs, so that is what is checked (all 120 training images
-    against their 600 captions: R@10 gains of 0.11-0.13 over the untrained model for two seeds).  On a CPU
-    without bf16 instructions (emulated bf16: 30-120x slower, so the trainer would fall back to float32)
-    bf16 is forced for three steps, and the learning is checked in float32 with channels-last."""
+    Learning is checked by fitting one batch: 20 steps on the same 16 pairs take the loss from 2.8-2.9 to
+    0.007-0.019 (bf16 and float32, 1 or 2 threads, seeds 0-3; the test asks for a tenth).  Two epochs of the
+    tiny data were not a test of it: whether a run has left chance by then depends on the seed and on float
+    rounding alone (speech-to-image R@10 gains over the untrained model of 0.01-0.13 for seeds 0 and 1 on
+    1 or 2 threads, in bf16 and in float32 alike; CI failed on a 1-thread bf16 run's 0.02).  On a CPU without bf16 instructions (emulated bf16:
+    30-120x slower, so the trainer would fall back to float32) bf16 is forced for three steps, and the
+    fitting is checked in float32 with channels-last."""
     settings = {"train.epochs": 2, "train.amp_cpu": True, "train.channels_last": True,
                 "train.cache_image_features": False, "image.size": 64}
     native = train_module.cpu_bf16_instructions()
@@ -157,13 +162,14 @@ def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path, monkey
         assert state.global_step == 3 and state.skipped_steps == 0
         assert all(math.isfinite(float(row["train_loss"])) for row in read_metrics(tmp_path / "bf16"))
         settings["train.amp_cpu"] = False
-    state = train(tiny_config(tiny_scenes, **settings), tmp_path / "run", progress=False)
-    rows = read_metrics(tmp_path / "run")
-    assert state.skipped_steps == 0 and all(math.isfinite(float(row["train_loss"])) for row in rows)
-    trained = evaluate_run(tmp_path / "run", split="train", protocol="full", progress=False)
-    baseline = evaluate_run(tmp_path / "run", split="train", protocol="full", untrained=True, progress=False)
-    for direction in ("speech_to_image", "image_to_speech"):  # chance R@10 is about 0.08
-        assert trained[direction]["r10"] > baseline[direction]["r10"] + 0.05, (trained[direction], baseline[direction])
+    trainer = Trainer(tiny_config(tiny_scenes, **settings), tmp_path / "run", progress=False)
+    assert trainer.autocast is native
+    loader = DataLoader(trainer.train_set, batch_sampler=trainer.sampler,
+                        collate_fn=partial(collate, multiple=trainer.model.audio.downsample))
+    batch = next(iter(loader))
+    losses = [trainer.train_step(batch) for _ in range(20)]
+    assert all(loss is not None and math.isfinite(loss) for loss in losses), losses
+    assert min(losses[-5:]) < losses[0] / 10, losses
 
 
 def test_amp_cpu_trains_in_float32_without_bf16_instructions(tiny_scenes, tmp_path, monkeypatch, capsys) -> None:
