@@ -5,8 +5,10 @@
 The stage's shapes, per spoken query: the centroid bound over a 100,000-image gallery (32 representatives
 of 32 int8 dimensions per image, 4 query centroids; ``vgs.kernels.representative_bounds``) and MISA on
 the int8 codes of the 2,000 candidates it keeps (49 or 100 regions of 128 dimensions, about 22 frames;
-``vgs.kernels.region_maxima``).  The reference is what the library ran before: one ``torch._int_mm``
-per chunk and the max over each group.  The integers must agree exactly (the codes' ``diff`` is 0; the bound's
+``vgs.kernels.region_maxima``), on arrays in memory and as the search reads them: 2,000 of the gallery's
+images read in place from its chunks (all 128 coordinates), and 3,000 on their 32 leading coordinates
+(the search's first pass over the codes, from their contiguous copy).  The reference is what the library
+ran before: one ``torch._int_mm`` per chunk (in place: on a gathered copy) and the max over each group.  The integers must agree exactly (the codes' ``diff`` is 0; the bound's
 weighted sums may differ by float32 rounding of their order).  Prints
 whether this CPU has VNNI: without it ``torch._int_mm`` is a reference loop.  Ends with one ``RESULT`` line.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_share_line, interleaved, machine_line, median, ratios, result_line, spread, table  # noqa: E402
 
 from vgs import kernels  # noqa: E402
+from vgs.kernels import StoredArrays, StoredRows  # noqa: E402
 
 CHUNK = 2048  # images per torch._int_mm in the bound, as the library's torch path had it
 
@@ -40,21 +42,23 @@ def torch_bounds(rows: torch.Tensor, query: torch.Tensor, weights: torch.Tensor)
     return out
 
 
-def torch_maxima(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``n x R x d`` and ``T x d`` int8 -> ``n x T``: the old torch path of the codes' MISA, chunks of 1,024."""
+def int8_instructions() -> bool:
+    """Whether ``torch._int_mm`` runs on int8 instructions here (AVX-512 VNNI): without them it is a loop."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(probe is not None and probe())
+
+
+def torch_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarray:
+    """``n x R x d`` and ``T x d`` int8 -> ``n x T``: the old torch path of the codes' MISA, chunks of 1,024
+    (stored rows: a gathered copy first, as that path had it)."""
     out = []
-    q = torch.from_numpy(np.ascontiguousarray(query.T))
+    codes = codes.gather() if isinstance(codes, StoredRows) else codes
+    q = torch.from_numpy(query.T.copy())  # a fresh copy: strides _int_mm reads right even when d = 1
     for c0 in range(0, len(codes), 1024):
         part = codes[c0: c0 + 1024]
         products = torch._int_mm(torch.from_numpy(part.reshape(-1, part.shape[-1])), q)
         out.append(products.view(len(part), part.shape[1], -1).amax(1).float().numpy())
     return np.concatenate(out)
-
-
-def kernel_maxima(codes: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """:func:`vgs.kernels.region_maxima` on its own kernel (LLVM IR), whatever this CPU would pick."""
-    with mock.patch.object(kernels, "int8_instructions", lambda: False):
-        return kernels.region_maxima(codes, frames)
 
 
 def after_torch_product(columns: torch.Tensor, query: torch.Tensor, weights: torch.Tensor, repeats: int) -> dict:
@@ -78,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     repeats, images = (3, 10_000) if args.quick else (args.repeats, 100_000)
     print(machine_line())
-    print(f"int8 instructions for torch._int_mm (VNNI/AMX): {kernels.int8_instructions()}")
+    print(f"int8 instructions for torch._int_mm (VNNI): {int8_instructions()}")
     rng = np.random.default_rng(0)
     rows = torch.from_numpy(rng.integers(-127, 128, (images, 32, 32), dtype=np.int8))
     columns = rows.transpose(1, 2).contiguous()
@@ -88,7 +92,17 @@ def main() -> None:
     for regions in (49, 100):
         codes, frames = rng.integers(-127, 128, (2000, regions, 128), dtype=np.int8), rng.integers(-127, 128, (22, 128), dtype=np.int8)
         cases[f"codes{regions}"] = (f"codes, 2,000 x {regions} x 128, 22 frames",
-                                    lambda c=codes, f=frames: kernel_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
+                                    lambda c=codes, f=frames: kernels.region_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
+    for regions in (49, 100):  # as the search reads them: in place from a gallery's chunks
+        parts = [rng.integers(-127, 128, (images // 5, regions, 128), dtype=np.int8) for _ in range(5)]
+        frames = rng.integers(-127, 128, (22, 128), dtype=np.int8)
+        stored = StoredArrays(parts).rows(np.sort(rng.choice(images, 2000, replace=False)))
+        lead = StoredArrays([np.ascontiguousarray(p[:, :, :32]) for p in parts]).rows(np.sort(rng.choice(images, 3000, replace=False)))
+        cases[f"inplace{regions}"] = (f"in place, 2,000 x {regions} x 128 of {images:,}",
+                                      lambda c=stored, f=frames: kernels.region_maxima(c, f), lambda c=stored, f=frames: torch_maxima(c, f))
+        cases[f"lead{regions}"] = (f"in place, 3,000 x {regions} x 32 leading",
+                                   lambda c=lead, f=frames[:, :32].copy(): kernels.region_maxima(c, f),
+                                   lambda c=lead, f=frames[:, :32].copy(): torch_maxima(c, f))
 
     rows_out, out = [], {}
     for key, (name, kernel, reference) in cases.items():

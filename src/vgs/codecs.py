@@ -189,8 +189,8 @@ class RegionCodec:
         ``(c R) x d`` by ``d x T`` product: 18 ms against 43 ms for decoding and a batched product per image
         (2,000 images of 49 x 128 codes, 22 frames, 1 thread).  ``int8_query``: the scaled query is
         quantized too (one scale per frame) and the product runs on integers
-        (:func:`vgs.kernels.region_maxima`: about 2x faster again with VNNI, and 11x faster than
-        ``torch._int_mm`` without it); an approximation of these scores, for ranking candidates only.
+        (:func:`vgs.kernels.region_maxima`, 11x faster than ``torch._int_mm`` without VNNI and level with
+        it or faster with VNNI); an approximation of these scores, for ranking candidates only.
         ``dims``: on the first ``dims`` coordinates only (``codes`` may hold just those, ``m x R x dims``).
         ``codes`` may be :class:`vgs.kernels.StoredRows`, which the int8 kernel reads in place (an index's
         chunk files, no gathered copy: 3,000 images' leading 64 coordinates took 11.9 ms to gather).

@@ -2,23 +2,24 @@
 
 Both stages that score int8 vectors (the centroid bound, :mod:`vgs.centroids`, and MISA on int8 region
 codes, :meth:`vgs.codecs.RegionCodec.misa`) need "the best of a group of int8 rows against a few int8
-query vectors".  ``torch._int_mm`` does that fast only where oneDNN has int8 instructions (AVX-512 VNNI
-or AMX): on AVX2 CPUs it falls back to a reference loop, about 0.7 G multiply-adds a second per core,
-20-28x slower than the float32 kernels here (docs/benchmarks.md, section 8, "int8 products on AVX2").
+query vectors".  ``torch._int_mm`` is not used: on AVX2 CPUs it falls back to a reference loop, about
+0.7 G multiply-adds a second per core, 20-28x slower than the float32 kernels here (docs/benchmarks.md,
+section 8, "int8 products on AVX2"), and with AVX-512 VNNI (2-core AMD EPYC, Zen 4) the kernel below
+reading the codes in place was level with a gathered copy through it on all 128 coordinates (0.97-1.13x)
+and 1.6-2.0x faster on the 32 leading ones the search reads first ("int8 products with VNNI").
 
 The kernels multiply in float32 on integer values: every product is at most ``127^2`` and every sum of
 up to 1,024 of them stays below ``2^24``, so float32 holds each sum exactly in any order and the results
-equal ``torch._int_mm``'s to the bit, whichever kernel a machine runs.
+are the exact integer products, on every machine.
 
 - :func:`representative_bounds` is LLVM IR written with ``llvmlite`` (the compiler library under numba,
   so already installed) and compiled for this CPU on first use: 16 representatives a vector and four
   query centroids at a time, the accumulators in registers.  numba's own compile of the same loops was
   left scalar by LLVM's vectorizer (it cannot prove the accumulators do not alias the table): the
   explicit vectors are 3.1x faster on one AVX2 core (17.5 against 54.5 ms over 100,000 images of 32 x 32).
-- :func:`region_maxima` (``torch._int_mm`` where it has int8 instructions) is LLVM IR in the same way,
-  the frames as the vector lanes and four regions at a time: 1.03-1.4x numba's compile of the same loops,
-  which vectorized along the dimensions and summed each product horizontally (docs/benchmarks.md,
-  section 8, "Two passes").  It reads the images in place (:class:`StoredRows`: an index's memory-mapped
+- :func:`region_maxima` is LLVM IR in the same way, the frames as the vector lanes and four regions at
+  a time: 1.03-1.4x numba's compile of the same loops, which vectorized along the dimensions and summed
+  each product horizontally (docs/benchmarks.md, section 8, "Two passes").  It reads the images in place (:class:`StoredRows`: an index's memory-mapped
   chunks, no gathered copy), and also float16 regions, in float32: the search's exact re-rank
   (:mod:`vgs.similarity`).
 
@@ -48,12 +49,6 @@ BOUND_LANES = 16  # representatives per vector in the bound's kernel
 BOUND_CENTROIDS = 4  # query centroids per pass over an image's representatives
 MAXIMA_LANES = 8  # frames per vector in the codes' kernel
 MAXIMA_REGIONS = 4  # regions per pass in the codes' kernel
-
-
-def int8_instructions() -> bool:
-    """Whether ``torch._int_mm`` runs on int8 matrix instructions here (AVX-512 VNNI or AMX)."""
-    probe = getattr(torch.cpu, "_is_vnni_supported", None)
-    return bool(probe is not None and probe())
 
 
 def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weights: torch.Tensor,
@@ -201,9 +196,9 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarr
     """Each frame's best region, ``max_r <c_r, q_t>``: ``n x R x d`` regions (an array, or :class:`StoredRows`
     read in place) and a ``T x d`` query -> ``n x T`` float32.
 
-    int8 codes with an int8 query: exact integers (``torch._int_mm`` where it has int8 instructions, the IR
-    kernel of :func:`_maxima_ir` elsewhere).  float16 regions (as an index stores them) with a float query:
-    the same kernel reading float16 (:func:`float16_regions`), the products and sums in float32.
+    int8 codes with an int8 query: exact integers (the IR kernel of :func:`_maxima_ir`).  float16 regions
+    (as an index stores them) with a float query: the same kernel reading float16 (:func:`float16_regions`),
+    the products and sums in float32.
     """
     if isinstance(codes, np.ndarray) and codes.ndim == 3:
         codes = StoredArrays.of(codes).rows(np.arange(len(codes)))
@@ -216,12 +211,6 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarr
         raise ValueError("region maxima: this CPU has no float16 conversion instructions (F16C)")
     if codes.dtype == np.int8:
         _check_terms(d)
-        if int8_instructions():
-            rows = codes.gather().reshape(n * r, d)
-            # .copy(), not np.ascontiguousarray: with d = 1 the transposed 1 x T view counts as contiguous
-            # with strides (1, 1), which oneDNN's int8 product misreads (garbage sums, torch 2.14 on VNNI)
-            products = torch._int_mm(torch.from_numpy(rows), torch.from_numpy(query.T.copy()))
-            return products.view(n, r, len(query)).amax(1).float().numpy()
     t = len(query)
     padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
     frames = np.zeros((d, padded), dtype=np.float32)  # d x T': the frames' k-th coordinates in row k
@@ -616,4 +605,4 @@ def _splat(b, value, lanes: int):  # noqa: ANN001, ANN202 - llvmlite builder and
     return b.shuffle_vector(one, ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
-__all__ = ["EXACT_TERMS", "StoredArrays", "StoredRows", "int8_instructions", "float16_regions", "representative_bounds", "region_maxima"]
+__all__ = ["EXACT_TERMS", "StoredArrays", "StoredRows", "float16_regions", "representative_bounds", "region_maxima"]
