@@ -8,9 +8,10 @@ the int8 codes of the 2,000 candidates it keeps (49 or 100 regions of 128 dimens
 ``vgs.kernels.region_maxima``), on arrays in memory and as the search reads them: 2,000 of the gallery's
 images read in place from its chunks (all 128 coordinates), and 3,000 on their 32 leading coordinates
 (the search's first pass over the codes, from their contiguous copy).  The reference is what the library
-ran before: one ``torch._int_mm`` per chunk (in place: on a gathered copy) and the max over each group.  The integers must agree exactly (the codes' ``diff`` is 0; the bound's
-weighted sums may differ by float32 rounding of their order).  Prints
-whether this CPU has VNNI: without it ``torch._int_mm`` is a reference loop.  Ends with one ``RESULT`` line.
+ran before: one ``torch._int_mm`` per chunk (in place: on a gathered copy) and the max over each group.
+The integers must agree exactly (the codes' ``diff`` is 0; the bound's weighted sums may differ by float32
+rounding of their order).  Prints whether this CPU has VNNI: without it ``torch._int_mm`` is a reference
+loop.  Ends with one ``RESULT`` line.
 """
 
 from __future__ import annotations

@@ -146,22 +146,23 @@ def test_ddp_two_cpu_processes(tiny_scenes, tmp_path) -> None:
 def test_cpu_bf16_autocast_and_channels_last_train(tiny_scenes, tmp_path, monkeypatch) -> None:
     """The mixed-precision and memory-format code paths (used on GPU) run and learn on CPU too.
 
-    Learning is checked by fitting one batch: 20 steps on the same 16 pairs take the loss from 2.8-2.9 to
-    0.007-0.019 (bf16 and float32, 1 or 2 threads, seeds 0-3; the test asks for a tenth).  Two epochs of the
-    tiny data were not a test of it: whether a run has left chance by then depends on the seed and on float
-    rounding alone (speech-to-image R@10 gains over the untrained model of 0.01-0.13 for seeds 0 and 1 on
-    1 or 2 threads, in bf16 and in float32 alike; CI failed on a 1-thread bf16 run's 0.02).  On a CPU without bf16 instructions (emulated bf16:
-    30-120x slower, so the trainer would fall back to float32) bf16 is forced for three steps, and the
-    fitting is checked in float32 with channels-last."""
+    A short run in bf16 (forced where the CPU has no bf16 instructions: emulated, 30-120x slower, where the
+    trainer would fall back to float32) takes three finite steps and saves its run.  Learning is checked
+    by fitting one batch, in bf16 where the CPU has the instructions and in float32 with channels-last
+    elsewhere: 20 steps on the same 16 pairs take the loss from 2.8-2.9 to 0.007-0.019 (bf16 and float32,
+    1 or 2 threads, seeds 0-3; the test asks for a tenth).  Two epochs of the tiny data were not a test of
+    it: whether a run has left chance by then depends on the seed and on float rounding alone
+    (speech-to-image R@10 gains over the untrained model of 0.01-0.13 for seeds 0 and 1 on 1 or 2 threads,
+    in bf16 and in float32 alike; CI failed on a 1-thread bf16 run's 0.02)."""
     settings = {"train.epochs": 2, "train.amp_cpu": True, "train.channels_last": True,
                 "train.cache_image_features": False, "image.size": 64}
     native = train_module.cpu_bf16_instructions()
     monkeypatch.setattr(train_module, "cpu_bf16_instructions", lambda: True)
-    if not native:
-        state = train(tiny_config(tiny_scenes, **{**settings, "train.max_steps": 3}), tmp_path / "bf16", progress=False)
-        assert state.global_step == 3 and state.skipped_steps == 0
-        assert all(math.isfinite(float(row["train_loss"])) for row in read_metrics(tmp_path / "bf16"))
-        settings["train.amp_cpu"] = False
+    state = train(tiny_config(tiny_scenes, **{**settings, "train.max_steps": 3}), tmp_path / "bf16", progress=False)
+    assert state.global_step == 3 and state.skipped_steps == 0
+    assert all(math.isfinite(float(row["train_loss"])) for row in read_metrics(tmp_path / "bf16"))
+    assert (tmp_path / "bf16" / "checkpoints" / "last.pt").is_file()
+    settings["train.amp_cpu"] = native
     trainer = Trainer(tiny_config(tiny_scenes, **settings), tmp_path / "run", progress=False)
     assert trainer.autocast is native
     loader = DataLoader(trainer.train_set, batch_sampler=trainer.sampler,

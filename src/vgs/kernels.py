@@ -19,9 +19,9 @@ are the exact integer products, on every machine.
   explicit vectors are 3.1x faster on one AVX2 core (17.5 against 54.5 ms over 100,000 images of 32 x 32).
 - :func:`region_maxima` is LLVM IR in the same way, the frames as the vector lanes and four regions at
   a time: 1.03-1.4x numba's compile of the same loops, which vectorized along the dimensions and summed
-  each product horizontally (docs/benchmarks.md, section 8, "Two passes").  It reads the images in place (:class:`StoredRows`: an index's memory-mapped
-  chunks, no gathered copy), and also float16 regions, in float32: the search's exact re-rank
-  (:mod:`vgs.similarity`).
+  each product horizontally (docs/benchmarks.md, section 8, "Two passes").  It reads the images in place
+  (:class:`StoredRows`: an index's memory-mapped chunks, no gathered copy), and also float16 regions, in
+  float32: the search's exact re-rank (:mod:`vgs.similarity`).
 
 Both release the GIL, and a call splits its images into ``torch.get_num_threads()`` contiguous parts run
 side by side (1.4-1.9x on 2 AVX2 cores when the second core is free), so ``torch.set_num_threads``
