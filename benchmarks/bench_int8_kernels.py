@@ -62,6 +62,11 @@ def torch_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarra
     return np.concatenate(out)
 
 
+def maxima_case(name: str, codes: np.ndarray | StoredRows, frames: np.ndarray) -> tuple:
+    """A row of the table: its name, the kernel's call and the reference's on the same codes and frames."""
+    return name, lambda: kernels.region_maxima(codes, frames), lambda: torch_maxima(codes, frames)
+
+
 def after_torch_product(columns: torch.Tensor, query: torch.Tensor, weights: torch.Tensor, repeats: int) -> dict:
     """The bound alone, and right after a small torch product (4 x 256 by 256 x 32, the size of projecting a
     query's centroids): torch's OpenMP threads spin for milliseconds after one, and on more than one thread
@@ -92,18 +97,15 @@ def main() -> None:
                        lambda: kernels.representative_bounds(columns, query, weights), lambda: torch_bounds(rows, query, weights))}
     for regions in (49, 100):
         codes, frames = rng.integers(-127, 128, (2000, regions, 128), dtype=np.int8), rng.integers(-127, 128, (22, 128), dtype=np.int8)
-        cases[f"codes{regions}"] = (f"codes, 2,000 x {regions} x 128, 22 frames",
-                                    lambda c=codes, f=frames: kernels.region_maxima(c, f), lambda c=codes, f=frames: torch_maxima(c, f))
+        cases[f"codes{regions}"] = maxima_case(f"codes, 2,000 x {regions} x 128, 22 frames", codes, frames)
     for regions in (49, 100):  # as the search reads them: in place from a gallery's chunks
-        parts = [rng.integers(-127, 128, (images // 5, regions, 128), dtype=np.int8) for _ in range(5)]
+        gallery = StoredArrays([rng.integers(-127, 128, (images // 5, regions, 128), dtype=np.int8) for _ in range(5)])
         frames = rng.integers(-127, 128, (22, 128), dtype=np.int8)
-        stored = StoredArrays(parts).rows(np.sort(rng.choice(images, 2000, replace=False)))
-        lead = StoredArrays([np.ascontiguousarray(p[:, :, :32]) for p in parts]).rows(np.sort(rng.choice(images, 3000, replace=False)))
-        cases[f"inplace{regions}"] = (f"in place, 2,000 x {regions} x 128 of {images:,}",
-                                      lambda c=stored, f=frames: kernels.region_maxima(c, f), lambda c=stored, f=frames: torch_maxima(c, f))
-        cases[f"lead{regions}"] = (f"in place, 3,000 x {regions} x 32 leading",
-                                   lambda c=lead, f=frames[:, :32].copy(): kernels.region_maxima(c, f),
-                                   lambda c=lead, f=frames[:, :32].copy(): torch_maxima(c, f))
+        cases[f"inplace{regions}"] = maxima_case(f"in place, 2,000 x {regions} x 128 of {images:,}",
+                                                 gallery.rows(np.sort(rng.choice(images, 2000, replace=False))), frames)
+        cases[f"lead{regions}"] = maxima_case(f"in place, 3,000 x {regions} x 32 leading",
+                                              gallery.leading(32).rows(np.sort(rng.choice(images, 3000, replace=False))),
+                                              frames[:, :32].copy())
 
     rows_out, out = [], {}
     for key, (name, kernel, reference) in cases.items():
