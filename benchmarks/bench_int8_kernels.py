@@ -11,7 +11,9 @@ images read in place from its chunks (all 128 coordinates), and 3,000 on their 3
 ran before: one ``torch._int_mm`` per chunk (in place: on a gathered copy) and the max over each group.
 The integers must agree exactly (the codes' ``diff`` is 0; the bound's weighted sums may differ by float32
 rounding of their order).  Prints whether this CPU has VNNI: without it ``torch._int_mm`` is a reference
-loop.  Ends with one ``RESULT`` line.
+loop.  With VNNI it also times the bound's first pass (``--first-pass-images`` images of 16 x 32, the
+search's ``Int8Representatives.lead``) packed for ``vpdpbusd`` against the float32 kernel, whose bounds
+must be the same bits.  Ends with one ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -79,12 +81,37 @@ def after_torch_product(columns: torch.Tensor, query: torch.Tensor, weights: tor
     return {"bound_alone_ms": median(times["alone"]) * 1000, "bound_after_torch_ms": median(times["after"]) * 1000}
 
 
+def first_pass(images: int, repeats: int) -> dict:
+    """The bound's first pass over ``images`` images of 16 x 32 int8 (4 centroids), packed for VNNI
+    (:class:`vgs.kernels.PackedRepresentatives`) against the float32 kernel on the same columns,
+    interleaved; the bounds must be equal bit for bit."""
+    rng = np.random.default_rng(1)
+    columns = torch.from_numpy(rng.integers(-127, 128, (images, 16, 32), dtype=np.int8))
+    query, weights = torch.from_numpy(rng.integers(-127, 128, (4, 16), dtype=np.int8)), torch.tensor([0.4, 0.3, 0.2, 0.1])
+    scales = torch.rand(images) + 0.5
+    packed = kernels.PackedRepresentatives.of(columns)
+    calls = {"packed": lambda: kernels.representative_bounds(packed, query, weights, scales),
+             "float": lambda: kernels.representative_bounds(columns, query, weights, scales)}
+    same = bool(np.array_equal(calls["packed"]().numpy(), calls["float"]().numpy()))
+    times = interleaved(calls, repeats)
+    speedup = median(ratios(times["float"], times["packed"]))
+    print(f"first pass, {images:,} x 16 x 32: VNNI packed {spread(times['packed'])}, float32 kernel {spread(times['float'])}, "
+          f"{speedup:.2f}x, same bits: {same}")
+    if not same:
+        raise SystemExit("the packed bound differs from the float32 kernel's")
+    return {"first_pass_vnni_speedup": speedup, "first_pass_vnni_ms": median(times["packed"]) * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 images and 3 repeats")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the kernels split their images over as many)")
+    parser.add_argument("--first-pass-images", type=int, default=None,
+                        help="images in the VNNI first-pass row (default: the bound's; the harness's million: 1000000)")
     args = parser.parse_args()
+    if args.first_pass_images is not None and not 1 <= args.first_pass_images <= 20_000_000:
+        parser.error(f"--first-pass-images: expected 1..20,000,000 images (512 bytes each), got {args.first_pass_images}")
     torch.set_num_threads(args.threads)
     repeats, images = (3, 10_000) if args.quick else (args.repeats, 100_000)
     print(machine_line())
@@ -117,6 +144,10 @@ def main() -> None:
         out[f"{key}_speedup"], out[f"{key}_ms"] = speedup, median(times["kernel"]) * 1000
     print(table(["product", "vgs.kernels", "torch._int_mm", "torch / kernel", "max diff / max"], rows_out))
     out.update(after_torch_product(columns, query, weights, repeats))
+    if kernels.has_vnni():
+        out.update(first_pass(args.first_pass_images or images, repeats))
+    else:
+        print("first pass in VNNI: this CPU has no AVX-512 VNNI (the float32 kernel runs)")
     print(cpu_share_line())
     print(result_line(out))
 

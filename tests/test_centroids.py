@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import vgs.centroids
+import vgs.kernels
 from test_first_stage import FAKE_MODEL, clustered, queries, write_index
 from vgs.centroids import COARSE_DIMS, PROJECTED_DIMS, Int8Representatives, kmeans, lower_bounds, project, representatives
 from vgs.codecs import principal_basis
 from vgs.errors import VGSError
+from vgs.kernels import PackedRepresentatives
 from vgs.search import EmbeddingScorer, SearchIndex
 from vgs.similarity import PackedFrames
 
@@ -234,16 +236,23 @@ def test_two_passes_keep_the_one_pass_candidates_when_the_leading_dimensions_ran
         np.testing.assert_array_equal(vgs.centroids.candidates(table, frames, count), want)
 
 
-def test_the_first_pass_ranks_by_the_leading_dimensions_only(monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("vnni", [False, True])
+def test_the_first_pass_ranks_by_the_leading_dimensions_only(monkeypatch, vnni: bool) -> None:  # noqa: ANN001
     """Image 0 matches the query on a trailing dimension only: the first pass drops it; with a first pass
-    deep enough to hold every image there is one pass, and it is the best."""
+    deep enough to hold every image there is one pass, and it is the best.  The same with the lead packed
+    for VNNI (on CPUs that have it) and as plain int8 columns."""
+    if vnni and not vgs.kernels.has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(vgs.kernels, "has_vnni", lambda: vnni)
     side = torch.zeros(100, 4, COARSE_DIMS + 8)
     side[1:, :, 0] = torch.linspace(0.1, 0.5, 99)[:, None]  # the others match weakly on dimension 0
     side[0, :, COARSE_DIMS] = 1.0
     frames = torch.zeros(3, COARSE_DIMS + 8)
     frames[:, 0] = frames[:, COARSE_DIMS] = 1.0
     table = Int8Representatives.quantize(side)
-    assert torch.equal(table.lead, table.columns[:, :COARSE_DIMS]) and table.lead.is_contiguous()
+    lead = table.lead
+    assert isinstance(lead, PackedRepresentatives) == vnni
+    assert torch.equal(lead.unpacked() if vnni else lead, table.columns[:, :COARSE_DIMS]) and (vnni or lead.is_contiguous())
     assert 0 not in vgs.centroids.candidates(table, frames, 5)
     monkeypatch.setattr(vgs.centroids, "COARSE_DEPTH", 20)
     assert 0 in vgs.centroids.candidates(table, frames, 5)

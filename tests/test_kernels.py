@@ -152,6 +152,95 @@ def test_the_bound_takes_each_images_scale():
             kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales, bad)
 
 
+@pytest.mark.parametrize("n,d,m", [(3, 16, 32), (2, 5, 7), (4, 1, 17), (1, 8, 48), (0, 16, 32)])
+def test_packing_for_vnni_keeps_every_representative_as_words_of_four(n, d, m):
+    """Runs on every CPU (numpy only): coordinate ``4g + j`` of representative ``s`` is byte ``j`` of word
+    ``[g, s]``, offset by 128; padded coordinates are 0 (128), padded representatives repeat the last."""
+    rng = np.random.default_rng(n + d + m)
+    columns = torch.from_numpy(rng.integers(-128, 128, (n, d, m), dtype=np.int8))
+    packed = kernels.PackedRepresentatives.of(columns)
+    groups, width = -(-d // 4), -(-m // kernels.BOUND_LANES) * kernels.BOUND_LANES
+    assert packed.data.shape == (n, groups, width, 4) and packed.shape == (n, d, m) and len(packed) == n
+    assert torch.equal(packed.unpacked(), columns)
+    full = np.zeros((n, groups * 4, width), dtype=np.int16)
+    full[:, :d, :m] = columns.numpy()
+    full[:, :d, m:] = columns.numpy()[:, :, m - 1: m]
+    expected = (full + 128).reshape(n, groups, 4, width).transpose(0, 1, 3, 2)
+    np.testing.assert_array_equal(packed.data, expected)
+
+
+def _vnni_or_skip() -> None:
+    if not kernels.has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+
+
+@pytest.mark.parametrize("n,m,d,p", [(1, 1, 8, 1), (37, 32, 32, 4), (5, 7, 24, 3), (300, 9, 64, 2), (4, 16, 16, 4),
+                                     (20, 17, 32, 5), (9, 33, 8, 8), (3, 48, 1, 6), (1001, 32, 16, 4), (0, 32, 16, 4)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_vnni_bound_equals_the_float_kernel_bit_for_bit(n, m, d, p, threads):
+    _vnni_or_skip()
+    rng = np.random.default_rng(n * m + d + p)
+    rows, query = rng.integers(-128, 128, (n, m, d), dtype=np.int8), _int8(rng, p, d)  # -128 too: unsigned 0
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    weights, scales = torch.rand(p) - 0.3, torch.rand(n) + 0.5
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        packed = kernels.representative_bounds(kernels.PackedRepresentatives.of(columns), torch.from_numpy(query), weights, scales)
+        plain = kernels.representative_bounds(columns, torch.from_numpy(query), weights, scales)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(packed.numpy(), plain.numpy())
+    if n:
+        for j in range(p):  # one-hot weights: each centroid's exact integer maximum
+            one_hot = torch.zeros(p)
+            one_hot[j] = 1.0
+            got = kernels.representative_bounds(kernels.PackedRepresentatives.of(columns), torch.from_numpy(query), one_hot)
+            np.testing.assert_array_equal(got.numpy().astype(np.int64), _reference_maxima(rows, query)[:, j])
+
+
+def test_the_vnni_bound_stays_exact_at_the_largest_sums():
+    _vnni_or_skip()
+    d = kernels.EXACT_TERMS
+    rows = np.full((2, 3, d), 127, dtype=np.int8)
+    rows[1] = -127
+    query = np.full((2, d), 127, dtype=np.int8)
+    query[1, 1::2] = -126
+    columns = torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
+    for j in range(2):
+        got = kernels.representative_bounds(kernels.PackedRepresentatives.of(columns), torch.from_numpy(query), torch.eye(2)[j])
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), _reference_maxima(rows, query)[:, j])
+
+
+def test_packed_representatives_refuse_rows_bad_queries_and_bad_tables():
+    packed = kernels.PackedRepresentatives.of(torch.zeros(3, 8, 4, dtype=torch.int8))
+    with pytest.raises(ValueError, match="read whole, not by rows"):
+        kernels.representative_bounds(packed, torch.zeros(1, 8, dtype=torch.int8), torch.ones(1), rows=np.array([0]))
+    with pytest.raises(ValueError, match="expected p x 8 int8 query centroids"):
+        kernels.representative_bounds(packed, torch.zeros(2, 16, dtype=torch.int8), torch.ones(2))
+    with pytest.raises(ValueError, match="and p weights"):
+        kernels.representative_bounds(packed, torch.zeros(2, 8, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="image scales: expected 3"):
+        kernels.representative_bounds(packed, torch.zeros(1, 8, dtype=torch.int8), torch.ones(1), torch.ones(2))
+    for bad in (torch.zeros(3, 8, 0, dtype=torch.int8), torch.zeros(3, 8, 4, dtype=torch.int16), torch.zeros(8, 4, dtype=torch.int8)):
+        with pytest.raises(ValueError, match="packing: expected N x d x m int8"):
+            kernels.PackedRepresentatives.of(bad)
+
+
+def test_prepared_representatives_follow_the_cpu(monkeypatch):
+    """Packed where the CPU has VNNI, the contiguous columns elsewhere; VGS_NO_VNNI=1 says no."""
+    probe = kernels.has_vnni.__wrapped__  # the CPU check itself, uncached
+    columns = torch.from_numpy(_int8(np.random.default_rng(3), 5, 32, 16)).transpose(1, 2)  # 5 x 16 x 32, not contiguous
+    monkeypatch.setattr(kernels, "has_vnni", lambda: False)
+    plain = kernels.prepared_representatives(columns)
+    assert isinstance(plain, torch.Tensor) and plain.is_contiguous() and torch.equal(plain, columns)
+    monkeypatch.setattr(kernels, "has_vnni", lambda: True)
+    packed = kernels.prepared_representatives(columns)
+    assert isinstance(packed, kernels.PackedRepresentatives) and torch.equal(packed.unpacked(), columns)
+    monkeypatch.setenv("VGS_NO_VNNI", "1")
+    assert probe() is False
+
+
 def test_the_bound_compiles_where_llvm_cannot_list_the_cpu_features(monkeypatch):
     import llvmlite.binding as llvm
 

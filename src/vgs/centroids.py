@@ -35,7 +35,7 @@ multiply-adds: 32 x 4 x 32 against MISA's 100 x ~20 x 256 on the scenes, about 1
 
 **Two passes.**  Over a large index, :func:`candidates` first ranks every image by ``L`` on its first
 :data:`COARSE_DIMS` principal coordinates only (:attr:`Int8Representatives.lead`, a contiguous copy: half
-the multiply-adds and bytes), keeps the best :data:`COARSE_DEPTH` times ``count`` and ranks those by the full
+the multiply-adds and bytes; packed for ``vpdpbusd`` on CPUs with AVX-512 VNNI, :mod:`vgs.kernels`), keeps the best :data:`COARSE_DEPTH` times ``count`` and ranks those by the full
 ``L``.  On the built-in scenes (10,000 images, 200 spoken queries, counts of 100 to 400) the two passes
 returned the one pass's candidates exactly for every query (docs/benchmarks.md, section 8, "Two passes").
 """
@@ -51,7 +51,7 @@ import torch
 
 from .codecs import symmetric_int8
 from .errors import VGSError
-from .kernels import representative_bounds
+from .kernels import PackedRepresentatives, prepared_representatives, representative_bounds
 
 REPRESENTATIVES = 32  # regions kept per image (all of them when an image has fewer)
 FRAME_CENTROIDS = 4  # per spoken query
@@ -186,11 +186,13 @@ class Int8Representatives:
         return self.values.float() * self.scales[:, None, None]
 
     @cached_property
-    def lead(self) -> torch.Tensor:
-        """``N x COARSE_DIMS x m`` int8: the first rows of ``columns`` (the leading principal coordinates),
-        contiguous, built on first use.  The kernel reads them this way 1.6x faster than all ``d`` rows; read
-        in place, skipping the other rows, they were slower than all of them (section 8, "Two passes")."""
-        return self.columns[:, :COARSE_DIMS].contiguous()
+    def lead(self) -> torch.Tensor | PackedRepresentatives:
+        """The first :data:`COARSE_DIMS` rows of ``columns`` (the leading principal coordinates, ``N x
+        COARSE_DIMS x m``) as their own copy, built on first use, in the layout of this CPU's fastest bound
+        (:func:`vgs.kernels.prepared_representatives`: packed for VNNI, else contiguous int8).  The float
+        kernel reads them this way 1.6x faster than all ``d`` rows; read in place, skipping the other rows,
+        they were slower than all of them (section 8, "Two passes")."""
+        return prepared_representatives(self.columns[:, :COARSE_DIMS])
 
 
 def lower_bounds(image_side: torch.Tensor | Int8Representatives, frames: torch.Tensor, p: int = FRAME_CENTROIDS,

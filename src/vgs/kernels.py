@@ -17,6 +17,10 @@ are the exact integer products, on every machine.
   query centroids at a time, the accumulators in registers.  numba's own compile of the same loops was
   left scalar by LLVM's vectorizer (it cannot prove the accumulators do not alias the table): the
   explicit vectors are 3.1x faster on one AVX2 core (17.5 against 54.5 ms over 100,000 images of 32 x 32).
+  With AVX-512 VNNI the bound's first pass reads :class:`PackedRepresentatives` instead
+  (:func:`prepared_representatives`): ``vpdpbusd`` sums four int8 products a lane in one instruction, in
+  int32, with no conversion to float; the same bounds bit for bit, 4.9x faster over a million images of
+  16 x 32 on one Zen 4 core (docs/benchmarks.md, section 8, "The first pass in VNNI").
 - :func:`region_maxima` is LLVM IR in the same way, the frames as the vector lanes and four regions at
   a time: 1.03-1.4x numba's compile of the same loops, which vectorized along the dimensions and summed
   each product horizontally (docs/benchmarks.md, section 8, "Two passes").  It reads the images in place
@@ -51,7 +55,7 @@ MAXIMA_LANES = 8  # frames per vector in the codes' kernel
 MAXIMA_REGIONS = 4  # regions per pass in the codes' kernel
 
 
-def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weights: torch.Tensor,
+def representative_bounds(columns: "torch.Tensor | PackedRepresentatives", query_codes: torch.Tensor, weights: torch.Tensor,
                           image_scales: torch.Tensor | None = None, rows: np.ndarray | None = None) -> torch.Tensor:
     """The centroid bound: ``N x d x m`` int8 representatives stored as columns (image ``i``'s ``m``
     representatives are ``columns[i, :, s]``), ``p x d`` int8 query centroids, their ``p`` float weights and
@@ -63,7 +67,14 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
     The scales are applied in the kernel, not by a torch op over the ``N`` values: a torch op that large
     runs on torch's OpenMP threads, which then spin for milliseconds and share a core with the next
     kernel's second thread (the bound over 100,000 images on 2 threads: 11 ms alone, 15-19 ms right after
-    a 100,000-element torch multiply or any torch product).  With one thread it makes no difference."""
+    a 100,000-element torch multiply or any torch product).  With one thread it makes no difference.
+
+    ``columns`` may be :class:`PackedRepresentatives` (:func:`prepared_representatives` on a VNNI CPU): the
+    same bounds, bit for bit, from the integer kernel (``rows`` not supported there)."""
+    if isinstance(columns, PackedRepresentatives):
+        if rows is not None:
+            raise ValueError("the bound: packed representatives are read whole, not by rows")
+        return _packed_bounds(columns, query_codes, weights, image_scales)
     if columns.dtype != torch.int8 or columns.ndim != 3:
         raise ValueError(f"the bound: expected N x d x m int8 representatives, got {columns.dtype} of shape {tuple(columns.shape)}")
     n, d, m = columns.shape
@@ -96,6 +107,112 @@ def representative_bounds(columns: torch.Tensor, query_codes: torch.Tensor, weig
         kernel(table[first:].ctypes.data, b - a, d, m, queries.ctypes.data, len(queries), weights_.ctypes.data,
                scales[first:].ctypes.data, out[a:b].ctypes.data, None if rows is None else rows[a:b].ctypes.data)
     _in_parts(len(out), run)
+    return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class PackedRepresentatives:
+    """``N x d x m`` int8 representatives laid out for the VNNI bound (:func:`prepared_representatives`):
+    ``data`` ``N x g x m' x 4`` uint8, ``g = ceil(d / 4)`` groups of four coordinates, each representative's
+    four as one 32-bit word (what ``vpdpbusd`` multiplies and sums in one lane), the values offset by 128
+    (``x + 128``, unsigned as the instruction wants: the kernel subtracts ``128 sum_k q_k`` from each
+    product).  Coordinates are padded with zeros (``128``) to whole groups and representatives to whole
+    vectors of :data:`BOUND_LANES` by repeating the last one (the max is unchanged).  The same bytes a
+    representative as ``columns`` (``d x m`` an image when both divide)."""
+
+    data: np.ndarray
+    dims: int
+    representatives: int
+
+    CHUNK = 65536  # images packed at a time (bounds the temporaries)
+
+    @classmethod
+    def of(cls, columns: torch.Tensor) -> "PackedRepresentatives":
+        """From ``N x d x m`` int8 columns (:class:`vgs.centroids.Int8Representatives` layout)."""
+        if columns.dtype != torch.int8 or columns.ndim != 3 or columns.shape[2] == 0:
+            raise ValueError(f"packing: expected N x d x m int8 representatives, got {columns.dtype} of shape {tuple(columns.shape)}")
+        n, d, m = columns.shape
+        _check_terms(d)
+        groups, width = -(-d // 4), -(-m // BOUND_LANES) * BOUND_LANES
+        data = np.empty((n, groups, width, 4), dtype=np.uint8)
+        source = columns.numpy()
+        padded = np.zeros((min(n, cls.CHUNK), groups * 4, width), dtype=np.int8)
+        for a in range(0, n, cls.CHUNK):
+            part, block = source[a: a + cls.CHUNK], padded[: len(source[a: a + cls.CHUNK])]
+            block[:, :d, :m] = part
+            block[:, :d, m:] = part[:, :, m - 1: m]
+            block[:, d:] = 0
+            words = block.reshape(len(block), groups, 4, width).transpose(0, 1, 3, 2)  # n x g x m' x 4
+            np.bitwise_xor(words.view(np.uint8), np.uint8(0x80), out=data[a: a + len(block)])  # x + 128
+        return cls(data, d, m)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``N x d x m``, the representatives' shape before packing."""
+        return len(self.data), self.dims, self.representatives
+
+    def unpacked(self) -> torch.Tensor:
+        """The ``N x d x m`` int8 columns again (for tests and checks)."""
+        n, groups, width, _ = self.data.shape
+        words = (self.data ^ np.uint8(0x80)).view(np.int8).transpose(0, 1, 3, 2)  # n x g x 4 x m'
+        return torch.from_numpy(np.ascontiguousarray(words.reshape(n, groups * 4, width)[:, : self.dims, : self.representatives]))
+
+
+@lru_cache(maxsize=1)
+def has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (``vpdpbusd``: 64 int8 products summed into 16 int32 lanes in one
+    instruction), which :func:`prepared_representatives` then packs for.  ``VGS_NO_VNNI=1`` says no (for
+    benchmarks and tests of the float32 kernel)."""
+    import llvmlite.binding as llvm
+
+    if os.environ.get("VGS_NO_VNNI") == "1" or not llvm.get_process_triple().startswith("x86_64"):
+        return False
+    _host_machine()
+    try:
+        features = set(llvm.get_host_cpu_features().flatten().split(","))
+    except RuntimeError:
+        return False
+    return {"+avx512f", "+avx512bw", "+avx512vnni"} <= features
+
+
+def prepared_representatives(columns: torch.Tensor) -> "torch.Tensor | PackedRepresentatives":
+    """``N x d x m`` int8 representatives in the layout this CPU's fastest bound reads, for a table that
+    :func:`representative_bounds` will read whole many times: :class:`PackedRepresentatives` with AVX-512
+    VNNI (a million images of 16 x 32 on one Zen 4 core: see docs/benchmarks.md, section 8, "The first
+    pass in VNNI"), else the columns themselves, contiguous."""
+    return PackedRepresentatives.of(columns) if has_vnni() else columns.contiguous()
+
+
+def _packed_bounds(table: PackedRepresentatives, query_codes: torch.Tensor, weights: torch.Tensor,
+                   image_scales: torch.Tensor | None) -> torch.Tensor:
+    """:func:`representative_bounds` on packed representatives: ``p x d`` int8 query centroids -> ``N`` float32."""
+    n, d, m = table.shape
+    if query_codes.dtype != torch.int8 or query_codes.ndim != 2 or query_codes.shape[1] != d or len(weights) != len(query_codes):
+        raise ValueError(f"the bound: expected p x {d} int8 query centroids and p weights for representatives of {d} "
+                         f"dimensions, got {tuple(query_codes.shape)} and {len(weights)}")
+    groups, width = table.data.shape[1:3]
+    count = -(-len(query_codes) // BOUND_CENTROIDS) * BOUND_CENTROIDS  # padded with zero centroids and weights
+    queries = np.zeros((count, groups * 4), dtype=np.int8)
+    queries[: len(query_codes), :d] = query_codes.numpy()
+    corrections = (128 * queries.astype(np.int32).sum(1)).astype(np.int32)  # <x + 128, q> - <x, q>
+    words = np.ascontiguousarray(queries).view(np.int32)  # count x g: each group's four coordinates as one word
+    weights_ = np.zeros(count, dtype=np.float32)
+    weights_[: len(weights)] = weights.numpy()
+    scales = np.ones(n, dtype=np.float32) if image_scales is None else np.ascontiguousarray(image_scales.numpy(), dtype=np.float32)
+    if scales.shape != (n,):
+        raise ValueError(f"image scales: expected {n}, got shape {scales.shape}")
+    out = np.empty(n, dtype=np.float32)
+    if n == 0:
+        return torch.from_numpy(out)
+    kernel = _packed_kernel(groups, width // BOUND_LANES)
+
+    def run(a: int, b: int) -> None:
+        kernel(table.data[a:].ctypes.data, b - a, groups, width // BOUND_LANES, words.ctypes.data, count,
+               corrections.ctypes.data, weights_.ctypes.data, scales[a:].ctypes.data, out[a:b].ctypes.data)
+    _in_parts(n, run)
     return torch.from_numpy(out)
 
 
@@ -297,6 +414,29 @@ def _compile_bounds(d: int | None, m: int | None, indexed: bool = False) -> Call
                 pointer, size, size, size, pointer, size, pointer, pointer, pointer, pointer)
 
 
+def _packed_kernel(groups: int, blocks: int) -> Callable[..., None]:
+    """The VNNI bound's kernel (:func:`_packed_bounds_ir`) for ``groups`` x ``blocks`` packed representatives,
+    specialized like :func:`_bounds_kernel`."""
+    with _COMPILE_LOCK:
+        if ("packed", groups, blocks) in _SPECIALIZED or len(_SPECIALIZED) < SPECIALIZED_SHAPES:
+            _SPECIALIZED.add(("packed", groups, blocks))
+            return _compile_packed(groups, blocks)
+        return _compile_packed(None, None)
+
+
+@lru_cache(maxsize=None)
+def _compile_packed(groups: int | None, blocks: int | None) -> Callable[..., None]:
+    """:func:`_packed_bounds_ir` compiled for this CPU, as a ctypes function: arguments ``(data, n, groups,
+    blocks, words, p, corrections, weights, scales, out)``, pointers to ``N x groups x 16 blocks x 4`` uint8,
+    ``p x groups`` int32 (each group's four int8 query coordinates), ``p`` int32, ``p`` float32, ``N`` float32 and
+    ``n`` float32 (``p`` a multiple of :data:`BOUND_CENTROIDS`)."""
+    import llvmlite.binding as llvm
+
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    return _jit(_packed_bounds_ir(llvm.get_process_triple(), groups, blocks), "packed_bounds",
+                pointer, size, size, size, pointer, size, pointer, pointer, pointer, pointer)
+
+
 @lru_cache(maxsize=None)
 def _maxima_kernel(element: str = "int8") -> Callable[..., None]:
     """The codes' kernel (:func:`_maxima_ir`) for ``element`` (``int8`` or ``float16``) compiled for this CPU,
@@ -411,6 +551,63 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
             return total
         total = loop.range("g", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
         b.store(b.fmul(total[0], b.load(b.gep(scales, [source]))), b.gep(out, [i]))
+        return []
+
+    loop.range("i", const(0), n, const(1), [], image_bound)
+    b.ret_void()
+    return str(module)
+
+
+def _packed_bounds_ir(triple: str, groups_constant: int | None = None, blocks_constant: int | None = None) -> str:
+    """LLVM IR of the bound on :class:`PackedRepresentatives` with AVX-512 VNNI: for each image, each group of
+    four query centroids and each block of :data:`BOUND_LANES` representatives, one ``vpdpbusd`` per centroid
+    and group of four coordinates adds the 16 representatives' four products to 16 int32 sums (the query's
+    word broadcast to every lane); the sums' maxima over blocks stay int32, and ``out[i] = scale_i sum_c w_c
+    (max_c - 128 sum_k q_ck)``, the float operations in the order of :func:`_bounds_ir` (the same bits).
+    Integer sums are exact (at most :data:`EXACT_TERMS` x 255 x 128 in magnitude).  With constants the loops
+    over groups and blocks unroll, as in :func:`_bounds_ir`."""
+    import llvmlite.ir as ir
+
+    f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+    lanes = ir.VectorType(i32, BOUND_LANES)
+    module = ir.Module(name="vgs_packed_bounds")
+    module.triple = triple
+    # <16 x i32> operands: older LLVM's signature, which newer LLVM (64 x i8) upgrades on parsing
+    dot = ir.Function(module, ir.FunctionType(lanes, [lanes] * 3), name="llvm.x86.avx512.vpdpbusd.512")
+    smax = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.smax.v{BOUND_LANES}i32")
+    reduce_max = ir.Function(module, ir.FunctionType(i32, [lanes]), name=f"llvm.vector.reduce.smax.v{BOUND_LANES}i32")
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        ir.IntType(8).as_pointer(), i64, i64, i64, i32.as_pointer(), i64, i32.as_pointer(), f32.as_pointer(),
+        f32.as_pointer(), f32.as_pointer()]), name="packed_bounds")
+    data, n, groups, blocks, words, p, corrections, weights, scales, out = function.args
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    const = lambda value: ir.Constant(i64, value)  # noqa: E731
+    if groups_constant is not None and blocks_constant is not None:
+        groups, blocks = const(groups_constant), const(blocks_constant)
+    loop = _LoopBuilder(b, function)
+    vector_bytes = const(4 * BOUND_LANES)
+
+    def image_bound(i: ir.Value, _: list) -> list:
+        image = b.mul(b.mul(b.mul(i, groups), blocks), vector_bytes)
+
+        def centroid_group(group: ir.Value, total: list[ir.Value]) -> list[ir.Value]:
+            def representative_block(v: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
+                def coordinate_group(g: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                    at = b.add(image, b.mul(b.add(b.mul(g, blocks), v), vector_bytes))
+                    x = b.load(b.bitcast(b.gep(data, [at]), lanes.as_pointer()), align=1)
+                    return [b.call(dot, [acc[c], x, _splat(b, b.load(b.gep(words, [b.add(b.mul(b.add(group, const(c)), groups), g)])), BOUND_LANES)])
+                            for c in range(BOUND_CENTROIDS)]
+                acc = loop.range("g", const(0), groups, const(1), [ir.Constant(lanes, [0] * BOUND_LANES)] * BOUND_CENTROIDS, coordinate_group)
+                return [b.call(smax, [best[c], acc[c]]) for c in range(BOUND_CENTROIDS)]
+            best = loop.range("v", const(0), blocks, const(1), [ir.Constant(lanes, [-2 ** 31] * BOUND_LANES)] * BOUND_CENTROIDS,
+                              representative_block)
+            for c in range(BOUND_CENTROIDS):
+                centroid = b.add(group, const(c))
+                exact = b.sub(b.call(reduce_max, [best[c]]), b.load(b.gep(corrections, [centroid])))
+                total = [b.fadd(total[0], b.fmul(b.load(b.gep(weights, [centroid])), b.sitofp(exact, f32)))]
+            return total
+        total = loop.range("c", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
+        b.store(b.fmul(total[0], b.load(b.gep(scales, [i]))), b.gep(out, [i]))
         return []
 
     loop.range("i", const(0), n, const(1), [], image_bound)
@@ -605,4 +802,5 @@ def _splat(b, value, lanes: int):  # noqa: ANN001, ANN202 - llvmlite builder and
     return b.shuffle_vector(one, ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
-__all__ = ["EXACT_TERMS", "StoredArrays", "StoredRows", "float16_regions", "representative_bounds", "region_maxima"]
+__all__ = ["EXACT_TERMS", "PackedRepresentatives", "StoredArrays", "StoredRows", "float16_regions", "prepared_representatives",
+           "representative_bounds", "region_maxima", "has_vnni"]
