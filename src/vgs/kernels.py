@@ -534,28 +534,44 @@ def _bounds_ir(triple: str, d_constant: int | None = None, m_constant: int | Non
                     for c in range(BOUND_CENTROIDS)]
         return loop.range("k", const(0), d, const(1), [ir.Constant(lanes, [0.0] * BOUND_LANES)] * BOUND_CENTROIDS, dimension)
 
-    def image_bound(i: ir.Value, _: list) -> list:
-        source = b.load(b.gep(rows, [i])) if indexed else i  # the image's row in columns and scales
+    def group_maxima(source: ir.Value, group: ir.Value) -> list[ir.Value]:
         image = b.mul(b.mul(source, d), m)
 
-        def centroid_group(group: ir.Value, total: list[ir.Value]) -> list[ir.Value]:
-            def representative_block(s0: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
-                full = b.icmp_signed("<=", b.add(s0, const(BOUND_LANES)), m)
-                acc = loop.branch(full, lambda: block(image, group, s0, True), lambda: block(image, group, s0, False))
-                return [b.call(maxnum, [best[c], acc[c]], fastmath=("nnan",)) for c in range(BOUND_CENTROIDS)]
-            best = loop.range("s", const(0), m, const(BOUND_LANES),
-                              [ir.Constant(lanes, [float("-inf")] * BOUND_LANES)] * BOUND_CENTROIDS, representative_block)
-            for c in range(BOUND_CENTROIDS):
-                weight = b.load(b.gep(weights, [b.add(group, const(c))]))
-                total = [b.fadd(total[0], b.fmul(weight, b.call(reduce_max, [best[c]], fastmath=("nnan",))))]
-            return total
-        total = loop.range("g", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
-        b.store(b.fmul(total[0], b.load(b.gep(scales, [source]))), b.gep(out, [i]))
-        return []
+        def representative_block(s0: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
+            full = b.icmp_signed("<=", b.add(s0, const(BOUND_LANES)), m)
+            acc = loop.branch(full, lambda: block(image, group, s0, True), lambda: block(image, group, s0, False))
+            return [b.call(maxnum, [best[c], acc[c]], fastmath=("nnan",)) for c in range(BOUND_CENTROIDS)]
+        best = loop.range("s", const(0), m, const(BOUND_LANES),
+                          [ir.Constant(lanes, [float("-inf")] * BOUND_LANES)] * BOUND_CENTROIDS, representative_block)
+        return [b.call(reduce_max, [best[c]], fastmath=("nnan",)) for c in range(BOUND_CENTROIDS)]
 
-    loop.range("i", const(0), n, const(1), [], image_bound)
+    source_of = (lambda i: b.load(b.gep(rows, [i]))) if indexed else (lambda i: i)  # the image's row in columns and scales
+    _weighted_bounds(loop, n, p, weights, scales, out, source_of, group_maxima)
     b.ret_void()
     return str(module)
+
+
+def _weighted_bounds(loop: "_LoopBuilder", n, p, weights, scales, out, source_of: Callable, group_maxima: Callable) -> None:  # noqa: ANN001 - llvmlite values
+    """The loops both bound kernels share: for each image ``i`` (row ``source_of(i)`` of the table and the
+    scales) and each group of :data:`BOUND_CENTROIDS` query centroids, ``group_maxima(source, group)`` emits
+    the group's maxima (float32 scalars); ``out[i] = scale_source * sum_c w_c max_c``, summed in centroid
+    order (so the two kernels' floats agree bit for bit)."""
+    import llvmlite.ir as ir
+
+    b, f32 = loop.b, ir.FloatType()
+    const = lambda value: ir.Constant(ir.IntType(64), value)  # noqa: E731
+
+    def image_bound(i: ir.Value, _: list) -> list:
+        source = source_of(i)
+
+        def centroid_group(group: ir.Value, total: list[ir.Value]) -> list[ir.Value]:
+            for c, best in enumerate(group_maxima(source, group)):
+                total = [b.fadd(total[0], b.fmul(b.load(b.gep(weights, [b.add(group, const(c))])), best))]
+            return total
+        total = loop.range("c", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
+        b.store(b.fmul(total[0], b.load(b.gep(scales, [source]))), b.gep(out, [i]))
+        return []
+    loop.range("i", const(0), n, const(1), [], image_bound)
 
 
 def _packed_bounds_ir(triple: str, groups_constant: int | None = None, blocks_constant: int | None = None) -> str:
@@ -587,30 +603,23 @@ def _packed_bounds_ir(triple: str, groups_constant: int | None = None, blocks_co
     loop = _LoopBuilder(b, function)
     vector_bytes = const(4 * BOUND_LANES)
 
-    def image_bound(i: ir.Value, _: list) -> list:
+    def group_maxima(i: ir.Value, group: ir.Value) -> list[ir.Value]:
         image = b.mul(b.mul(b.mul(i, groups), blocks), vector_bytes)
 
-        def centroid_group(group: ir.Value, total: list[ir.Value]) -> list[ir.Value]:
-            def representative_block(v: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
-                def coordinate_group(g: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-                    at = b.add(image, b.mul(b.add(b.mul(g, blocks), v), vector_bytes))
-                    x = b.load(b.bitcast(b.gep(data, [at]), lanes.as_pointer()), align=1)
-                    return [b.call(dot, [acc[c], x, _splat(b, b.load(b.gep(words, [b.add(b.mul(b.add(group, const(c)), groups), g)])), BOUND_LANES)])
-                            for c in range(BOUND_CENTROIDS)]
-                acc = loop.range("g", const(0), groups, const(1), [ir.Constant(lanes, [0] * BOUND_LANES)] * BOUND_CENTROIDS, coordinate_group)
-                return [b.call(smax, [best[c], acc[c]]) for c in range(BOUND_CENTROIDS)]
-            best = loop.range("v", const(0), blocks, const(1), [ir.Constant(lanes, [-2 ** 31] * BOUND_LANES)] * BOUND_CENTROIDS,
-                              representative_block)
-            for c in range(BOUND_CENTROIDS):
-                centroid = b.add(group, const(c))
-                exact = b.sub(b.call(reduce_max, [best[c]]), b.load(b.gep(corrections, [centroid])))
-                total = [b.fadd(total[0], b.fmul(b.load(b.gep(weights, [centroid])), b.sitofp(exact, f32)))]
-            return total
-        total = loop.range("c", const(0), p, const(BOUND_CENTROIDS), [ir.Constant(f32, 0.0)], centroid_group)
-        b.store(b.fmul(total[0], b.load(b.gep(scales, [i]))), b.gep(out, [i]))
-        return []
+        def representative_block(v: ir.Value, best: list[ir.Value]) -> list[ir.Value]:
+            def coordinate_group(g: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                at = b.add(image, b.mul(b.add(b.mul(g, blocks), v), vector_bytes))
+                x = b.load(b.bitcast(b.gep(data, [at]), lanes.as_pointer()), align=1)
+                return [b.call(dot, [acc[c], x, _splat(b, b.load(b.gep(words, [b.add(b.mul(b.add(group, const(c)), groups), g)])), BOUND_LANES)])
+                        for c in range(BOUND_CENTROIDS)]
+            acc = loop.range("g", const(0), groups, const(1), [ir.Constant(lanes, [0] * BOUND_LANES)] * BOUND_CENTROIDS, coordinate_group)
+            return [b.call(smax, [best[c], acc[c]]) for c in range(BOUND_CENTROIDS)]
+        best = loop.range("v", const(0), blocks, const(1), [ir.Constant(lanes, [-2 ** 31] * BOUND_LANES)] * BOUND_CENTROIDS,
+                          representative_block)
+        corrections_ = [b.load(b.gep(corrections, [b.add(group, const(c))])) for c in range(BOUND_CENTROIDS)]
+        return [b.sitofp(b.sub(b.call(reduce_max, [best[c]]), corrections_[c]), f32) for c in range(BOUND_CENTROIDS)]
 
-    loop.range("i", const(0), n, const(1), [], image_bound)
+    _weighted_bounds(loop, n, p, weights, scales, out, lambda i: i, group_maxima)
     b.ret_void()
     return str(module)
 
