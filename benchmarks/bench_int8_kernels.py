@@ -13,7 +13,7 @@ The integers must agree exactly (the codes' ``diff`` is 0; the bound's weighted 
 rounding of their order).  Prints whether this CPU has VNNI: without it ``torch._int_mm`` is a reference
 loop.  With VNNI it also times the bound's first pass (``--first-pass-images`` images of 16 x 32, the
 search's ``Int8Representatives.lead``) packed for ``vpdpbusd`` against the float32 kernel, whose bounds
-must be the same bits.  Ends with one ``RESULT`` line.
+must be the same bits, and the codes' rows with the VNNI kernel against the float32 one (equal integers).  Ends with one ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -69,6 +69,23 @@ def maxima_case(name: str, codes: np.ndarray | StoredRows, frames: np.ndarray) -
     return name, lambda: kernels.region_maxima(codes, frames), lambda: torch_maxima(codes, frames)
 
 
+def vnni_maxima(inputs: dict[str, tuple[str, np.ndarray | StoredRows, np.ndarray]], repeats: int) -> dict:
+    """The codes' rows again (``{key: (name, codes, frames)}``), the VNNI kernel against the float32 one
+    (``vnni=False``), interleaved; the integers must be equal."""
+    rows_out, out = [], {}
+    for key, (name, codes, frames) in inputs.items():
+        calls = {"vnni": lambda: kernels.region_maxima(codes, frames),
+                 "float": lambda: kernels.region_maxima(codes, frames, vnni=False)}
+        if not np.array_equal(calls["vnni"](), calls["float"]()):
+            raise SystemExit(f"{name}: the VNNI kernel's maxima differ from the float32 kernel's")
+        times = interleaved(calls, repeats)
+        speedup = median(ratios(times["float"], times["vnni"]))
+        rows_out.append([name, spread(times["vnni"]), spread(times["float"]), f"{speedup:.2f}x"])
+        out[f"{key}_vnni_speedup"] = speedup
+    print(table(["codes' MISA", "VNNI kernel", "float32 kernel", "float32 / VNNI"], rows_out))
+    return out
+
+
 def after_torch_product(columns: torch.Tensor, query: torch.Tensor, weights: torch.Tensor, repeats: int) -> dict:
     """The bound alone, and right after a small torch product (4 x 256 by 256 x 32, the size of projecting a
     query's centroids): torch's OpenMP threads spin for milliseconds after one, and on more than one thread
@@ -122,18 +139,19 @@ def main() -> None:
     query, weights = torch.from_numpy(rng.integers(-127, 128, (4, 32), dtype=np.int8)), torch.tensor([0.4, 0.3, 0.2, 0.1])
     cases = {"bound": (f"bound, {images:,} x 32 x 32, 4 centroids",
                        lambda: kernels.representative_bounds(columns, query, weights), lambda: torch_bounds(rows, query, weights))}
+    maxima_inputs: dict[str, tuple] = {}  # the codes' rows: {key: (name, codes, frames)}
     for regions in (49, 100):
         codes, frames = rng.integers(-127, 128, (2000, regions, 128), dtype=np.int8), rng.integers(-127, 128, (22, 128), dtype=np.int8)
-        cases[f"codes{regions}"] = maxima_case(f"codes, 2,000 x {regions} x 128, 22 frames", codes, frames)
+        maxima_inputs[f"codes{regions}"] = (f"codes, 2,000 x {regions} x 128, 22 frames", codes, frames)
     for regions in (49, 100):  # as the search reads them: in place from a gallery's chunks
         gallery = StoredArrays([rng.integers(-127, 128, (images // 5, regions, 128), dtype=np.int8) for _ in range(5)])
         frames = rng.integers(-127, 128, (22, 128), dtype=np.int8)
-        cases[f"inplace{regions}"] = maxima_case(f"in place, 2,000 x {regions} x 128 of {images:,}",
-                                                 gallery.rows(np.sort(rng.choice(images, 2000, replace=False))), frames)
-        cases[f"lead{regions}"] = maxima_case(f"in place, 3,000 x {regions} x 32 leading",
-                                              gallery.leading(32).rows(np.sort(rng.choice(images, 3000, replace=False))),
-                                              frames[:, :32].copy())
-
+        maxima_inputs[f"inplace{regions}"] = (f"in place, 2,000 x {regions} x 128 of {images:,}",
+                                              gallery.rows(np.sort(rng.choice(images, 2000, replace=False))), frames)
+        maxima_inputs[f"lead{regions}"] = (f"in place, 3,000 x {regions} x 32 leading",
+                                           gallery.leading(32).rows(np.sort(rng.choice(images, 3000, replace=False))),
+                                           frames[:, :32].copy())
+    cases.update({key: maxima_case(*case) for key, case in maxima_inputs.items()})
     rows_out, out = [], {}
     for key, (name, kernel, reference) in cases.items():
         got, want = np.asarray(kernel(), dtype=np.float64), np.asarray(reference(), dtype=np.float64)
@@ -146,6 +164,7 @@ def main() -> None:
     out.update(after_torch_product(columns, query, weights, repeats))
     if kernels.has_vnni():
         out.update(first_pass(args.first_pass_images or images, repeats))
+        out.update(vnni_maxima(maxima_inputs, repeats))
     else:
         print("first pass in VNNI: this CPU has no AVX-512 VNNI (the float32 kernel runs)")
     print(cpu_share_line())

@@ -11,6 +11,21 @@ def _int8(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.integers(-127, 128, shape, dtype=np.int8)
 
 
+def _vnni_or_skip() -> None:
+    if not kernels.has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+
+
+@pytest.fixture(params=["float32", "vnni"])
+def int8_kernel(request, monkeypatch) -> str:  # noqa: ANN001
+    """Runs a test with each int8 kernel: the float32 one on every CPU, the VNNI one where the CPU has it."""
+    if request.param == "vnni":
+        _vnni_or_skip()
+    else:
+        monkeypatch.setattr(kernels, "has_vnni", lambda: False)
+    return request.param
+
+
 def _reference_maxima(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``n x g x d`` and ``p x d`` int8 -> ``n x p`` int64: max over the group of the exact integer products
     (numpy in int64: ``torch._int_mm`` returned garbage for d = 1 on a VNNI CPU, torch 2.14, when its second
@@ -40,9 +55,18 @@ def test_representative_bounds_are_the_exact_integer_maxima(n, m, d, p):
     np.testing.assert_array_equal(in_place.numpy(), got.numpy()[picked])  # the same sums, read in place
 
 
+def test_region_maxima_take_the_whole_int8_range(int8_kernel):
+    """-128 too (an unsigned 0 once the VNNI kernel offsets the query), d a multiple of 4 and not."""
+    rng = np.random.default_rng(11)
+    for d in (16, 12, 7):
+        codes, query = rng.integers(-128, 128, (9, 6, d), dtype=np.int8), rng.integers(-128, 128, (17, d), dtype=np.int8)
+        codes[0, 0], query[0] = -128, -128
+        np.testing.assert_array_equal(kernels.region_maxima(codes, query).astype(np.int64), _reference_maxima(codes, query))
+
+
 @pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (40, 49, 128, 22), (7, 3, 16, 5), (0, 49, 128, 4), (3, 5, 13, 16), (2, 6, 24, 33),
                                      (3, 5, 13, 29), (2, 4, 8, 50), (2, 7, 16, 72), (3, 4, 1, 6)])  # 1-9 vectors of frames; d = 1
-def test_region_maxima_are_the_exact_integer_maxima(n, r, d, t):
+def test_region_maxima_are_the_exact_integer_maxima(n, r, d, t, int8_kernel):
     rng = np.random.default_rng(n * r + d + t)
     codes, query = _int8(rng, n, r, d), _int8(rng, t, d)
     got = kernels.region_maxima(codes, query)
@@ -50,7 +74,7 @@ def test_region_maxima_are_the_exact_integer_maxima(n, r, d, t):
     np.testing.assert_array_equal(got.astype(np.int64), _reference_maxima(codes, query))
 
 
-def test_the_largest_exact_sums_stay_exact():
+def test_the_largest_exact_sums_stay_exact(int8_kernel):
     d = kernels.EXACT_TERMS
     codes = np.full((2, 3, d), 127, dtype=np.int8)
     codes[1] = -127
@@ -93,7 +117,7 @@ def test_too_many_dimensions_are_refused():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_parts_on_several_threads_give_the_same_integers(threads):
+def test_parts_on_several_threads_give_the_same_integers(threads, int8_kernel):
     before = torch.get_num_threads()
     rng = np.random.default_rng(threads)
     codes, query, rows = _int8(rng, 1001, 5, 16), _int8(rng, 3, 16), _int8(rng, 1001, 8, 16)
@@ -120,8 +144,11 @@ def test_the_benchmark_runs_and_finds_the_same_integers() -> None:
     done = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("RESULT bound_speedup=")
-    rows = [line for line in done.stdout.splitlines() if line.strip().startswith(("bound,", "codes,", "in place,"))]
+    against_torch, _, against_float = done.stdout.partition("codes' MISA")  # the VNNI table follows, on CPUs with VNNI
+    rows = [line for line in against_torch.splitlines() if line.strip().startswith(("bound,", "codes,", "in place,"))]
     assert len(rows) == 7 and all(float(row.split()[-1]) < 1e-6 for row in rows)
+    vnni_rows = [line for line in against_float.splitlines() if line.strip().startswith(("codes,", "in place,"))]
+    assert len(vnni_rows) == (6 if kernels.has_vnni() else 0) and ("same bits: True" in done.stdout) == kernels.has_vnni()
 
 
 def test_the_bound_refuses_images_without_representatives_and_mismatched_queries():
@@ -167,11 +194,6 @@ def test_packing_for_vnni_keeps_every_representative_as_words_of_four(n, d, m):
     full[:, :d, m:] = columns.numpy()[:, :, m - 1: m]
     expected = (full + 128).reshape(n, groups, 4, width).transpose(0, 1, 3, 2)
     np.testing.assert_array_equal(packed.data, expected)
-
-
-def _vnni_or_skip() -> None:
-    if not kernels.has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI")
 
 
 @pytest.mark.parametrize("n,m,d,p", [(1, 1, 8, 1), (37, 32, 32, 4), (5, 7, 24, 3), (300, 9, 64, 2), (4, 16, 16, 4),
@@ -257,7 +279,7 @@ def test_the_bound_compiles_where_llvm_cannot_list_the_cpu_features(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.float16])
-def test_rows_read_in_place_across_parts_equal_the_gathered_rows(dtype):
+def test_rows_read_in_place_across_parts_equal_the_gathered_rows(dtype, int8_kernel):
     """Images scattered over several chunk arrays, unsorted and repeated, on their leading coordinates:
     the kernel reads them where they are and gives the maxima of a gathered copy."""
     if dtype == np.float16 and not kernels.float16_regions():

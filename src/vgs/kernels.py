@@ -309,13 +309,14 @@ class StoredRows:
                            np.empty(self.shape, dtype=self.dtype))
 
 
-def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarray:
+def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray, vnni: bool | None = None) -> np.ndarray:
     """Each frame's best region, ``max_r <c_r, q_t>``: ``n x R x d`` regions (an array, or :class:`StoredRows`
     read in place) and a ``T x d`` query -> ``n x T`` float32.
 
-    int8 codes with an int8 query: exact integers (the IR kernel of :func:`_maxima_ir`).  float16 regions
-    (as an index stores them) with a float query: the same kernel reading float16 (:func:`float16_regions`),
-    the products and sums in float32.
+    int8 codes with an int8 query: exact integers, from the VNNI kernel (:func:`_maxima_vnni_ir`) where
+    the CPU has AVX-512 VNNI and ``d`` is a multiple of 4, else from the float32 one (:func:`_maxima_ir`);
+    ``vnni=False`` forces the float32 one (for comparisons).  float16 regions (as an index stores them) with
+    a float query: the float32 kernel reading float16 (:func:`float16_regions`), products and sums in float32.
     """
     if isinstance(codes, np.ndarray) and codes.ndim == 3:
         codes = StoredArrays.of(codes).rows(np.arange(len(codes)))
@@ -328,6 +329,8 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarr
         raise ValueError("region maxima: this CPU has no float16 conversion instructions (F16C)")
     if codes.dtype == np.int8:
         _check_terms(d)
+        if d % 4 == 0 and vnni is not False and has_vnni():
+            return _vnni_maxima(codes, query)
     t = len(query)
     padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
     frames = np.zeros((d, padded), dtype=np.float32)  # d x T': the frames' k-th coordinates in row k
@@ -344,6 +347,27 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray) -> np.ndarr
                out[a:b].ctypes.data)
     _in_parts(n, run)
     return out[:, :t]
+
+
+def _vnni_maxima(codes: StoredRows, query: np.ndarray) -> np.ndarray:
+    """:func:`region_maxima` of int8 codes (``d`` a multiple of 4) with AVX-512 VNNI (:func:`_maxima_vnni_ir`)."""
+    n, r, d = codes.shape
+    t = len(query)
+    vectors = -(-t // BOUND_LANES)
+    padded = np.zeros((vectors * BOUND_LANES, d), dtype=np.int8)  # frames padded with zeros to whole vectors
+    padded[:t] = query
+    words = (padded.view(np.uint8) ^ np.uint8(0x80)).reshape(vectors, BOUND_LANES, d // 4, 4)  # q + 128
+    frames = np.ascontiguousarray(words.transpose(2, 0, 1, 3))  # d/4 x V x 16 x 4
+    out = np.empty((n, vectors * BOUND_LANES), dtype=np.int32)
+    if n == 0 or t == 0:
+        return out[:, :t].astype(np.float32)
+    addresses, stride = codes.arrays.addresses(codes.ids), codes.arrays.width
+    kernel = _maxima_vnni_kernel()
+
+    def run(a: int, b: int) -> None:
+        kernel(addresses[a:b].ctypes.data, b - a, r, d, stride, frames.ctypes.data, vectors, out[a:b].ctypes.data)
+    _in_parts(n, run)
+    return out[:, :t].astype(np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -450,6 +474,20 @@ def _maxima_kernel(element: str = "int8") -> Callable[..., None]:
     with _COMPILE_LOCK:
         return _jit(_maxima_ir(llvm.get_process_triple(), element), "region_maxima", pointer, size, size, size, size,
                     pointer, size, pointer, pointer)
+
+
+@lru_cache(maxsize=None)
+def _maxima_vnni_kernel() -> Callable[..., None]:
+    """:func:`_maxima_vnni_ir` compiled for this CPU, once per process, as a ctypes function: arguments
+    ``(addresses, n, r, d, stride, frames, vectors, out)``: ``n`` int64 addresses of images of ``r`` int8 rows
+    ``stride`` bytes apart (their first ``d`` read, ``d`` a multiple of 4), the packed query (``d/4 x vectors
+    x 64`` bytes) and ``n x 16 vectors`` int32."""
+    import llvmlite.binding as llvm
+
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    with _COMPILE_LOCK:
+        return _jit(_maxima_vnni_ir(llvm.get_process_triple()), "region_maxima_vnni", pointer, size, size, size, size,
+                    pointer, size, pointer)
 
 
 def _jit(text: str, name: str, *argtypes) -> Callable[..., None]:  # noqa: ANN002 - ctypes types
@@ -739,29 +777,12 @@ def _maxima_ir(triple: str, element: str = "int8") -> str:
         loop.range("c1", b.and_(d, const(-MAXIMA_LANES)), d, const(1), [], one)
 
     i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-    fetch = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0")
     size = const(1 if element == "int8" else 2)
-
-    def prefetch_image(j: ir.Value) -> None:
-        """Every cache line of image ``j``'s rows (their first ``d`` elements) requested ahead of use: the images
-        are scattered over memory-mapped files, and the hardware prefetcher cannot guess the next one
-        (3,000 images' leading 64 code coordinates read in place: 22.6 against 24.6 ms)."""
-        start = b.inttoptr(b.load(b.gep(addresses, [j])), i8p)
-
-        def one_row(rr: ir.Value, _: list) -> list:
-            line0 = b.gep(start, [b.mul(b.mul(rr, stride), size)])
-
-            def one_line(c: ir.Value, _: list) -> list:
-                b.call(fetch, [b.gep(line0, [c]), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-                return []
-            loop.range("pl", const(0), b.mul(d, size), const(64), [], one_line)
-            return []
-        loop.range("pr", const(0), r, const(1), [], one_row)
 
     def image(i: ir.Value, _: list) -> list:
         base, row = b.inttoptr(b.load(b.gep(addresses, [i])), item.as_pointer()), b.mul(i, t)
         following = b.add(i, const(1))
-        prefetch_image(b.select(b.icmp_signed("<", following, n), following, i))
+        _prefetch_image(loop, addresses, b.select(b.icmp_signed("<", following, n), following, i), r, b.mul(stride, size), b.mul(d, size))
 
         def start_maxima(f: ir.Value, _: list) -> list:
             b.store(ir.Constant(f32, float("-inf")), b.gep(out, [b.add(row, f)]))
@@ -797,6 +818,96 @@ def _maxima_ir(triple: str, element: str = "int8") -> str:
     vectors = b.udiv(t, const(MAXIMA_LANES))
     uneven = b.and_(b.icmp_signed("==", b.urem(vectors, const(3)), const(1)), b.icmp_signed(">=", vectors, const(4)))
     in_threes = b.mul(b.udiv(b.select(uneven, b.sub(vectors, const(4)), vectors), const(3)), const(3 * MAXIMA_LANES))
+    loop.range("i", const(0), n, const(1), [], image)
+    b.ret_void()
+    return str(module)
+
+
+def _prefetch_image(loop: "_LoopBuilder", addresses, j, r, row_bytes, read_bytes) -> None:  # noqa: ANN001 - llvmlite values
+    """Every cache line of image ``j``'s ``r`` rows (``row_bytes`` apart from ``addresses[j]``, the first
+    ``read_bytes`` of each) requested ahead of use: the images are scattered over memory-mapped files, and
+    the hardware prefetcher cannot guess the next one (3,000 images' leading 64 code coordinates read in
+    place: 22.6 against 24.6 ms)."""
+    import llvmlite.ir as ir
+
+    b, i8p, i32, i64 = loop.b, ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+    name = "llvm.prefetch.p0"
+    module = b.module
+    fetch = module.globals.get(name) or ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name=name)
+    start = b.inttoptr(b.load(b.gep(addresses, [j])), i8p)
+
+    def one_row(rr: ir.Value, _: list) -> list:
+        line0 = b.gep(start, [b.mul(rr, row_bytes)])
+
+        def one_line(c: ir.Value, _: list) -> list:
+            b.call(fetch, [b.gep(line0, [c]), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return []
+        loop.range("pl", ir.Constant(i64, 0), read_bytes, ir.Constant(i64, 64), [], one_line)
+        return []
+    loop.range("pr", ir.Constant(i64, 0), r, ir.Constant(i64, 1), [], one_row)
+
+
+def _maxima_vnni_ir(triple: str) -> str:
+    """LLVM IR of the codes' maxima with AVX-512 VNNI, the frames as the 16 int32 lanes: the query is packed
+    as words of four coordinates offset by 128 (``frames``: ``d/4 x V x 16 x 4`` uint8 for ``V`` vectors of
+    16 frames); for each block of :data:`MAXIMA_REGIONS` regions and each frame vector, one ``vpdpbusd`` per
+    region and group of four coordinates adds ``<q_t + 128, c_r>`` to each frame's lane (the region's word
+    broadcast), and a second one with a vector of ones adds ``sum c_r``; ``<q_t, c_r>`` is the first minus
+    128 times the second, exact in int32.  The running maxima are int32 (``out``, ``n x 16 V``).  Images are
+    read in place through their addresses, the next one prefetched, as in :func:`_maxima_ir`."""
+    import llvmlite.ir as ir
+
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    lanes = ir.VectorType(i32, BOUND_LANES)
+    module = ir.Module(name="vgs_maxima_vnni")
+    module.triple = triple
+    dot = ir.Function(module, ir.FunctionType(lanes, [lanes] * 3), name="llvm.x86.avx512.vpdpbusd.512")
+    smax = ir.Function(module, ir.FunctionType(lanes, [lanes] * 2), name=f"llvm.smax.v{BOUND_LANES}i32")
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        i64.as_pointer(), i64, i64, i64, i64, i8.as_pointer(), i64, i32.as_pointer()]), name="region_maxima_vnni")
+    addresses, n, r, d, stride, frames, vectors, out = function.args
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    const = lambda value: ir.Constant(i64, value)  # noqa: E731
+    loop = _LoopBuilder(b, function)
+    ones, zeros = ir.Constant(lanes, [0x01010101] * BOUND_LANES), ir.Constant(lanes, [0] * BOUND_LANES)
+    lanes_ptr = lanes.as_pointer()
+
+    def image(i: ir.Value, _: list) -> list:
+        base, row = b.inttoptr(b.load(b.gep(addresses, [i])), i8.as_pointer()), b.mul(b.mul(i, vectors), const(BOUND_LANES))
+        following = b.add(i, const(1))
+        _prefetch_image(loop, addresses, b.select(b.icmp_signed("<", following, n), following, i), r, stride, d)
+
+        def start_maxima(v: ir.Value, _: list) -> list:
+            b.store(ir.Constant(lanes, [-2 ** 31] * BOUND_LANES), b.bitcast(b.gep(out, [b.add(row, b.mul(v, const(BOUND_LANES)))]), lanes_ptr), align=4)
+            return []
+
+        def region_block(r0: ir.Value, _: list) -> list:
+            rows = []
+            for u in range(MAXIMA_REGIONS):  # a last partial block repeats the last region
+                region = b.add(r0, const(u))
+                rows.append(b.gep(base, [b.mul(b.select(b.icmp_signed("<", region, r), region, b.sub(r, const(1))), stride)]))
+
+            def frame_vector(v: ir.Value, _: list) -> list:
+                def coordinate_group(g: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                    q = b.load(b.bitcast(b.gep(frames, [b.mul(b.add(b.mul(g, vectors), v), const(4 * BOUND_LANES))]), lanes_ptr), align=1)
+                    updated = []
+                    for u in range(MAXIMA_REGIONS):
+                        word = _splat(b, b.load(b.bitcast(b.gep(rows[u], [b.mul(g, const(4))]), i32.as_pointer()), align=1), BOUND_LANES)
+                        updated += [b.call(dot, [acc[2 * u], q, word]), b.call(dot, [acc[2 * u + 1], ones, word])]
+                    return updated
+                acc = loop.range("g", const(0), b.udiv(d, const(4)), const(1), [zeros] * (2 * MAXIMA_REGIONS), coordinate_group)
+                target = b.bitcast(b.gep(out, [b.add(row, b.mul(v, const(BOUND_LANES)))]), lanes_ptr)
+                best = b.load(target, align=4)
+                for u in range(MAXIMA_REGIONS):
+                    best = b.call(smax, [best, b.sub(acc[2 * u], b.shl(acc[2 * u + 1], ir.Constant(lanes, [7] * BOUND_LANES)))])
+                b.store(best, target, align=4)
+                return []
+            loop.range("v", const(0), vectors, const(1), [], frame_vector)
+            return []
+        loop.range("t", const(0), vectors, const(1), [], start_maxima)
+        loop.range("r", const(0), r, const(MAXIMA_REGIONS), [], region_block)
+        return []
+
     loop.range("i", const(0), n, const(1), [], image)
     b.ret_void()
     return str(module)
