@@ -62,6 +62,8 @@ def test_region_maxima_take_the_whole_int8_range(int8_kernel):
         codes, query = rng.integers(-128, 128, (9, 6, d), dtype=np.int8), rng.integers(-128, 128, (17, d), dtype=np.int8)
         codes[0, 0], query[0] = -128, -128
         np.testing.assert_array_equal(kernels.region_maxima(codes, query).astype(np.int64), _reference_maxima(codes, query))
+        halves = query[:3].astype(np.float32) + 0.5  # a float query: float products, never cast to int8
+        np.testing.assert_allclose(kernels.region_maxima(codes, halves), (codes.astype(np.float32) @ halves.T).max(1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("n,r,d,t", [(1, 1, 8, 1), (40, 49, 128, 22), (7, 3, 16, 5), (0, 49, 128, 4), (3, 5, 13, 16), (2, 6, 24, 33),

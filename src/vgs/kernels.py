@@ -315,7 +315,8 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray, vnni: bool 
     read in place) and a ``T x d`` query -> ``n x T`` float32.
 
     int8 codes with an int8 query: exact integers, from the VNNI kernel (:func:`_maxima_vnni_ir`) where
-    the CPU has AVX-512 VNNI and ``d`` is a multiple of 4, else from the float32 one (:func:`_maxima_ir`);
+    the CPU has AVX-512 VNNI and ``d`` is a multiple of 4, else from the float32 one (:func:`_maxima_ir`,
+    which also takes a float query: products in float32);
     ``vnni=False`` forces the float32 one (for comparisons).  float16 regions (as an index stores them) with
     a float query: the float32 kernel reading float16 (:func:`float16_regions`), products and sums in float32.
     """
@@ -330,7 +331,7 @@ def region_maxima(codes: np.ndarray | StoredRows, query: np.ndarray, vnni: bool 
         raise ValueError("region maxima: this CPU has no float16 conversion instructions (F16C)")
     if codes.dtype == np.int8:
         _check_terms(d)
-        if d % 4 == 0 and vnni is not False and has_vnni():
+        if d % 4 == 0 and query.dtype == np.int8 and vnni is not False and has_vnni():
             return _vnni_maxima(codes, query)
     t = len(query)
     padded = -(-t // MAXIMA_LANES) * MAXIMA_LANES  # frames padded with zeros to whole vectors
